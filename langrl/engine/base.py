@@ -1,0 +1,125 @@
+"""The policy-server interface every agent talks to.
+
+One engine serves many concurrent callers (MCTS workers, CISPO groups, evaluation):
+callers ``await engine.generate(...)`` concurrently and the engine batches them. Agent code
+talks only to this interface (plus ``SyncEngine`` for blocking callers), so that a Ray actor
+can later stand behind it without touching the agents.
+
+Logprob conventions (documented once, here):
+- ``Sample.logprobs`` are per-token logprobs under the *sampling distribution*, i.e. after
+  temperature scaling (vLLM ``logprobs_mode="processed_logprobs"``). They are the behaviour
+  policy for importance ratios; the learner scales its logits by the same temperature.
+- ``PolicyEngine.score`` returns *raw* (temperature 1) per-token logprobs of given
+  continuations: what tree-search priors use.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample one request.
+
+    Attributes:
+        n: Number of independent samples for the prompt.
+        max_tokens: Maximum new tokens per sample.
+        temperature: Sampling temperature (> 0; 1.0 samples the raw policy).
+        top_p: Nucleus sampling mass (1.0 = off). Importance ratios assume 1.0.
+        stop: Stop strings; the matched stop string is kept in the sample's text and ids.
+        seed: Per-request seed for reproducible sampling; ``None`` = engine's RNG.
+    """
+
+    n: int = 1
+    max_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"SamplingConfig.n must be >= 1, got {self.n}")
+        if self.max_tokens < 1:
+            raise ValueError(f"SamplingConfig.max_tokens must be >= 1, got {self.max_tokens}")
+        if not self.temperature > 0:
+            raise ValueError(f"SamplingConfig.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Sample:
+    """One sampled continuation.
+
+    Attributes:
+        token_ids: Sampled token ids (including a matched stop string's tokens).
+        text: Decoded text of ``token_ids``.
+        logprobs: Per-token logprobs under the sampling distribution (see module doc).
+        cumulative_logprob: ``sum(logprobs)``.
+        finish_reason: ``"stop"`` (stop string / EOS) or ``"length"`` (hit max_tokens).
+        stop_reason: The stop string matched, the stop token id, or ``None``.
+    """
+
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]
+    cumulative_logprob: float
+    finish_reason: str
+    stop_reason: str | int | None = None
+
+
+@dataclass
+class Generation:
+    """The answer to one ``generate`` call: ``n`` samples of one prompt."""
+
+    prompt_ids: list[int]
+    samples: list[Sample]
+    policy_version: int
+
+
+class PolicyEngine(abc.ABC):
+    """Async policy server: generation, scoring, values, weight sync.
+
+    Implementations: ``VLLMEngine`` (default) and ``HFEngine`` (plain transformers).
+    All coroutine methods are safe to call concurrently from one event loop.
+    """
+
+    #: Hugging Face tokenizer of the served model.
+    tokenizer: object
+    #: Incremented by every ``load_weights``; samples carry the version that produced them.
+    policy_version: int = 0
+
+    @abc.abstractmethod
+    async def generate(self, prompt: Sequence[int] | str, sampling: SamplingConfig) -> Generation:
+        """Sample ``sampling.n`` continuations of ``prompt`` (token ids, or text to tokenize)."""
+
+    @abc.abstractmethod
+    async def score(
+        self, prompt_ids: Sequence[int], completions: Sequence[Sequence[int]]
+    ) -> list[list[float]]:
+        """Raw (temperature 1) per-token logprobs of each completion given ``prompt_ids``."""
+
+    @abc.abstractmethod
+    async def values(self, states: Sequence[Sequence[int]]) -> list[float]:
+        """V(s) in [-1, 1] for each state (token ids), from the learner's value head."""
+
+    @abc.abstractmethod
+    def load_weights(
+        self,
+        lm_state: Mapping[str, torch.Tensor],
+        value_head_state: Mapping[str, torch.Tensor],
+    ) -> int:
+        """Push new policy weights (HF parameter names) and value head; return the new version.
+
+        Resets the prefix cache. Blocking; call between generation rounds or from a thread.
+        """
+
+    @abc.abstractmethod
+    def shutdown(self) -> None:
+        """Release the engine (processes, memory). Idempotent."""

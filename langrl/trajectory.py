@@ -1,0 +1,68 @@
+"""The one record that flows from every agent to the learner.
+
+Agents (MCTS, CISPO, best-of-N) all emit ``Trajectory`` objects; the learner never
+knows which agent produced one. Token ids travel with the text: the learner trains on
+exactly the ids the engine sampled, with the engine's logprobs as the behaviour policy,
+and never re-tokenizes sampled text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Trajectory:
+    """One sampled completion of one prompt, ready for a policy-gradient update.
+
+    Attributes:
+        prompt_ids: Token ids of the context the completion was sampled from (not trained on).
+        completion_ids: Token ids the engine sampled, in order (trained on).
+        behaviour_logprobs: Per completion token, its logprob under the *sampling*
+            distribution (temperature applied) of the policy version that sampled it.
+            Same length as ``completion_ids``.
+        reward: Scalar episode reward (the environment's training reward).
+        advantages: Optional per-token advantages (same length as ``completion_ids``).
+            ``None`` means the learner computes ``A_t = reward - sg(V_old(s_t))`` from its
+            value head (the MCTS-distill rule); group-relative agents (CISPO) supply them.
+        loss_mask: Optional per-token 0/1 mask of which completion tokens carry policy loss
+            (``None`` = all). Lets an agent exclude tokens it did not sample.
+        policy_version: Engine weight version that sampled the completion; the learner
+            reports ``current_version - policy_version`` as staleness.
+        agent: Name of the agent that produced it (for logging only).
+        info: Free-form diagnostics (task, text, search statistics); never read by the learner.
+    """
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    behaviour_logprobs: list[float]
+    reward: float
+    advantages: list[float] | None = None
+    loss_mask: list[int] | None = None
+    policy_version: int = 0
+    agent: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.completion_ids)
+        if n == 0:
+            raise ValueError("Trajectory.completion_ids is empty: there is nothing to train on")
+        if len(self.behaviour_logprobs) != n:
+            raise ValueError(
+                f"Trajectory.behaviour_logprobs has {len(self.behaviour_logprobs)} entries, "
+                f"completion_ids has {n}: they must match one to one"
+            )
+        if self.advantages is not None and len(self.advantages) != n:
+            raise ValueError(
+                f"Trajectory.advantages has {len(self.advantages)} entries, completion_ids has {n}"
+            )
+        if self.loss_mask is not None and len(self.loss_mask) != n:
+            raise ValueError(
+                f"Trajectory.loss_mask has {len(self.loss_mask)} entries, completion_ids has {n}"
+            )
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus completion length."""
+        return len(self.prompt_ids) + len(self.completion_ids)

@@ -1,0 +1,1 @@
+"""Shared pytest fixtures. Engine fixtures (one real vLLM engine per session) live here."""
