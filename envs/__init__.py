@@ -1,0 +1,77 @@
+"""langrl.envs: reasoning tasks as Gymnasium environments (installed from ``envs/``).
+
+``register_envs()`` (called by ``import langrl``) registers, in one place:
+
+* ``Countdown-v0`` -> ``CountdownEnv`` (``max_episode_steps=8``)
+* ``GSM8K-v0`` -> ``GSM8KEnv`` (``max_episode_steps=16``)
+
+``gym.make("langrl:Countdown-v0")`` imports ``langrl`` (and so registers) on its own.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+from gymnasium.envs.registration import WrapperSpec
+from langrl.envs.base import (
+    Grade,
+    ReasoningEnv,
+    ReasoningState,
+    RewardConfig,
+    SyncStepLimit,
+    parse_action,
+    reward_for,
+    split_actions,
+)
+from langrl.envs.countdown import CountdownEnv, CountdownGeneratorConfig, CountdownTask
+from langrl.envs.gsm8k import GSM8KEnv, GSM8KTask
+from langrl.envs.text_space import UnicodeText
+
+__all__ = [
+    "ENV_SPECS",
+    "CountdownEnv",
+    "CountdownGeneratorConfig",
+    "CountdownTask",
+    "GSM8KEnv",
+    "GSM8KTask",
+    "Grade",
+    "ReasoningEnv",
+    "ReasoningState",
+    "RewardConfig",
+    "SyncStepLimit",
+    "UnicodeText",
+    "parse_action",
+    "register_envs",
+    "reward_for",
+    "split_actions",
+]
+
+# Copies the TimeLimit's max_episode_steps into the env, so the truncating step is graded
+# as "no answer" and tree search on env.unwrapped sees the same limit (see SyncStepLimit).
+_SYNC_STEP_LIMIT = WrapperSpec(
+    name="SyncStepLimit", entry_point="langrl.envs.base:SyncStepLimit", kwargs={}
+)
+
+#: The registry entries, declaratively: step limits live here, not in the envs.
+#: Countdown with 4 numbers needs 3 steps and an answer; 8 leaves room for dead ends.
+#: GSM8K reference solutions have 2-8 lines; 16 leaves room for longer reasoning.
+ENV_SPECS: tuple[dict, ...] = (
+    {
+        "id": "Countdown-v0",
+        "entry_point": "langrl.envs.countdown:CountdownEnv",
+        "max_episode_steps": 8,
+        "additional_wrappers": (_SYNC_STEP_LIMIT,),
+    },
+    {
+        "id": "GSM8K-v0",
+        "entry_point": "langrl.envs.gsm8k:GSM8KEnv",
+        "max_episode_steps": 16,
+        "additional_wrappers": (_SYNC_STEP_LIMIT,),
+    },
+)
+
+
+def register_envs() -> None:
+    """Register every langrl env with Gymnasium; safe to call any number of times."""
+    for spec in ENV_SPECS:
+        if spec["id"] not in gym.registry:
+            gym.register(**spec)

@@ -1,0 +1,582 @@
+"""Shared machinery of the text reasoning environments (Countdown, GSM8K).
+
+An episode is one task. The observation is the transcript: the plain prompt followed by
+every action so far, concatenated exactly as given, so that an agent holding the token ids
+of prompt + steps stays consistent with the text. An action is ONE reasoning step
+``<step>...</step>`` or the final ``<answer>...</answer>``; ``split_actions`` cuts a whole
+sampled completion into such actions, so one grader (``env.step``) serves every agent.
+
+This module holds what both tasks share: action parsing, the immutable ``ReasoningState``
+snapshot for tree search (``get_state``/``set_state``/``clone``), reward plumbing from a
+named ``RewardConfig``, API-misuse errors, and the ``SyncStepLimit`` wrapper that lets the
+registry's ``max_episode_steps`` grade the truncating step as "no answer".
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from typing import Any, ClassVar, Generic, TypeVar
+
+import gymnasium as gym
+from langrl.envs.text_space import UnicodeText
+
+__all__ = [
+    "ANSWER_CLOSE",
+    "ANSWER_OPEN",
+    "FORMAT_FAILURE_REASONS",
+    "Grade",
+    "NO_ANSWER_REASONS",
+    "ReasoningEnv",
+    "ReasoningState",
+    "RewardConfig",
+    "STEP_CLOSE",
+    "STEP_OPEN",
+    "SyncStepLimit",
+    "parse_action",
+    "split_actions",
+]
+
+STEP_OPEN, STEP_CLOSE = "<step>", "</step>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+_TAGS = (STEP_OPEN, STEP_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+_CLOSING_TAG = re.compile(re.escape(STEP_CLOSE) + "|" + re.escape(ANSWER_CLOSE))
+
+#: Reasons that earn ``RewardConfig.no_answer_reward``: the episode ended without an answer.
+NO_ANSWER_REASONS = frozenset({"no_answer", "step_limit", "context_limit"})
+#: Reasons that earn ``RewardConfig.format_failure_reward``: the action or answer was not
+#: well formed, or (Countdown) used numbers illegally.
+FORMAT_FAILURE_REASONS = frozenset(
+    {
+        "malformed_action",
+        "action_too_long",
+        "empty",
+        "too_long",
+        "invalid_character",
+        "number_too_large",
+        "too_many_numbers",
+        "too_deep",
+        "division_by_zero",
+        "parse_error",
+        "bad_numbers",
+        "no_number",
+        "ambiguous_answer",
+    }
+)
+
+
+# --- actions ---
+
+
+def parse_action(action: str) -> tuple[str, str]:
+    """Classify one action: ``(kind, content)`` with kind in ``step``, ``answer``,
+    ``empty`` (only whitespace) or ``malformed``.
+
+    Surrounding whitespace is ignored. A step/answer is exactly one opening tag, content
+    without any of the four tags, and the matching closing tag; anything else (no closing
+    tag because generation was cut off, two steps in one action, text outside the tags)
+    is malformed. Cost is O(len(action)).
+    """
+    text = action.strip()
+    if not text:
+        return "empty", ""
+    for kind, open_tag, close_tag in (
+        ("step", STEP_OPEN, STEP_CLOSE),
+        ("answer", ANSWER_OPEN, ANSWER_CLOSE),
+    ):
+        if (
+            text.startswith(open_tag)
+            and text.endswith(close_tag)
+            and len(text) >= len(open_tag) + len(close_tag)
+        ):
+            content = text[len(open_tag) : len(text) - len(close_tag)]
+            if any(tag in content for tag in _TAGS):
+                return "malformed", text
+            return kind, content
+    return "malformed", text
+
+
+def split_actions(text: str) -> list[str]:
+    """Split a whole completion into env actions, losslessly.
+
+    Each action runs up to and including the next ``</step>`` or ``</answer>``; the text
+    between two actions (e.g. a newline) stays at the front of the next one, where
+    ``step`` tolerates whitespace. Text after ``</answer>`` is dropped (the episode ends
+    there); any other trailing text (a step cut off by a token limit, or trailing
+    whitespace) becomes a final action that the env grades as malformed / no answer. So
+    ``"".join(split_actions(t))`` is ``t`` up to the end of its first ``</answer>``.
+
+    >>> split_actions("<step>7 * 4 = 28</step>\\n<answer>7 * 4 - 4</answer> bye")
+    ['<step>7 * 4 = 28</step>', '\\n<answer>7 * 4 - 4</answer>']
+    >>> split_actions("<step>1 + 2 = 3</step><step>3 *")
+    ['<step>1 + 2 = 3</step>', '<step>3 *']
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"split_actions expects a str, got {type(text).__name__}")
+    actions: list[str] = []
+    pos = 0
+    for match in _CLOSING_TAG.finditer(text):
+        actions.append(text[pos : match.end()])
+        pos = match.end()
+        if match.group() == ANSWER_CLOSE:
+            return actions
+    if pos < len(text):
+        actions.append(text[pos:])
+    return actions
+
+
+# --- rewards and grades ---
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Named reward values of a reasoning env (documented in each env's docstring).
+
+    Presets: each env class has ``REWARD_PRESETS = {"dense": ..., "sparse": ...}``; pass
+    ``reward="dense"`` (training), ``reward="sparse"`` (evaluation, 0/1) or an instance.
+    """
+
+    correct_reward: float = 1.0
+    """Final answer equal to the target/gold."""
+    wrong_reward: float = 0.0
+    """Well-formed, legal answer with the wrong value (at or beyond distance 1 when
+    ``distance_shaping`` is on)."""
+    distance_shaping: bool = False
+    """If True, a wrong answer with relative error ``d = |t - p| / |t|`` earns
+    ``correct_reward - (correct_reward - wrong_reward) * min(d, 1)``; with 1 and -1 this is
+    the reference method's Countdown reward ``1 - 2 * min(|t - p| / t, 1)``."""
+    format_failure_reward: float = 0.0
+    """Malformed action (no closing tag, text outside tags), unparsable answer, or a
+    Countdown answer that uses numbers illegally."""
+    no_answer_reward: float = 0.0
+    """Episode ended without an answer: empty action, step limit, context limit."""
+    step_reward: float = 0.0
+    """Every intermediate ``<step>`` (including the one that hits the step limit, which
+    gets ``no_answer_reward`` instead)."""
+    invalid_step_reward: float = 0.0
+    """Optional process signal added to a step's reward when its arithmetic check fails
+    (``info["step_check"]`` not in ``ok``/``unchecked``). 0 leaves the task reward alone."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "correct_reward",
+            "wrong_reward",
+            "format_failure_reward",
+            "no_answer_reward",
+            "step_reward",
+            "invalid_step_reward",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"RewardConfig.{name} must be a number, got {value!r}")
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError(f"RewardConfig.{name} must be finite, got {value!r}")
+        if not isinstance(self.distance_shaping, bool):
+            raise ValueError(
+                f"RewardConfig.distance_shaping must be a bool, got {self.distance_shaping!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Grade:
+    """Verdict on one final answer. ``reason`` is ``correct``, ``wrong_value``, one of
+    ``FORMAT_FAILURE_REASONS`` or one of ``NO_ANSWER_REASONS``."""
+
+    reason: str
+    value: int | Fraction | None = None
+    """The parsed value of the answer, when it could be parsed."""
+    detail: str = ""
+    distance: Fraction | None = None
+    """Relative error ``|target - value| / |target|`` for wrong values (Countdown)."""
+
+    @property
+    def correct(self) -> bool:
+        return self.reason == "correct"
+
+
+def reward_for(grade: Grade, config: RewardConfig) -> float:
+    """Map a grade to a reward under ``config``. Pure, so agents can re-score offline."""
+    reason = grade.reason
+    if reason == "correct":
+        return float(config.correct_reward)
+    if reason == "wrong_value":
+        if config.distance_shaping and grade.distance is not None:
+            d = min(grade.distance, Fraction(1))
+            c, w = Fraction(config.correct_reward), Fraction(config.wrong_reward)
+            return float(c - (c - w) * d)
+        return float(config.wrong_reward)
+    if reason in NO_ANSWER_REASONS:
+        return float(config.no_answer_reward)
+    if reason in FORMAT_FAILURE_REASONS:
+        return float(config.format_failure_reward)
+    raise ValueError(f"unknown grade reason {reason!r}")
+
+
+# --- state snapshot ---
+
+TaskT = TypeVar("TaskT")
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningState(Generic[TaskT]):
+    """Immutable snapshot of an episode, for tree search.
+
+    Contract: ``env.set_state(env.get_state())`` is a no-op, and after ``b.set_state(s)``
+    with ``s = a.get_state()``, stepping ``b`` with the same actions gives the same
+    observations, rewards, flags and infos as stepping ``a`` (for envs built with the same
+    arguments). All fields are immutable (``str``, tuples, frozen task), so a snapshot is
+    O(1) to take, can be shared between tree nodes, and never changes when the env moves
+    on. It does not include the env's RNG (which only ``reset`` uses), its configuration,
+    or wrapper state: branch with the unwrapped env (``env.unwrapped``) or ``clone()``.
+    """
+
+    task: TaskT
+    index: int | None
+    """Position of the task in the env's data set, or None if it came from options."""
+    prompt: str
+    transcript: str
+    """``prompt + "".join(actions)``, the current observation."""
+    actions: tuple[str, ...]
+    num_steps: int
+    terminated: bool
+    truncated: bool
+    progress: tuple[Any, ...] = field(default=())
+    """Env-specific step-check state (Countdown: numbers available to the next step)."""
+
+    @property
+    def done(self) -> bool:
+        return self.terminated or self.truncated
+
+
+# --- the environment base ---
+
+
+class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
+    """Base class of langrl's text reasoning environments; see ``CountdownEnv`` and
+    ``GSM8KEnv`` for the full specification.
+
+    Subclasses provide the task type, data loading, prompt formatting, answer grading and
+    (optionally) the per-step check through the ``_``-prefixed hooks below.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "human"], "render_fps": 4}
+    REWARD_PRESETS: ClassVar[dict[str, RewardConfig]] = {}
+    TASK_OPTION_KEYS: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(
+        self,
+        *,
+        reward: str | RewardConfig = "dense",
+        max_steps: int | None = None,
+        max_action_chars: int = 2048,
+        max_observation_chars: int = 16384,
+        render_mode: str | None = None,
+    ) -> None:
+        if isinstance(reward, str):
+            if reward not in self.REWARD_PRESETS:
+                raise ValueError(
+                    f"reward must be one of {sorted(self.REWARD_PRESETS)} or a RewardConfig, "
+                    f"got {reward!r}"
+                )
+            reward = self.REWARD_PRESETS[reward]
+        elif not isinstance(reward, RewardConfig):
+            raise ValueError(f"reward must be a preset name or a RewardConfig, got {reward!r}")
+        if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+            raise ValueError(f"max_steps must be a positive int or None, got {max_steps!r}")
+        for name, value in (
+            ("max_action_chars", max_action_chars),
+            ("max_observation_chars", max_observation_chars),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode must be None or one of {self.metadata['render_modes']}, "
+                f"got {render_mode!r}"
+            )
+        self.reward_config: RewardConfig = reward
+        self.max_steps: int | None = max_steps
+        self.max_action_chars = max_action_chars
+        self.max_observation_chars = max_observation_chars
+        self.render_mode = render_mode
+        self._state: ReasoningState[TaskT] | None = None
+
+        self.action_space = UnicodeText(max_action_chars, min_length=0)
+        self.observation_space = UnicodeText(max_observation_chars, min_length=0)
+
+    # --- hooks for subclasses ---
+
+    def _dataset(self) -> Sequence[TaskT]:
+        raise NotImplementedError
+
+    def _task_from_options(self, options: dict[str, Any]) -> TaskT:
+        raise NotImplementedError
+
+    def format_prompt(self, task: TaskT) -> str:
+        """The plain-text prompt of ``task`` (the first observation)."""
+        raise NotImplementedError
+
+    def format_messages(self, task: TaskT) -> list[dict[str, str]]:
+        """The chat form of ``task``'s prompt (system + user messages)."""
+        raise NotImplementedError
+
+    def grade_answer(self, task: TaskT, content: str) -> Grade:
+        """Grade the content of an ``<answer>`` tag (untrusted text)."""
+        raise NotImplementedError
+
+    def _initial_progress(self, task: TaskT) -> tuple[Any, ...]:
+        return ()
+
+    def _check_step(
+        self, task: TaskT, content: str, progress: tuple[Any, ...]
+    ) -> tuple[str, str, tuple[Any, ...]]:
+        """Verify a step's content: ``(verdict, detail, new_progress)``."""
+        return "unchecked", "", progress
+
+    # --- Gymnasium API ---
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        state = self._state
+        if state is None:
+            raise RuntimeError(f"{type(self).__name__}: call reset() before step()")
+        if state.done:
+            raise RuntimeError(
+                f"{type(self).__name__}: the episode has ended "
+                f"({'terminated' if state.terminated else 'truncated'}); call reset() to "
+                "start a new one, or set_state() to go back to an earlier snapshot"
+            )
+        if not isinstance(action, str):
+            raise TypeError(
+                f"{type(self).__name__}.step() takes one action as a str "
+                f"('<step>...</step>' or '<answer>...</answer>'), got "
+                f"{type(action).__name__}; decode token ids to text first, and use "
+                "langrl.envs.split_actions(text) to cut a whole completion into actions"
+            )
+        cfg = self.reward_config
+        num_steps = state.num_steps + 1
+        info: dict[str, Any] = {"num_steps": num_steps}
+
+        # An oversized action is not appended: the observation must stay in its space.
+        if len(action) > self.max_action_chars:
+            return self._finish(
+                state, state.transcript, num_steps, info,
+                Grade("action_too_long", detail=f"{len(action)} > {self.max_action_chars} chars"),
+                terminated=True,
+            )  # fmt: skip
+        if len(state.transcript) + len(action) > self.max_observation_chars:
+            return self._finish(
+                state, state.transcript, num_steps, info,
+                Grade("context_limit", detail=f"transcript would exceed {self.max_observation_chars} chars"),
+                terminated=False,
+            )  # fmt: skip
+
+        transcript = state.transcript + action
+        kind, content = parse_action(action)
+        if kind == "step":
+            verdict, detail, progress = self._check_step(state.task, content, state.progress)
+            info["step_check"] = verdict
+            info["step_detail"] = detail
+            reward = cfg.step_reward
+            if verdict not in ("ok", "unchecked"):
+                reward += cfg.invalid_step_reward
+            if self.max_steps is not None and num_steps >= self.max_steps:
+                # The truncating step is graded as "no answer" (the reference gives such
+                # an episode the format-failure reward), on top of any process signal.
+                return self._finish(
+                    state, transcript, num_steps, info,
+                    Grade("step_limit", detail=f"{num_steps} steps without an answer"),
+                    terminated=False, action=action, progress=progress,
+                    extra_reward=reward - cfg.step_reward,
+                )  # fmt: skip
+            self._state = replace(
+                state,
+                transcript=transcript,
+                actions=state.actions + (action,),
+                num_steps=num_steps,
+                progress=progress,
+            )
+            info["reason"] = "step"
+            if self.render_mode == "human":
+                self.render()
+            return transcript, float(reward), False, False, info
+        if kind == "answer":
+            grade = self.grade_answer(state.task, content)
+            info["answer"] = content
+        elif kind == "empty":
+            grade = Grade("no_answer", detail="empty action")
+        else:
+            grade = Grade("malformed_action", detail=_describe_malformed(content))
+        return self._finish(
+            state, transcript, num_steps, info, grade, terminated=True, action=action
+        )
+
+    def _finish(
+        self,
+        state: ReasoningState[TaskT],
+        transcript: str,
+        num_steps: int,
+        info: dict[str, Any],
+        grade: Grade,
+        *,
+        terminated: bool,
+        action: str | None = None,
+        progress: tuple[Any, ...] | None = None,
+        extra_reward: float = 0.0,
+    ) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        self._state = replace(
+            state,
+            transcript=transcript,
+            actions=state.actions + ((action,) if action is not None else ()),
+            num_steps=num_steps,
+            terminated=terminated,
+            truncated=not terminated,
+            progress=state.progress if progress is None else progress,
+        )
+        reward = reward_for(grade, self.reward_config) + extra_reward
+        info.update(
+            reason=grade.reason,
+            detail=grade.detail,
+            value=grade.value,
+            is_correct=grade.correct,
+        )
+        if self.render_mode == "human":
+            self.render()
+        return transcript, float(reward), terminated, not terminated, info
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = dict(options or {})
+        index: int | None = None
+        if "index" in options:
+            extra = set(options) - {"index"}
+            if extra:
+                raise ValueError(f"options 'index' cannot be combined with {sorted(extra)}")
+            data = self._dataset()
+            index = options["index"]
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(data):
+                raise ValueError(
+                    f"options['index'] must be an int in [0, {len(data)}), got {index!r}"
+                )
+            task = data[index]
+        elif options:
+            unknown = set(options) - self.TASK_OPTION_KEYS
+            if unknown:
+                raise ValueError(
+                    f"unknown reset option(s) {sorted(unknown)}; {type(self).__name__} accepts "
+                    f"{{'index': i}} or {sorted(self.TASK_OPTION_KEYS)}"
+                )
+            task = self._task_from_options(options)
+        else:
+            data = self._dataset()
+            index = int(self.np_random.integers(len(data)))
+            task = data[index]
+        prompt = self.format_prompt(task)
+        if len(prompt) > self.max_observation_chars:
+            raise ValueError(
+                f"the prompt has {len(prompt)} characters, more than max_observation_chars="
+                f"{self.max_observation_chars}; construct the env with a larger value"
+            )
+        self._state = ReasoningState(
+            task=task,
+            index=index,
+            prompt=prompt,
+            transcript=prompt,
+            actions=(),
+            num_steps=0,
+            terminated=False,
+            truncated=False,
+            progress=self._initial_progress(task),
+        )
+        if self.render_mode == "human":
+            self.render()
+        return prompt, self.task_info()
+
+    def render(self) -> str | None:
+        if self.render_mode is None:
+            gym.logger.warn(
+                "render() called without a render_mode; construct the env with "
+                "render_mode='ansi' or 'human'"
+            )
+            return None
+        text = self._state.transcript if self._state is not None else ""
+        if self.render_mode == "human":
+            print(text)
+            return None
+        return text
+
+    # --- state, for tree search ---
+
+    def get_state(self) -> ReasoningState[TaskT]:
+        """O(1) immutable snapshot of the episode (see ``ReasoningState`` for the contract)."""
+        if self._state is None:
+            raise RuntimeError(f"{type(self).__name__}: call reset() before get_state()")
+        return self._state
+
+    def set_state(self, state: ReasoningState[TaskT]) -> None:
+        """Restore a snapshot taken by ``get_state`` on an env of the same type. Also sets
+        the transcript (the next observation continues from ``state.transcript``)."""
+        if not isinstance(state, ReasoningState):
+            raise TypeError(f"set_state expects a ReasoningState, got {type(state).__name__}")
+        expected = self._task_type()
+        if not isinstance(state.task, expected):
+            raise TypeError(
+                f"{type(self).__name__}.set_state got a state for a "
+                f"{type(state.task).__name__}, expected {expected.__name__}"
+            )
+        self._state = state
+
+    def clone(self) -> ReasoningEnv[TaskT]:
+        """An independent env with the same configuration and state (and a copy of the
+        RNG). Data sets are shared, not copied (they are immutable)."""
+        new = copy.copy(self)
+        new._np_random = copy.deepcopy(self._np_random)
+        new.action_space = copy.deepcopy(self.action_space)
+        new.observation_space = copy.deepcopy(self.observation_space)
+        return new
+
+    def task_info(self) -> dict[str, Any]:
+        """The ``info`` that ``reset`` returns for the current task: ``task`` (dict),
+        ``prompt`` (plain text), ``messages`` (chat form) and ``index``."""
+        state = self.get_state()
+        return {
+            "task": state.task.to_dict(),  # type: ignore[attr-defined]
+            "prompt": state.prompt,
+            "messages": self.format_messages(state.task),
+            "index": state.index,
+        }
+
+    @classmethod
+    def _task_type(cls) -> type:
+        raise NotImplementedError
+
+
+def _describe_malformed(text: str) -> str:
+    head = text[:40]
+    if any(head.startswith(t) for t in (STEP_OPEN, ANSWER_OPEN)):
+        return "no matching closing tag, or more than one tag in one action"
+    return f"expected <step>...</step> or <answer>...</answer>, got {head!r}..."
+
+
+class SyncStepLimit(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Copies the ``TimeLimit`` step limit into the reasoning env underneath.
+
+    ``gym.make`` puts ``TimeLimit(max_episode_steps)`` outside the env, where it can only
+    flag truncation; the registry adds this wrapper (outside ``TimeLimit``) so that the env
+    itself knows the limit: the truncating step is graded as "no answer" (reason
+    ``step_limit``), and ``get_state``/``set_state`` on the unwrapped env (tree search)
+    respect the same limit. Overrides such as ``gym.make(id, max_episode_steps=4)`` are
+    honoured; an explicit smaller ``max_steps`` kwarg wins.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+        limit = env.spec.max_episode_steps if env.spec is not None else None
+        inner = env.unwrapped
+        if limit is not None and isinstance(inner, ReasoningEnv):
+            inner.max_steps = limit if inner.max_steps is None else min(inner.max_steps, limit)
