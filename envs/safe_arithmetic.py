@@ -221,8 +221,12 @@ class _Parser:
         return self.tokens[self.pos][0] if self.pos < len(self.tokens) else None
 
     def _check_size(self, value: Number) -> Number:
+        """Bound the value's size, and keep whole numbers as ``int`` (Fraction(2, 1) -> 2)."""
         bits = self.limits.max_bits
         if isinstance(value, int):
+            too_big = value.bit_length() > bits
+        elif value.denominator == 1:
+            value = value.numerator
             too_big = value.bit_length() > bits
         else:
             too_big = value.numerator.bit_length() > bits or value.denominator.bit_length() > bits

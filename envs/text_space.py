@@ -11,6 +11,13 @@ curly apostrophe, a model step with an emoji) breaks ``check_env`` and the passi
 encodes a string as ``max_length`` int32 code points padded with ``len(character_set)``.
 Here a character's index is simply its code point, so that transport is exact for every
 string.
+
+Gymnasium's shared-memory reader for ``Text`` decodes the buffer once, when
+``AsyncVectorEnv`` is built, into immutable strings, so with the default
+``shared_memory=True`` every later ``reset``/``step`` would return those stale (empty)
+strings. For ``UnicodeText`` we register a reader that returns a live view decoding the
+buffer on access (``copy=True``, the default, deep-copies it into a plain tuple of ``str``),
+and a vectorised writer.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+from gymnasium.vector.utils import read_from_shared_memory, write_to_shared_memory
 from numpy.typing import NDArray
 
 __all__ = ["UnicodeText", "DEFAULT_SAMPLE_CHARSET"]
@@ -184,3 +192,75 @@ class UnicodeText(spaces.Text):
 
     def __hash__(self) -> int:
         return hash((UnicodeText, self.min_length, self.max_length))
+
+
+# --- AsyncVectorEnv shared-memory transport (see the module docstring) ---
+
+_PAD = NUM_CODE_POINTS  # Gymnasium's Text padding value: len(character_set)
+
+
+class SharedTextView(Sequence):
+    """Live, read-only view of ``n`` strings held in an ``AsyncVectorEnv`` buffer.
+
+    Indexing decodes the current contents; ``copy.copy``/``copy.deepcopy`` (which
+    ``AsyncVectorEnv(copy=True)`` applies to every result) give a plain ``tuple[str, ...]``.
+    """
+
+    __slots__ = ("_memory", "_n", "_max_length")
+
+    def __init__(self, memory: Any, n: int, max_length: int) -> None:
+        self._memory = memory
+        self._n = n
+        self._max_length = max_length
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return tuple(self._decode(i) for i in range(*index.indices(self._n)))
+        if index < 0:
+            index += self._n
+        if not 0 <= index < self._n:
+            raise IndexError(index)
+        return self._decode(index)
+
+    def _decode(self, index: int) -> str:
+        size = self._max_length
+        row = np.frombuffer(self._memory.get_obj(), dtype=np.int32)[
+            index * size : (index + 1) * size
+        ]
+        pads = np.flatnonzero(row >= _PAD)
+        end = int(pads[0]) if pads.size else size
+        return "".join(map(chr, row[:end].tolist()))
+
+    def __copy__(self) -> tuple[str, ...]:
+        return tuple(self)
+
+    def __deepcopy__(self, memo: dict) -> tuple[str, ...]:
+        return tuple(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __repr__(self) -> str:
+        return f"SharedTextView({tuple(self)!r})"
+
+
+@read_from_shared_memory.register(UnicodeText)
+def _read_unicode_text(space: UnicodeText, shared_memory: Any, n: int = 1) -> SharedTextView:
+    return SharedTextView(shared_memory, n, space.max_length)
+
+
+@write_to_shared_memory.register(UnicodeText)
+def _write_unicode_text(space: UnicodeText, index: int, value: str, shared_memory: Any) -> None:
+    size = space.max_length
+    if len(value) > size:
+        raise ValueError(f"string of length {len(value)} exceeds max_length={size}")
+    destination = np.frombuffer(shared_memory.get_obj(), dtype=np.int32)[
+        index * size : (index + 1) * size
+    ]
+    # UTF-32 gives one code point per 4 bytes; surrogatepass keeps lone surrogates exact.
+    codes = np.frombuffer(value.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    destination[: len(codes)] = codes
+    destination[len(codes) :] = _PAD
