@@ -8,7 +8,6 @@ from fractions import Fraction
 import gymnasium as gym
 import pytest
 from conftest import COUNTDOWN_TASK
-
 from langrl.envs import CountdownEnv, RewardConfig
 from langrl.envs.countdown import (
     CountdownGeneratorConfig,
@@ -31,7 +30,12 @@ def test_prompt_and_reset_info(countdown):
     assert info["index"] is None
     system, user = info["messages"]
     assert system["role"] == "system" and user == {"role": "user", "content": obs}
-    for must in ("<step></step>", "<answer></answer>", "one step per tag", "<step>7 * 4 = 28</step>"):
+    for must in (
+        "<step></step>",
+        "<answer></answer>",
+        "one step per tag",
+        "<step>7 * 4 = 28</step>",
+    ):
         assert must in system["content"]
     obs, info = countdown.reset(options={"index": 0})
     assert info["index"] == 0 and obs.startswith("Numbers: ")
@@ -39,7 +43,11 @@ def test_prompt_and_reset_info(countdown):
 
 def test_transcript_is_prompt_plus_actions_verbatim(countdown):
     prompt, _ = countdown.reset(options=COUNTDOWN_TASK)
-    actions = ["<step>7 * 3 = 21</step>", "\n <step>21 + 5 = 26</step>\n", "<answer>7*3+5-2</answer>"]
+    actions = [
+        "<step>7 * 3 = 21</step>",
+        "\n <step>21 + 5 = 26</step>\n",
+        "<answer>7*3+5-2</answer>",
+    ]
     for action in actions:
         obs, *_ = countdown.step(action)
     assert obs == prompt + "".join(actions)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from conftest import COUNTDOWN_TASK, LANGRL_ENV_IDS
 from gymnasium.utils.env_checker import check_env
-
 from langrl.envs import ENV_SPECS, register_envs
 
 
@@ -50,7 +49,9 @@ def test_check_env(env_id, unwrapped):
         warnings.simplefilter("always")
         check_env(target, skip_render_check=False)
     unexpected = [
-        str(w.message) for w in caught if "is different from the unwrapped version" not in str(w.message)
+        str(w.message)
+        for w in caught
+        if "is different from the unwrapped version" not in str(w.message)
     ]
     assert unexpected == []
 
@@ -123,7 +124,7 @@ def test_vector_envs(env_id, vector_cls):
         assert envs.single_observation_space == gym.make(env_id).observation_space
         obs, infos = envs.reset(seed=[1, 2, 3])
         assert isinstance(obs, tuple) and len(obs) == n
-        assert all(isinstance(o, str) and o == p for o, p in zip(obs, infos["prompt"]))
+        assert all(isinstance(o, str) and o == p for o, p in zip(obs, infos["prompt"], strict=True))
         # Unicode must survive the (shared-memory) transport exactly
         step = "<step>Ünïcødé ٣ × ３ = 😀 \u200b</step>"
         obs2, rewards, terminated, truncated, infos = envs.step((step,) * n)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
-
 from langrl.envs.safe_arithmetic import (
     ArithmeticLimits,
     BinOp,
