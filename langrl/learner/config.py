@@ -1,0 +1,219 @@
+"""Configuration of the shared torch learner (one dataclass, validated at construction).
+
+Field documentation follows TRL's ``GRPOConfig`` habit: meaning, the default's effect, valid
+values and the paper each setting comes from. References:
+
+- CISPO: MiniMax-M1 technical report (MiniMax, 2025), "CISPO" objective, section 3.1.
+- PPO clipping: Schulman et al., "Proximal Policy Optimization Algorithms" (2017); asymmetric
+  ("clip-higher") bounds: Yu et al., "DAPO" (2025).
+- k3 KL estimator: J. Schulman, "Approximating KL Divergence" (blog note, 2020).
+- Loss normalisation: DAPO (token-level) vs. GRPO, Shao et al. "DeepSeekMath" (2024)
+  (per-sequence mean, then mean over sequences).
+- Coefficients c_policy = c_value = 1.0, c_kl = 0.05 and eps_high = 5.0: the
+  tree-search-distillation paper this project reproduces (see ``DESIGN.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+#: Policy-loss names ``LearnerConfig.policy_loss`` accepts (keys of ``losses.POLICY_LOSSES``).
+POLICY_LOSS_NAMES: tuple[str, ...] = ("cispo", "ppo")
+#: Loss-normalisation modes (see ``losses.masked_mean``).
+NORMALIZATION_MODES: tuple[str, ...] = ("token", "sequence")
+#: Compute dtypes; weights and optimizer state always stay float32.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LearnerConfig:
+    """Hyperparameters of ``langrl.learner.Learner``; every agent shares this one learner."""
+
+    # --- optimisation -------------------------------------------------------------------------
+
+    lr: float = 1e-5
+    """AdamW learning rate (after warm-up). Must be > 0. 1e-5 is a safe start for
+    1.5B-parameter policies; the tiny CPU policy tolerates about 1e-4."""
+
+    warmup_steps: int = 0
+    """Optimiser steps over which the learning rate rises linearly from ``lr / warmup_steps``
+    to ``lr``; constant afterwards. 0 (default) = no warm-up. Must be >= 0."""
+
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay (Loshchilov & Hutter, 2019). 0.0 (default) = none, the
+    usual choice for RL fine-tuning from a pretrained policy. Must be >= 0."""
+
+    adam_beta1: float = 0.9
+    """AdamW first-moment decay. Default 0.9 (torch / TRL default). Must be in [0, 1)."""
+
+    adam_beta2: float = 0.999
+    """AdamW second-moment decay. Default 0.999 (torch / TRL default). Must be in [0, 1)."""
+
+    adam_eps: float = 1e-8
+    """AdamW denominator epsilon. Default 1e-8 (torch / TRL default). Must be > 0."""
+
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient L2 norm to this value before each step. 1.0 (default, as in
+    TRL) bounds the damage of an outlier batch; ``None`` = no clipping (the norm is still
+    measured and logged as ``train/grad_norm``). Must be > 0 or None."""
+
+    micro_batch_size: int = 8
+    """Trajectories per forward/backward pass. A ``step`` over a larger batch accumulates
+    gradients over ``ceil(len(batch) / micro_batch_size)`` passes and takes ONE optimiser step;
+    the result equals the full-batch gradient (normalisers are computed over the whole batch).
+    Lower it to save memory; it never changes the maths. Must be >= 1."""
+
+    # --- loss ---------------------------------------------------------------------------------
+
+    policy_loss: str = "cispo"
+    """Policy-gradient objective: ``"cispo"`` (default; MiniMax-M1's clipped-IS-weight policy
+    optimisation, used by the tree-search-distillation paper for every agent) or ``"ppo"``
+    (PPO's clipped surrogate with bounds ``ppo_clip_low`` / ``ppo_clip_high``)."""
+
+    eps_high: float = 5.0
+    """CISPO cap on the importance-sampling weight: the weight is ``sg(min(ratio, eps_high))``.
+    5.0 (default) is the paper's value; tokens above the cap still get gradient, only scaled
+    down (unlike PPO, which drops them). Used only with ``policy_loss="cispo"``. Must be >= 1
+    (a cap below 1 would shrink even on-policy tokens)."""
+
+    ppo_clip_low: float = 0.2
+    """PPO lower clip: the ratio is clipped below at ``1 - ppo_clip_low``. 0.2 (default) is
+    Schulman et al.'s value. Used only with ``policy_loss="ppo"``. Must be in (0, 1)."""
+
+    ppo_clip_high: float = 0.2
+    """PPO upper clip: the ratio is clipped above at ``1 + ppo_clip_high``. 0.2 (default) is
+    symmetric PPO; DAPO's "clip-higher" uses 0.28. Used only with ``policy_loss="ppo"``.
+    Must be > 0."""
+
+    c_policy: float = 1.0
+    """Weight of the policy loss in ``total = c_policy*policy + c_value*value + c_kl*kl``.
+    1.0 (default) is the paper's value. Must be >= 0."""
+
+    c_value: float = 1.0
+    """Weight of the value loss ``MSE(V(s_t), reward)``. 1.0 (default) is the paper's value;
+    0 stops training the value head (agents that supply advantages do not need it).
+    Must be >= 0."""
+
+    c_kl: float = 0.05
+    """Weight of the k3 estimate of ``KL(pi || pi_ref)`` against the frozen initial policy.
+    0.05 (default) is the paper's value; 0 disables the term AND skips loading the reference
+    model (saves one model's memory and one forward pass per step). Must be >= 0."""
+
+    loss_normalization: str = "token"
+    """How per-token losses become one number. ``"token"`` (default; DAPO / TRL ``"dapo"``):
+    sum over every loss token of the batch divided by their count, so long completions weigh
+    more in total. ``"sequence"`` (GRPO): mean over each sequence's tokens, then mean over
+    sequences, so every completion weighs the same whatever its length."""
+
+    temperature: float = 1.0
+    """The temperature the agent SAMPLED with. Learner logits are divided by it so that its
+    logprobs and the behaviour logprobs (taken under the sampling distribution) are compared
+    like with like in the importance ratio; the KL and entropy also use the scaled
+    distribution (as TRL does). 1.0 (default) = raw policy. Must be > 0."""
+
+    # --- numerics -----------------------------------------------------------------------------
+
+    dtype: str = "float32"
+    """Compute dtype of forward/backward: ``"float32"`` (default) or ``"bfloat16"`` (autocast;
+    about half the activation memory on GPUs). Weights and optimizer state stay float32
+    (master weights) and logits are upcast to float32 before any loss, so small logprob
+    differences in the ratio are not lost to bf16 rounding."""
+
+    device: str = "cpu"
+    """Torch device of the trained and reference models, e.g. ``"cpu"`` (default),
+    ``"cuda"``, ``"cuda:1"``."""
+
+    seed: int = 0
+    """Seeds the value head's initialisation when ``model_path`` has none saved. The update
+    itself is deterministic (dropout is off), so this is the only randomness."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            _check(0 <= value < 1, f"{name} must be in [0, 1), got {value}")
+        _check(self.adam_eps > 0, f"adam_eps must be > 0, got {self.adam_eps}")
+        _check(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            f"max_grad_norm must be > 0 or None (no clipping), got {self.max_grad_norm}",
+        )
+        _check(
+            self.micro_batch_size >= 1,
+            f"micro_batch_size must be >= 1, got {self.micro_batch_size}",
+        )
+        _check(
+            self.policy_loss in POLICY_LOSS_NAMES,
+            f"policy_loss must be one of {POLICY_LOSS_NAMES}, got {self.policy_loss!r}",
+        )
+        _check(
+            self.eps_high >= 1,
+            f"eps_high must be >= 1 (CISPO's IS-weight cap), got {self.eps_high}",
+        )
+        _check(
+            0 < self.ppo_clip_low < 1, f"ppo_clip_low must be in (0, 1), got {self.ppo_clip_low}"
+        )
+        _check(self.ppo_clip_high > 0, f"ppo_clip_high must be > 0, got {self.ppo_clip_high}")
+        for name in ("c_policy", "c_value", "c_kl"):
+            value = getattr(self, name)
+            _check(
+                value >= 0 and math.isfinite(value), f"{name} must be finite and >= 0, got {value}"
+            )
+        _check(
+            self.c_policy + self.c_value + self.c_kl > 0,
+            f"at least one of c_policy, c_value, c_kl must be > 0 (got {self.c_policy}, "
+            f"{self.c_value}, {self.c_kl}): the loss would be identically zero",
+        )
+        _check(
+            self.loss_normalization in NORMALIZATION_MODES,
+            f"loss_normalization must be one of {NORMALIZATION_MODES}, "
+            f"got {self.loss_normalization!r}",
+        )
+        _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        _check(self.dtype in DTYPES, f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device {self.device!r} is not a torch device: {err}") from err
+        _check(
+            not (self.dtype == "bfloat16" and device.type == "mps"),
+            f"dtype='bfloat16' is not supported with device={self.device!r}; use 'float32'",
+        )
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """``dtype`` as a ``torch.dtype``."""
+        return DTYPES[self.dtype]
+
+    def policy_loss_kwargs(self) -> dict[str, float]:
+        """Hyperparameters of the selected policy loss, as keyword arguments of its function."""
+        per_loss: dict[str, dict[str, float]] = {
+            "cispo": {"eps_high": self.eps_high},
+            "ppo": {"clip_low": self.ppo_clip_low, "clip_high": self.ppo_clip_high},
+        }
+        return per_loss[self.policy_loss]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (for checkpoints and the hyperparameter table)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LearnerConfig:
+        """Inverse of ``to_dict``; unknown keys raise ``ValueError`` naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown LearnerConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def _check(condition: bool, message: str) -> None:
+    # Not `assert`: validation must survive `python -O`.
+    if not condition:
+        raise ValueError(f"LearnerConfig: {message}")

@@ -1,0 +1,626 @@
+"""The torch learner every agent shares: one optimiser step per batch of ``Trajectory``.
+
+The learner is agent-agnostic (``DESIGN.md``: MCTS-distill, CISPO and best-of-N all emit the
+same ``Trajectory``). Per step it computes
+
+    total = c_policy * policy + c_value * value + c_kl * kl
+
+where ``policy`` is CISPO (MiniMax-M1) or PPO-clip against the engine's behaviour logprobs,
+``value`` is ``MSE(V(s_t), reward)`` at every completion token, and ``kl`` is the k3 estimate
+of ``KL(pi || pi_ref)`` against the frozen initial policy, all from ``losses``. Missing
+advantages are ``A_t = reward - sg(V_old(s_t))`` (tree-search-distillation paper; no GAE).
+
+Alignment (one convention, used for logprobs, values and masks): a sequence is
+``prompt + completion`` (length ``P + C``). Completion token ``i`` sits at position ``P + i``;
+its logprob comes from the logits at position ``P + i - 1``, and its state value
+``V(s_t)`` (state = the prefix before token ``i``) is the value head at that same position.
+All per-token tensors therefore live on the "shifted" grid of positions ``0 .. T-2``.
+
+Checkpoints are plain resumable records (nanoGPT): a ``from_pretrained``-loadable model
+directory plus optimizer state, step, config and caller-supplied ``extra``, written
+atomically (temp dir, fsync, rename; then an atomically replaced ``latest`` pointer).
+
+Example::
+
+    learner = Learner("runs/tiny_policy", LearnerConfig(lr=1e-4))
+    metrics = learner.step(trajectories, current_version=engine.policy_version)
+    engine.load_weights(*learner.export_weights())
+    learner.save_checkpoint("runs/x/checkpoints", extra={"data_position": 1234})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from langrl.learner.config import LearnerConfig
+from langrl.learner.losses import (
+    POLICY_LOSSES,
+    entropy_from_logits,
+    k3_kl,
+    logprobs_from_logits,
+    masked_mean,
+    value_loss,
+)
+from langrl.policy_model import PolicyValueModel
+from langrl.trajectory import Trajectory
+
+logger = logging.getLogger(__name__)
+
+#: Every tag ``Learner.step`` may return (TensorBoard ``group/name``).
+METRIC_TAGS: tuple[str, ...] = (
+    "loss/policy",
+    "loss/value",
+    "loss/kl",
+    "loss/total",
+    "train/clip_frac",
+    "train/entropy",
+    "train/kl",
+    "train/grad_norm",
+    "train/lr",
+    "train/ratio_mean",
+    "train/advantage_mean",
+    "train/value_mean",
+    "train/staleness_mean",
+    "train/skipped_steps",
+    "perf/learner_tokens_per_s",
+)
+
+CHECKPOINT_PREFIX = "step_"
+LATEST_FILE = "latest"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "learner_state.json"  # written last: its presence marks a complete checkpoint
+_TMP_PREFIX = ".tmp-"
+# Copied from model_path so a checkpoint is a self-contained model directory (vLLM, eval).
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
+
+
+# --- batching -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _MicroBatch:
+    """Right-padded tensors of a few trajectories; per-token fields on the shifted grid."""
+
+    input_ids: torch.Tensor  # (B, T) long
+    attention_mask: torch.Tensor  # (B, T) long
+    targets: torch.Tensor  # (B, T-1) long: token j+1, predicted at position j
+    completion_mask: torch.Tensor  # (B, T-1) bool: position predicts a completion token
+    policy_mask: torch.Tensor  # (B, T-1) bool: completion_mask & the trajectory's loss_mask
+    old_logprobs: torch.Tensor  # (B, T-1) float: behaviour logprobs (0 elsewhere)
+    advantages: torch.Tensor  # (B, T-1) float: given advantages (0 elsewhere)
+    has_advantages: torch.Tensor  # (B, T-1) bool: True where the agent supplied A_t
+    returns: torch.Tensor  # (B, T-1) float: the episode reward at completion positions
+    num_tokens: int  # real (non-pad) tokens, for throughput
+
+    def to(self, device: torch.device) -> _MicroBatch:
+        moved = {
+            name: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            for name, value in vars(self).items()
+        }
+        return _MicroBatch(**moved)
+
+
+def _collate(trajectories: Sequence[Trajectory], pad_id: int) -> _MicroBatch:
+    """Right-pad ``prompt + completion`` and lay per-token fields onto the shifted grid."""
+    batch, width = len(trajectories), max(t.num_tokens for t in trajectories)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((batch, width), dtype=torch.long)  # (B, T)
+    grid = (batch, width - 1)
+    completion_mask = torch.zeros(grid, dtype=torch.bool)  # (B, T-1)
+    policy_mask = torch.zeros(grid, dtype=torch.bool)  # (B, T-1)
+    old_logprobs = torch.zeros(grid, dtype=torch.float32)  # (B, T-1)
+    advantages = torch.zeros(grid, dtype=torch.float32)  # (B, T-1)
+    has_advantages = torch.zeros(grid, dtype=torch.bool)  # (B, T-1)
+    returns = torch.zeros(grid, dtype=torch.float32)  # (B, T-1)
+    for row, traj in enumerate(trajectories):
+        p, c = len(traj.prompt_ids), len(traj.completion_ids)
+        input_ids[row, : p + c] = torch.tensor(traj.prompt_ids + traj.completion_ids)
+        attention_mask[row, : p + c] = 1
+        # Completion token i is at position p + i and predicted from position p + i - 1.
+        span = slice(p - 1, p + c - 1)
+        completion_mask[row, span] = True
+        policy_mask[row, span] = (
+            True if traj.loss_mask is None else torch.tensor(traj.loss_mask, dtype=torch.bool)
+        )
+        old_logprobs[row, span] = torch.tensor(traj.behaviour_logprobs, dtype=torch.float32)
+        if traj.advantages is not None:
+            advantages[row, span] = torch.tensor(traj.advantages, dtype=torch.float32)
+            has_advantages[row, span] = True
+        returns[row, span] = float(traj.reward)
+    return _MicroBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        targets=input_ids[:, 1:],
+        completion_mask=completion_mask,
+        policy_mask=policy_mask,
+        old_logprobs=old_logprobs,
+        advantages=advantages,
+        has_advantages=has_advantages,
+        returns=returns,
+        num_tokens=sum(t.num_tokens for t in trajectories),
+    )
+
+
+def _non_finite_reason(batch: Sequence[Trajectory]) -> str | None:
+    """Why the batch cannot be trained on (a NaN/inf number), or None if it is clean."""
+    for i, traj in enumerate(batch):
+        if not math.isfinite(traj.reward):
+            return f"trajectory {i} has non-finite reward {traj.reward}"
+        fields = (("behaviour_logprobs", traj.behaviour_logprobs), ("advantages", traj.advantages))
+        for name, values in fields:
+            if values is None:
+                continue
+            for j, value in enumerate(values):
+                if not math.isfinite(value):
+                    return f"trajectory {i} has non-finite {name}[{j}] = {value}"
+    return None
+
+
+def _embeddings_tied(lm: PreTrainedModel) -> bool:
+    """True if the output projection shares storage with the input embedding."""
+    out = lm.get_output_embeddings()
+    return out is not None and out.weight is lm.get_input_embeddings().weight
+
+
+# --- checkpoint files ---------------------------------------------------------------------------
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under ``root``, then every directory (so renames see durable data)."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    # Directory fsync persists renames/creations inside it; unsupported on some platforms.
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _is_complete(path: Path) -> bool:
+    return path.is_dir() and (path / STATE_FILE).is_file()
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint directory under ``root``, or None if there is none.
+
+    Follows the ``latest`` pointer; if it is missing or names an incomplete directory (a run
+    killed at an unlucky moment), falls back to the highest-numbered complete ``step_*``.
+    """
+    root = Path(root)
+    pointer = root / LATEST_FILE
+    if pointer.is_file():
+        target = root / pointer.read_text().strip()
+        if _is_complete(target):
+            return target
+    candidates = (
+        [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if _is_complete(p)] if root.is_dir() else []
+    )
+    return max(candidates, key=lambda p: p.name, default=None)
+
+
+# --- learner ------------------------------------------------------------------------------------
+
+
+class Learner:
+    """Owns the trainable ``PolicyValueModel``, its frozen reference and the AdamW optimiser.
+
+    Args:
+        model_path: Directory of the INITIAL policy (``PolicyValueModel.from_pretrained``).
+            It is also the KL reference, so resume with ``load_checkpoint`` rather than by
+            passing a checkpoint here (that would move the reference).
+        config: Hyperparameters; defaults are the paper's.
+
+    Attributes:
+        global_step: Optimiser steps taken (skipped steps do not count).
+        skipped_steps: Steps skipped because of NaN/inf input, loss or gradient.
+        current_version: Engine weight version used for ``train/staleness_mean`` when
+            ``step`` gets no ``current_version`` argument; ``None`` = do not report staleness.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, config: LearnerConfig | None = None) -> None:
+        self.config = config if config is not None else LearnerConfig()
+        self.model_path = Path(model_path)
+        self.device = torch.device(self.config.device)
+        # The seed only matters for a value head the path does not provide; fork so that
+        # building a learner leaves the caller's global RNG alone.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            # Master weights stay float32 whatever the compute dtype (see config.dtype).
+            self.model = PolicyValueModel.from_pretrained(
+                self.model_path, dtype=torch.float32, device=str(self.device)
+            )
+        # Dropout off: the learner's logprobs must be the engine's function of the weights,
+        # and V_old = the current forward's values (no second no-grad pass needed).
+        self.model.eval()
+        self.ref_model: PreTrainedModel | None = None
+        if self.config.c_kl > 0:
+            # Same dtype and autocast as the policy, so the KL is exactly 0 at step 0.
+            ref = AutoModelForCausalLM.from_pretrained(str(self.model_path), dtype=torch.float32)
+            self.ref_model = ref.to(self.device).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=self._lr_at(0),
+            betas=(self.config.adam_beta1, self.config.adam_beta2),
+            eps=self.config.adam_eps,
+            weight_decay=self.config.weight_decay,
+        )
+        self._policy_loss_fn = POLICY_LOSSES[self.config.policy_loss]
+        self._policy_loss_kwargs = self.config.policy_loss_kwargs()
+        self._pad_id = self.model.lm.config.pad_token_id or 0
+        self._vocab_size = self.model.lm.get_input_embeddings().weight.shape[0]
+        self.global_step = 0
+        self.skipped_steps = 0
+        self.current_version: int | None = None
+
+    # --- update -----------------------------------------------------------------------------
+
+    def step(
+        self, batch: Sequence[Trajectory], current_version: int | None = None
+    ) -> dict[str, float]:
+        """One optimiser step over ``batch`` (gradient-accumulated over micro-batches).
+
+        Returns metrics under the tags in ``METRIC_TAGS``. A batch holding NaN/inf (reward,
+        behaviour logprobs, advantages), or a non-finite loss or gradient norm, skips the
+        step: weights and optimizer state stay untouched, a warning says why, and only
+        ``train/skipped_steps`` (running count) and ``train/lr`` are returned.
+        ``current_version`` (else ``self.current_version``) enables ``train/staleness_mean``.
+        """
+        self._check_structure(batch)
+        start = time.perf_counter()
+        reason = _non_finite_reason(batch)
+        if reason is not None:
+            return self._skip(reason)
+
+        # --- collate: sort by length so micro-batches carry little padding ---
+        cfg = self.config
+        order = sorted(range(len(batch)), key=lambda i: batch[i].num_tokens)
+        size = cfg.micro_batch_size
+        micro = [
+            _collate([batch[i] for i in order[k : k + size]], self._pad_id)
+            for k in range(0, len(order), size)
+        ]
+        # Whole-batch counts (CPU, no sync): the normalisers that make accumulation exact.
+        n_policy_tokens = sum(int(mb.policy_mask.sum()) for mb in micro)
+        n_value_tokens = sum(int(mb.completion_mask.sum()) for mb in micro)
+        if cfg.loss_normalization == "token":
+            policy_norm, value_norm = max(n_policy_tokens, 1), max(n_value_tokens, 1)
+        else:
+            policy_norm = max(sum(int(mb.policy_mask.any(-1).sum()) for mb in micro), 1)
+            value_norm = max(sum(int(mb.completion_mask.any(-1).sum()) for mb in micro), 1)
+
+        # --- forward / backward per micro-batch ---
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, torch.Tensor] = {}
+        for mb in micro:
+            parts = self._forward_backward(mb.to(self.device), policy_norm, value_norm)
+            for name, value in parts.items():
+                sums[name] = sums[name] + value if name in sums else value
+
+        # --- optimiser step, unless anything is non-finite ---
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # measured even if inf
+        finite = torch.isfinite(sums["loss/total"]) & torch.isfinite(grad_norm)
+        if not bool(finite):  # sync point: one per step
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._skip(
+                f"non-finite loss {float(sums['loss/total'])} or gradient norm {float(grad_norm)}"
+            )
+        lr = self._lr_at(self.global_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+
+        # --- metrics: one device->host transfer for all of them ---
+        stacked = torch.stack([sums[k].float() for k in sorted(sums)] + [grad_norm.float()])
+        values = dict(zip([*sorted(sums), "grad_norm"], stacked.tolist(), strict=True))  # sync
+        per_policy_token = 1.0 / max(n_policy_tokens, 1)
+        metrics = {
+            "loss/policy": values["loss/policy"],
+            "loss/value": values["loss/value"],
+            "loss/kl": values["loss/kl"],
+            "loss/total": values["loss/total"],
+            "train/clip_frac": values["sum/clip_frac"] * per_policy_token,
+            "train/ratio_mean": values["sum/ratio_mean"] * per_policy_token,
+            "train/entropy": values["sum/entropy"] * per_policy_token,
+            "train/advantage_mean": values["sum/advantage"] * per_policy_token,
+            "train/value_mean": values["sum/value"] / max(n_value_tokens, 1),
+            "train/grad_norm": values["grad_norm"],
+            "train/lr": lr,
+            "train/skipped_steps": float(self.skipped_steps),
+        }
+        if self.ref_model is not None:
+            metrics["train/kl"] = values["sum/kl"] * per_policy_token
+        version = current_version if current_version is not None else self.current_version
+        if version is not None:
+            staleness = [version - t.policy_version for t in batch]
+            metrics["train/staleness_mean"] = sum(staleness) / len(staleness)
+        elapsed = time.perf_counter() - start
+        metrics["perf/learner_tokens_per_s"] = sum(mb.num_tokens for mb in micro) / elapsed
+        return metrics
+
+    def _forward_backward(
+        self, mb: _MicroBatch, policy_norm: int, value_norm: int
+    ) -> dict[str, torch.Tensor]:
+        """Loss of one micro-batch (normalised by whole-batch counts), backward, detached sums."""
+        cfg = self.config
+        temperature = cfg.temperature
+        kl_tokens: torch.Tensor | None = None
+        ref_logprobs: torch.Tensor | None = None
+        if self.ref_model is not None:
+            # Reference first, so its logits are freed before the trained forward peaks.
+            with torch.no_grad(), self._autocast():
+                ref_logits = self.ref_model(
+                    input_ids=mb.input_ids, attention_mask=mb.attention_mask, use_cache=False
+                ).logits  # (B, T, V)
+            ref_logprobs = logprobs_from_logits(ref_logits[:, :-1], mb.targets, temperature)
+            del ref_logits
+
+        with self._autocast():
+            logits, values = self.model(mb.input_ids, mb.attention_mask)  # (B, T, V), (B, T)
+        logits = logits[:, :-1]  # (B, T-1, V): position j predicts token j+1
+        values = values[:, :-1].float()  # (B, T-1): V of the prefix ending at position j
+        logprobs = logprobs_from_logits(logits, mb.targets, temperature)  # (B, T-1)
+
+        # A_t = r - sg(V_old(s_t)) where the agent gave none. The weights do not change until
+        # the optimiser step after all micro-batches, so this forward's values ARE V_old.
+        advantages = torch.where(
+            mb.has_advantages, mb.advantages, mb.returns - values.detach()
+        )  # (B, T-1)
+        policy, diagnostics = self._policy_loss_fn(
+            logprobs,
+            mb.old_logprobs,
+            advantages,
+            mb.policy_mask,
+            normalization=cfg.loss_normalization,
+            normalizer=policy_norm,
+            **self._policy_loss_kwargs,
+        )
+        value = value_loss(
+            values,
+            mb.returns,
+            mb.completion_mask,
+            normalization=cfg.loss_normalization,
+            normalizer=value_norm,
+        )
+        if ref_logprobs is not None:
+            kl_tokens = k3_kl(logprobs, ref_logprobs)  # (B, T-1)
+            kl = masked_mean(kl_tokens, mb.policy_mask, cfg.loss_normalization, policy_norm)
+        else:
+            kl = torch.zeros((), device=logprobs.device)
+        total = cfg.c_policy * policy + cfg.c_value * value + cfg.c_kl * kl
+        total.backward()
+
+        # Diagnostics as sums over tokens; the caller divides by whole-batch counts.
+        with torch.no_grad():
+            n_policy = mb.policy_mask.sum()
+            entropy = entropy_from_logits(logits.detach(), temperature)  # (B, T-1)
+
+            def token_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                return torch.where(mask, x, torch.zeros_like(x)).sum()
+
+            parts = {
+                "loss/policy": policy.detach(),
+                "loss/value": value.detach(),
+                "loss/kl": kl.detach(),
+                "loss/total": total.detach(),
+                "sum/clip_frac": diagnostics["clip_frac"] * n_policy,
+                "sum/ratio_mean": diagnostics["ratio_mean"] * n_policy,
+                "sum/entropy": token_sum(entropy, mb.policy_mask),
+                "sum/advantage": token_sum(advantages, mb.policy_mask),
+                "sum/value": token_sum(values.detach(), mb.completion_mask),
+            }
+            if kl_tokens is not None:
+                parts["sum/kl"] = token_sum(kl_tokens.detach(), mb.policy_mask)
+        return parts
+
+    def _check_structure(self, batch: Sequence[Trajectory]) -> None:
+        """Programming errors raise (unlike bad numbers, which skip the step)."""
+        if len(batch) == 0:
+            raise ValueError("Learner.step got an empty batch")
+        for i, traj in enumerate(batch):
+            if not traj.prompt_ids:
+                raise ValueError(
+                    f"trajectory {i} has an empty prompt: the first completion token needs "
+                    "at least one context token (e.g. BOS) to be predicted from"
+                )
+            ids = traj.prompt_ids + traj.completion_ids
+            if min(ids) < 0 or max(ids) >= self._vocab_size:
+                raise ValueError(
+                    f"trajectory {i} has token ids outside [0, {self._vocab_size}): "
+                    f"min {min(ids)}, max {max(ids)}; was it tokenized for another model?"
+                )
+
+    def _skip(self, reason: str) -> dict[str, float]:
+        self.skipped_steps += 1
+        logger.warning(
+            "Learner.step skipped at global_step %d (%s); weights and optimizer unchanged",
+            self.global_step,
+            reason,
+        )
+        return {
+            "train/skipped_steps": float(self.skipped_steps),
+            "train/lr": self._lr_at(self.global_step),
+        }
+
+    def _lr_at(self, step: int) -> float:
+        warmup = self.config.warmup_steps
+        if warmup == 0:
+            return self.config.lr
+        return self.config.lr * min(1.0, (step + 1) / warmup)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.config.torch_dtype)
+
+    # --- weights for the engine -------------------------------------------------------------
+
+    def export_weights(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(lm_state, value_head_state)`` for ``PolicyEngine.load_weights``.
+
+        ``lm_state`` uses Hugging Face parameter names (``model.layers.0.self_attn.q_proj.weight``
+        ...), which vLLM's ``model.load_weights`` maps itself; ``lm_head.weight`` is left out
+        when tied to the input embedding (vLLM skips it then, and it is the same tensor).
+        Tensors are detached and ALIAS the live float32 parameters on the learner's device
+        (no copy of a multi-GB model): the consumer must copy them before the next ``step``.
+        """
+        tied = _embeddings_tied(self.model.lm)
+        lm_state = {
+            name: tensor.detach()
+            for name, tensor in self.model.lm.state_dict().items()
+            if not (tied and name == "lm_head.weight")
+        }
+        head_state = {
+            name: tensor.detach() for name, tensor in self.model.value_head.state_dict().items()
+        }
+        return lm_state, head_state
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def save_checkpoint(
+        self,
+        root: str | os.PathLike,
+        step: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write ``root/step_{step:08d}`` atomically and point ``root/latest`` at it.
+
+        The directory is a ``from_pretrained``-loadable model (LM safetensors, config,
+        tokenizer files copied from ``model_path``, ``value_head/``) plus ``optimizer.pt`` and
+        ``learner_state.json`` (step, global_step, config, ``extra``: JSON-serialisable, e.g.
+        the data position). Everything goes into a temp dir beside it, is fsynced, then
+        renamed; ``latest`` is replaced atomically afterwards. A kill at any moment leaves
+        ``latest_checkpoint(root)`` naming a complete checkpoint. One writer per ``root``:
+        leftover temp dirs from crashed saves are removed. Returns the checkpoint path.
+        """
+        root = Path(root)
+        step = self.global_step if step is None else step
+        extra = dict(extra or {})
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(f"{_TMP_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        name = f"{CHECKPOINT_PREFIX}{step:08d}"
+        final = root / name
+        tmp = root / f"{_TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            self._write_checkpoint(tmp, step, extra)
+            _fsync_tree(tmp)
+            if final.exists():
+                # Re-saving a step: move the old one aside (os.replace cannot replace a
+                # non-empty dir); latest_checkpoint falls back if we die in between.
+                old = root / f"{_TMP_PREFIX}old-{name}-{uuid.uuid4().hex[:8]}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+            _fsync_dir(root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        pointer_tmp = root / f"{_TMP_PREFIX}{LATEST_FILE}-{uuid.uuid4().hex[:8]}"
+        with open(pointer_tmp, "w") as f:
+            f.write(name)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(pointer_tmp, root / LATEST_FILE)
+        _fsync_dir(root)
+        return final
+
+    def _write_checkpoint(self, path: Path, step: int, extra: dict[str, Any]) -> None:
+        # Serialise the JSON first: a non-serialisable `extra` fails before any big write.
+        state = json.dumps(
+            {
+                "format_version": 1,
+                "step": step,
+                "global_step": self.global_step,
+                "skipped_steps": self.skipped_steps,
+                "config": self.config.to_dict(),
+                "extra": extra,
+            },
+            indent=2,
+        )
+        self.model.save_pretrained(path)
+        for filename in _TOKENIZER_FILES:
+            source = self.model_path / filename
+            if source.is_file():
+                shutil.copy2(source, path / filename)
+        torch.save(self.optimizer.state_dict(), path / OPTIMIZER_FILE)
+        (path / STATE_FILE).write_text(state)  # last: marks the directory complete
+
+    def load_checkpoint(self, path: str | os.PathLike) -> tuple[int, dict[str, Any]]:
+        """Restore weights, value head, optimizer state and step; return ``(step, extra)``.
+
+        ``path`` is a checkpoint directory or a root holding ``latest``. The KL reference is
+        not touched (it stays the initial policy from ``model_path``). Config differences
+        from the saved run are logged, and the current config wins (e.g. a changed lr).
+        """
+        path = Path(path)
+        if not _is_complete(path):
+            resolved = latest_checkpoint(path)
+            if resolved is None:
+                raise FileNotFoundError(f"no complete checkpoint at or under {path}")
+            path = resolved
+        state = json.loads((path / STATE_FILE).read_text())
+        loaded = PolicyValueModel.from_pretrained(
+            path, dtype=torch.float32, device=str(self.device)
+        )
+        self.model.load_state_dict(loaded.state_dict())
+        del loaded
+        optimizer_state = torch.load(
+            path / OPTIMIZER_FILE, map_location=self.device, weights_only=True
+        )
+        self.optimizer.load_state_dict(optimizer_state)
+        self.global_step = int(state["global_step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        changed = {
+            key: (old, getattr(self.config, key, None))
+            for key, old in state["config"].items()
+            if _jsonable(getattr(self.config, key, None)) != old
+        }
+        if changed:
+            logger.warning("config differs from checkpoint %s (saved, now): %s", path, changed)
+        return int(state["step"]), dict(state["extra"])
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        """The trained parameters (LM and value head)."""
+        return self.model.parameters()
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), for config comparison."""
+    return json.loads(json.dumps(value))
