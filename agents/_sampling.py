@@ -1,0 +1,90 @@
+"""Small helpers shared by the sampling agents (CISPO, best-of-N) and evaluation.
+
+Only bookkeeping lives here: opening episodes (env reset -> start state + prompt ids) and
+summarising graded samples as metrics. Sampling and grading themselves are
+``agents.rollout.sample_and_grade``; losses are the learner's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+from langrl.agents.base import encode_prompt
+from langrl.agents.rollout import GradedSample
+
+import langrl  # noqa: F401  (registers the envs)
+
+#: Final reasons of a well-formed, legal answer (right or wrong value).
+FORMAT_OK_REASONS = frozenset({"correct", "wrong_value"})
+
+
+@dataclass
+class Episode:
+    """A task opened in the env: where sampling starts from."""
+
+    task: Mapping[str, Any]
+    start_state: Any
+    prefix_ids: list[int]
+    prompt: str
+
+
+def make_env(env_id: str, env_kwargs: Mapping[str, Any] | None) -> Any:
+    """The unwrapped env (``get_state``/``set_state``); the registry's step limit is copied
+    into it by its ``SyncStepLimit`` wrapper at construction."""
+    return gym.make(env_id, **dict(env_kwargs or {})).unwrapped
+
+
+def open_episodes(
+    env: Any, tokenizer: Any, tasks: Sequence[Mapping[str, Any]], use_chat_template: bool
+) -> list[Episode]:
+    """Reset ``env`` to each task and encode its prompt once."""
+    episodes = []
+    for task in tasks:
+        _, info = env.reset(options=dict(task))
+        episodes.append(
+            Episode(
+                task=task,
+                start_state=env.get_state(),
+                prefix_ids=encode_prompt(tokenizer, info, use_chat_template),
+                prompt=info["prompt"],
+            )
+        )
+    return episodes
+
+
+def is_correct(g: GradedSample) -> bool:
+    return bool(g.info.get("is_correct", g.info.get("reason") == "correct"))
+
+
+def is_format_ok(g: GradedSample) -> bool:
+    return g.info.get("reason") in FORMAT_OK_REASONS
+
+
+def summarize(graded: Sequence[GradedSample]) -> dict[str, float]:
+    """Reward / correctness / format / length statistics of graded samples (``train/``,
+    ``gen/`` tags)."""
+    n = len(graded)
+    if n == 0:
+        return {"gen/samples": 0.0, "gen/tokens": 0.0}
+    rewards = [g.reward for g in graded]
+    mean = sum(rewards) / n
+    lengths = [len(g.sample.token_ids) for g in graded]
+    return {
+        "train/reward_mean": mean,
+        "train/reward_std": (sum((r - mean) ** 2 for r in rewards) / n) ** 0.5,
+        "train/correct_frac": sum(map(is_correct, graded)) / n,
+        "train/format_ok_frac": sum(map(is_format_ok, graded)) / n,
+        "gen/samples": float(n),
+        "gen/tokens": float(sum(lengths)),
+        "gen/completion_len_mean": sum(lengths) / n,
+        "gen/truncated_frac": sum(g.sample.finish_reason == "length" for g in graded) / n,
+    }
+
+
+def transcript(episode: Episode, g: GradedSample) -> str:
+    """Human-readable record of one sample for TensorBoard's text tab."""
+    reason = g.info.get("reason", "?")
+    return f"{episode.prompt}{g.sample.text}\n-> reward {g.reward:+.3f} ({reason}), v{g.policy_version}"

@@ -1,0 +1,156 @@
+"""Best-of-N rollouts: sample N answers per prompt, keep the best by training reward.
+
+The baseline of the tree-search-distillation paper (N = 64): the kept completion becomes a
+Trajectory with ``advantages=None``, so the learner trains it exactly as an MCTS trajectory
+(``A_t = r - sg(V_old(s_t))`` from its value head, CISPO-weighted policy term, value MSE, KL).
+Only what differs from MCTS lives here: how the trajectory is chosen (the max of N
+independent samples instead of a tree search).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langrl.agents._sampling import make_env, open_episodes, summarize, transcript
+from langrl.agents.base import RolloutBatch
+from langrl.agents.rollout import GradedSample, sample_and_grade
+
+from langrl.engine.base import PolicyEngine, SamplingConfig
+from langrl.trajectory import Trajectory
+
+
+@dataclass
+class BestOfNConfig:
+    """Rollout settings of the best-of-N agent."""
+
+    # --- batch ---
+    num_prompts: int = 8
+    """Prompts per ``collect`` call when the trainer picks the tasks; one trajectory each."""
+    n: int = 16
+    """N: samples per prompt, the best is kept (paper: 64)."""
+
+    # --- generation ---
+    max_tokens: int = 128
+    """Most new tokens per complete answer (prompt excluded)."""
+    temperature: float = 1.0
+    """Sampling temperature; the learner must scale its logits by the same value."""
+    use_chat_template: bool = False
+    """Encode prompts with the model's chat template (instruct models)."""
+    seed: int | None = None
+    """Base of per-request sampling seeds (reproducible runs); ``None`` = engine RNG."""
+
+    # --- selection ---
+    min_reward: float | None = None
+    """Drop a prompt whose best reward is below this (``None`` keeps every best, as the
+    paper does)."""
+    num_text_samples: int = 2
+    """Transcripts returned for TensorBoard's text tab per ``collect``."""
+
+    def __post_init__(self) -> None:
+        for name, low in (("num_prompts", 1), ("n", 1), ("max_tokens", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"BestOfNConfig.{name} must be an int >= {low}, got {value!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"BestOfNConfig.temperature must be > 0, got {self.temperature}")
+        if self.num_text_samples < 0:
+            raise ValueError(
+                f"BestOfNConfig.num_text_samples must be >= 0, got {self.num_text_samples}"
+            )
+
+    @property
+    def tasks_per_collect(self) -> int:
+        """How many tasks the trainer hands to one ``collect``."""
+        return self.num_prompts
+
+
+def pick_best(group: Sequence[GradedSample]) -> GradedSample | None:
+    """The highest-reward sample with at least one token; ties go to the earliest (the
+    engine's sample order is random, so this is an unbiased tie-break)."""
+    best = None
+    for g in group:
+        if g.sample.token_ids and (best is None or g.reward > best.reward):
+            best = g
+    return best
+
+
+class BestOfNAgent:
+    """Samples ``n`` answers per task and emits the best one (``advantages=None``).
+
+    Args:
+        config: ``BestOfNConfig``.
+        env_id: Registered env id; the training (dense) reward ranks the samples.
+        env_kwargs: ``gym.make`` keyword arguments.
+        engine: The shared async ``PolicyEngine``.
+    """
+
+    name = "bon"
+
+    def __init__(
+        self,
+        config: BestOfNConfig,
+        env_id: str,
+        env_kwargs: Mapping[str, Any] | None,
+        engine: PolicyEngine,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.env = make_env(env_id, env_kwargs)
+        self._num_calls = 0
+
+    async def collect(self, tasks: Sequence[Mapping[str, Any]]) -> RolloutBatch:
+        cfg = self.config
+        episodes = open_episodes(self.env, self.engine.tokenizer, tasks, cfg.use_chat_template)
+        call = self._num_calls
+        self._num_calls += 1
+
+        def sampling(i: int) -> SamplingConfig:
+            seed = None if cfg.seed is None else (cfg.seed * 1_000_003 + call) * 100_003 + i
+            return SamplingConfig(
+                n=cfg.n, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=seed
+            )
+
+        groups = await asyncio.gather(
+            *(
+                sample_and_grade(self.engine, self.env, ep.start_state, ep.prefix_ids, sampling(i))
+                for i, ep in enumerate(episodes)
+            )
+        )
+
+        trajectories: list[Trajectory] = []
+        samples: list[str] = []
+        best_rewards: list[float] = []
+        for ep, group in zip(episodes, groups, strict=True):
+            best = pick_best(group)
+            if best is None:
+                continue
+            best_rewards.append(best.reward)
+            if len(samples) < cfg.num_text_samples:
+                samples.append(transcript(ep, best))
+            if cfg.min_reward is not None and best.reward < cfg.min_reward:
+                continue
+            trajectories.append(
+                Trajectory(
+                    prompt_ids=list(ep.prefix_ids),
+                    completion_ids=list(best.sample.token_ids),
+                    behaviour_logprobs=list(best.sample.logprobs),
+                    reward=best.reward,
+                    advantages=None,  # the learner uses r - V_old(s_t), as for MCTS
+                    policy_version=best.policy_version,
+                    agent=self.name,
+                    info={
+                        "task": dict(ep.task),
+                        "text": best.sample.text,
+                        "reason": best.info.get("reason"),
+                    },
+                )
+            )
+
+        metrics = summarize([g for group in groups for g in group])
+        metrics["gen/trajectories"] = float(len(trajectories))
+        if best_rewards:
+            metrics["train/best_reward_mean"] = sum(best_rewards) / len(best_rewards)
+        return RolloutBatch(trajectories, metrics, samples)

@@ -1,0 +1,187 @@
+"""CISPO rollouts: B prompts x G samples, group-relative advantages.
+
+The baseline of the tree-search-distillation paper: for each prompt sample a group of G
+complete answers, grade them with the env, and give every token of sample i the advantage
+
+    A_i = r_i - mean(r_group)                  (std_scaling=False, the default)
+    A_i = (r_i - mean(r_group)) / (std + eps)  (std_scaling=True, GRPO-style)
+
+Groups whose rewards are all equal carry no signal (every A_i = 0) and are dropped; their
+count is logged as ``gen/zero_variance_groups``. The CISPO loss itself (clipped importance
+weight ``sg(min(ratio, eps_high))`` times the log-prob, plus KL) lives in the learner;
+``eps_high`` and the KL coefficient are ``LearnerConfig`` fields.
+
+References: MiniMax-M1 (CISPO, arXiv:2506.13585); DeepSeekMath (GRPO group baseline,
+arXiv:2402.03300); Dr. GRPO (no std scaling, arXiv:2503.20783). Paper setting: 128 x 16.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langrl.agents._sampling import make_env, open_episodes, summarize, transcript
+from langrl.agents.base import RolloutBatch
+from langrl.agents.rollout import sample_and_grade
+
+from langrl.engine.base import PolicyEngine, SamplingConfig
+from langrl.trajectory import Trajectory
+
+
+@dataclass
+class CISPOConfig:
+    """Rollout settings of the CISPO agent (loss settings are in ``LearnerConfig``)."""
+
+    # --- batch ---
+    num_prompts: int = 8
+    """B: prompts per ``collect`` call when the trainer picks the tasks (paper: 128)."""
+    group_size: int = 8
+    """G: samples per prompt; advantages are relative to the group (paper: 16). >= 2."""
+
+    # --- generation ---
+    max_tokens: int = 128
+    """Most new tokens per complete answer (prompt excluded)."""
+    temperature: float = 1.0
+    """Sampling temperature; the learner must scale its logits by the same value."""
+    use_chat_template: bool = False
+    """Encode prompts with the model's chat template (instruct models) instead of the plain
+    prompt (the tiny policy)."""
+    seed: int | None = None
+    """Base of per-request sampling seeds (reproducible runs); ``None`` = engine RNG."""
+
+    # --- advantages ---
+    std_scaling: bool = False
+    """Divide centred rewards by the group std (GRPO). Off by default (Dr. GRPO: scaling
+    over-weights nearly-solved and nearly-failed prompts)."""
+    std_eps: float = 1e-4
+    """Added to the std when ``std_scaling`` is on."""
+    min_reward_std: float = 1e-6
+    """Groups whose reward std is at or below this are dropped as zero-variance."""
+    num_text_samples: int = 2
+    """Transcripts returned for TensorBoard's text tab per ``collect``."""
+
+    def __post_init__(self) -> None:
+        for name, low in (("num_prompts", 1), ("group_size", 2), ("max_tokens", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"CISPOConfig.{name} must be an int >= {low}, got {value!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"CISPOConfig.temperature must be > 0, got {self.temperature}")
+        if not self.std_eps > 0:
+            raise ValueError(f"CISPOConfig.std_eps must be > 0, got {self.std_eps}")
+        if not self.min_reward_std >= 0:
+            raise ValueError(f"CISPOConfig.min_reward_std must be >= 0, got {self.min_reward_std}")
+        if self.num_text_samples < 0:
+            raise ValueError(
+                f"CISPOConfig.num_text_samples must be >= 0, got {self.num_text_samples}"
+            )
+
+    @property
+    def tasks_per_collect(self) -> int:
+        """How many tasks the trainer hands to one ``collect``."""
+        return self.num_prompts
+
+
+def group_advantages(
+    rewards: Sequence[float], std_scaling: bool = False, std_eps: float = 1e-4
+) -> tuple[list[float], float]:
+    """Group-relative advantages ``r_i - mean(r)`` (optionally ``/ (std + eps)``) and the
+    group's (population) reward std."""
+    n = len(rewards)
+    mean = sum(rewards) / n
+    std = (sum((r - mean) ** 2 for r in rewards) / n) ** 0.5
+    centred = [r - mean for r in rewards]
+    if std_scaling:
+        centred = [a / (std + std_eps) for a in centred]
+    return centred, std
+
+
+class CISPOAgent:
+    """Samples ``group_size`` answers per task and emits those of informative groups with
+    per-token group-relative advantages.
+
+    Args:
+        config: ``CISPOConfig``.
+        env_id: Registered env id (``"Countdown-v0"``); the training (dense) reward is used.
+        env_kwargs: ``gym.make`` keyword arguments (``split``, ``reward``, ...).
+        engine: The shared async ``PolicyEngine``.
+    """
+
+    name = "cispo"
+
+    def __init__(
+        self,
+        config: CISPOConfig,
+        env_id: str,
+        env_kwargs: Mapping[str, Any] | None,
+        engine: PolicyEngine,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.env = make_env(env_id, env_kwargs)
+        self._num_calls = 0
+
+    async def collect(self, tasks: Sequence[Mapping[str, Any]]) -> RolloutBatch:
+        cfg = self.config
+        episodes = open_episodes(self.env, self.engine.tokenizer, tasks, cfg.use_chat_template)
+        call = self._num_calls
+        self._num_calls += 1
+
+        def sampling(i: int) -> SamplingConfig:
+            seed = None if cfg.seed is None else (cfg.seed * 1_000_003 + call) * 100_003 + i
+            return SamplingConfig(
+                n=cfg.group_size, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=seed
+            )
+
+        # All groups concurrently: the engine batches them (continuous batching).
+        groups = await asyncio.gather(
+            *(
+                sample_and_grade(self.engine, self.env, ep.start_state, ep.prefix_ids, sampling(i))
+                for i, ep in enumerate(episodes)
+            )
+        )
+
+        trajectories: list[Trajectory] = []
+        samples: list[str] = []
+        zero_variance = 0
+        for ep, group in zip(episodes, groups, strict=True):
+            advantages, std = group_advantages(
+                [g.reward for g in group], cfg.std_scaling, cfg.std_eps
+            )
+            if len(samples) < cfg.num_text_samples and group:
+                samples.append(transcript(ep, max(group, key=lambda g: g.reward)))
+            if std <= cfg.min_reward_std:
+                zero_variance += 1  # every A_i would be 0: no gradient signal
+                continue
+            for g, adv in zip(group, advantages, strict=True):
+                ids = list(g.sample.token_ids)
+                if not ids:
+                    continue  # nothing sampled, nothing to train on
+                trajectories.append(
+                    Trajectory(
+                        prompt_ids=list(ep.prefix_ids),
+                        completion_ids=ids,
+                        behaviour_logprobs=list(g.sample.logprobs),
+                        reward=g.reward,
+                        advantages=[adv] * len(ids),
+                        policy_version=g.policy_version,
+                        agent=self.name,
+                        info={
+                            "task": dict(ep.task),
+                            "text": g.sample.text,
+                            "reason": g.info.get("reason"),
+                        },
+                    )
+                )
+
+        metrics = summarize([g for group in groups for g in group])
+        metrics["gen/zero_variance_groups"] = float(zero_variance)
+        metrics["gen/zero_variance_frac"] = zero_variance / max(len(groups), 1)
+        metrics["gen/trajectories"] = float(len(trajectories))
+        if trajectories:
+            metrics["train/advantage_abs_mean"] = sum(
+                abs(t.advantages[0]) for t in trajectories
+            ) / len(trajectories)
+        return RolloutBatch(trajectories, metrics, samples)

@@ -1,0 +1,127 @@
+"""The trajectory buffer: the boundary between generation (agents) and learning (learner).
+
+Agents ``put`` Trajectories as rollouts finish; the trainer ``get``s fixed-size batches.
+The buffer is bounded (oldest trajectories are dropped first when full) and enforces
+off-policyness: a trajectory sampled by policy version ``v`` is dropped when the learner's
+version is more than ``max_staleness`` ahead of ``v``. Both kinds of drop are counted.
+
+It is one of the three boundaries DESIGN.md keeps clean (engine client, buffer, learner):
+thread-safe with a ``threading.Condition`` so producers on the engine's event-loop thread and
+the learner thread can share it, and nothing more; a Ray actor can later stand behind the
+same ``put`` / ``get`` without touching agents or the trainer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+
+from langrl.trajectory import Trajectory
+
+
+class TrajectoryBuffer:
+    """Bounded FIFO of Trajectories with a staleness bound.
+
+    Args:
+        capacity: Most trajectories held; ``put`` beyond it drops the oldest (counted in
+            ``dropped_overflow``). Must be >= 1.
+        max_staleness: Largest accepted ``current_version - trajectory.policy_version``;
+            older trajectories are dropped at ``get`` time (counted in ``dropped_stale``).
+            ``None`` accepts any age.
+    """
+
+    def __init__(self, capacity: int = 4096, max_staleness: int | None = None) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"TrajectoryBuffer.capacity must be an int >= 1, got {capacity!r}")
+        if max_staleness is not None and (
+            isinstance(max_staleness, bool)
+            or not isinstance(max_staleness, int)
+            or max_staleness < 0
+        ):
+            raise ValueError(
+                f"TrajectoryBuffer.max_staleness must be None or an int >= 0, got {max_staleness!r}"
+            )
+        self.capacity = capacity
+        self.max_staleness = max_staleness
+        self._items: deque[Trajectory] = deque()
+        self._cond = threading.Condition()
+        self.num_put = 0
+        self.num_got = 0
+        self.dropped_stale = 0
+        self.dropped_overflow = 0
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    def put(self, trajectories: Iterable[Trajectory]) -> int:
+        """Append trajectories (oldest dropped beyond ``capacity``); return how many were added."""
+        added = 0
+        with self._cond:
+            for traj in trajectories:
+                self._items.append(traj)
+                added += 1
+                if len(self._items) > self.capacity:
+                    self._items.popleft()
+                    self.dropped_overflow += 1
+            self.num_put += added
+            self._cond.notify_all()
+        return added
+
+    def drop_stale(self, current_version: int) -> int:
+        """Drop every trajectory more than ``max_staleness`` versions behind; return the count."""
+        with self._cond:
+            return self._drop_stale_locked(current_version)
+
+    def _drop_stale_locked(self, current_version: int) -> int:
+        if self.max_staleness is None:
+            return 0
+        kept = [t for t in self._items if current_version - t.policy_version <= self.max_staleness]
+        dropped = len(self._items) - len(kept)
+        if dropped:
+            self._items = deque(kept)
+            self.dropped_stale += dropped
+        return dropped
+
+    def ready(self, batch_size: int, current_version: int) -> bool:
+        """Whether ``get(batch_size, current_version)`` would return at once (stale ones dropped)."""
+        with self._cond:
+            self._drop_stale_locked(current_version)
+            return len(self._items) >= batch_size
+
+    def get(
+        self, batch_size: int, current_version: int, timeout: float | None = 0.0
+    ) -> list[Trajectory] | None:
+        """The ``batch_size`` oldest fresh trajectories, or ``None`` if that many did not
+        arrive within ``timeout`` seconds (``0`` = do not wait, ``None`` = wait forever)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                self._drop_stale_locked(current_version)
+                if len(self._items) >= batch_size:
+                    batch = [self._items.popleft() for _ in range(batch_size)]
+                    self.num_got += batch_size
+                    return batch
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+
+    def clear(self) -> None:
+        with self._cond:
+            self._items.clear()
+
+    def stats(self) -> dict[str, int]:
+        """Counters for logging."""
+        with self._cond:
+            return {
+                "size": len(self._items),
+                "put": self.num_put,
+                "got": self.num_got,
+                "dropped_stale": self.dropped_stale,
+                "dropped_overflow": self.dropped_overflow,
+            }
