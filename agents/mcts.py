@@ -1,0 +1,624 @@
+"""MCTS-distill: parallel pUCT tree search over reasoning steps, distilled into the policy.
+
+The method of "tree search distillation" (the seed paper of this project; see
+``DESIGN.md``, "The reference method"): for each prompt, ``num_workers`` coroutines share
+one search tree whose edges are reasoning *steps* (``<step>...</step>`` or the final
+``<answer>...</answer>``). Each simulation selects a path by pUCT with virtual loss,
+expands the leaf with K sampled one-step completions (priors = softmax over their summed
+logprobs), evaluates it with the learner's value head, and backs the value up. After the
+search, the max-visit path from the root is the one trajectory emitted for the task; the
+learner trains it with CISPO + value MSE + KL and ``A_t = r - sg(V_old(s_t))``
+(``Trajectory.advantages = None``). Paper settings (Qwen-2.5-1.5B): 16 workers x 100
+iterations, K = 4, 64 step tokens at T = 0.8, c_puct = 0.5, virtual loss 1.
+
+Defects of the reference implementation that this file does not copy:
+
+1. A newly expanded leaf was backed up twice (W = 2v at N = 1). Here every simulation
+   backs up exactly once: V(leaf) for an expansion, the env reward for a terminal node.
+2. A child that already ended the episode was expanded on its first visit. Here children
+   are stepped through the env when created; terminal ones are leaves for good and back up
+   the env's reward.
+3. "Virtual loss" only bumped visit counts, which made a busy *bad* branch look better
+   (its Q moved towards 0). Here an in-flight path both raises N and lowers W by
+   ``virtual_loss`` on every node, and backup removes exactly that.
+4. Two workers could expand the same node. Here a node being expanded is marked busy and
+   a worker that reaches it waits for that expansion, then continues below it (counted as
+   ``search/collisions``).
+5. The selected trajectory could stop before any answer. Here a max-visit path that ends
+   on a non-terminal node is finished with a policy sample (``sample_and_grade``) and
+   graded by the env, so every trajectory carries a real episode reward.
+
+(The reference's answer parser and value-head LayerNorm defects live in the env grader and
+the learner; search values here come from ``PolicyEngine.values``, the learner's head.)
+
+Usage (the training loop drives this on the engine's event loop)::
+
+    agent = MCTSAgent(MCTSConfig(num_workers=16), "Countdown-v0", {"reward": "dense"}, engine)
+    batch = await agent.collect([{"index": 0}, {"index": 1}])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from langrl.agents.base import RolloutBatch, encode_prompt
+from langrl.agents.rollout import sample_and_grade
+from langrl.envs.base import ANSWER_CLOSE, STEP_CLOSE
+
+from langrl.engine.base import PolicyEngine, SamplingConfig
+from langrl.trajectory import Trajectory
+
+__all__ = [
+    "MCTSAgent",
+    "MCTSConfig",
+    "Node",
+    "SearchResult",
+    "TreeSearch",
+    "backup",
+    "puct_score",
+    "select_child",
+]
+
+#: One expansion samples a single action: generation stops after its closing tag.
+STEP_STOP = (STEP_CLOSE, ANSWER_CLOSE)
+#: How many transcripts ``collect`` returns for TensorBoard's text tab.
+NUM_TRANSCRIPTS = 2
+
+
+# --- config ---
+
+
+@dataclass
+class MCTSConfig:
+    """Hyperparameters of MCTS-distill. Defaults suit the tiny CPU model; each field notes
+    the paper's value (Qwen-2.5-1.5B-Instruct on 8xH100)."""
+
+    # --- search ---
+    num_workers: int = 4
+    """Worker coroutines sharing one tree per task (W). More workers keep more requests in
+    flight for the engine to batch, at the price of less sequential information per
+    simulation. Paper: 16."""
+    iterations_per_worker: int = 8
+    """Simulations each worker runs; a search runs ``num_workers * iterations_per_worker``
+    simulations in all. Paper: 100."""
+    num_expansions: int = 4
+    """Completions of one step sampled when a node is expanded (K); identical ones may be
+    merged, so a node has at most K children. Paper: 4."""
+    c_puct: float = 0.5
+    """Exploration weight in ``Q + c_puct * P * sqrt(N_parent) / (1 + N_child)``; larger
+    trusts the prior longer. Paper: 0.5."""
+    virtual_loss: float = 1.0
+    """While a simulation's path is in flight, every node on it counts ``virtual_loss``
+    extra visits and ``virtual_loss`` less value sum (i.e. lost games at value -1), so
+    concurrent workers spread out. 0 disables it. Paper: 1."""
+    first_play_value: float = 0.0
+    """Q of a child that has never been visited (in [-1, 1]). 0 is neutral for the dense
+    reward in [-1, 1]; lower values make the search go deeper before widening. Paper: 0
+    (the reference's Q of an empty node)."""
+    root_dirichlet_alpha: float = 0.3
+    """Concentration of the Dirichlet noise mixed into the root priors (AlphaZero); only
+    used when ``root_noise_fraction > 0``. Paper: no noise."""
+    root_noise_fraction: float = 0.0
+    """Weight of the Dirichlet noise in the root priors, in [0, 1); 0 = off. Paper: off."""
+    merge_identical: bool = True
+    """Merge sampled steps with identical token ids into one child (one entry in the prior
+    softmax, see ``_expand``). False keeps duplicates as separate children, as the
+    reference does. Paper: not merged."""
+
+    # --- generation ---
+    max_step_tokens: int = 64
+    """New tokens per sampled step; a step cut off here is malformed and ends its branch
+    with the format-failure reward. Paper: 64."""
+    temperature: float = 0.8
+    """Sampling temperature of the step completions and of the finishing sample. Priors
+    always use temperature-1 logprobs (via ``engine.score`` when this is not 1). Paper: 0.8."""
+    finish_max_tokens: int = 256
+    """Token budget of the policy sample that finishes a max-visit path which stops before
+    the episode ends. Paper: none (its trajectory could stop short)."""
+    use_chat_template: bool = False
+    """Encode the prompt with the tokenizer's chat template (system + user messages) when it
+    has one; False uses the compact plain prompt, which the tiny model is trained on.
+    Paper: True (instruct model)."""
+    seed: int | None = None
+    """Seeds the root noise and gives every engine request a derived seed, for
+    reproducible searches; None leaves sampling to the engine's RNG (fastest in vLLM)."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_workers", "iterations_per_worker", "num_expansions",
+                     "max_step_tokens", "finish_max_tokens"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MCTSConfig.{name} must be an int >= 1, got {value!r}")
+        if not self.c_puct >= 0:
+            raise ValueError(f"MCTSConfig.c_puct must be >= 0, got {self.c_puct}")
+        if not self.virtual_loss >= 0:
+            raise ValueError(f"MCTSConfig.virtual_loss must be >= 0, got {self.virtual_loss}")
+        if not -1.0 <= self.first_play_value <= 1.0:
+            raise ValueError(
+                f"MCTSConfig.first_play_value must be in [-1, 1] (the value range), "
+                f"got {self.first_play_value}"
+            )
+        if not self.root_dirichlet_alpha > 0:
+            raise ValueError(
+                f"MCTSConfig.root_dirichlet_alpha must be > 0, got {self.root_dirichlet_alpha}"
+            )
+        if not 0.0 <= self.root_noise_fraction < 1.0:
+            raise ValueError(
+                f"MCTSConfig.root_noise_fraction must be in [0, 1), got {self.root_noise_fraction}"
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"MCTSConfig.temperature must be > 0, got {self.temperature}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
+            raise ValueError(f"MCTSConfig.seed must be an int or None, got {self.seed!r}")
+
+
+# --- the tree ---
+
+
+@dataclass(eq=False)
+class Node:
+    """One search-tree node: the env state after its step, and its search statistics.
+
+    Visit count and value sum exclude virtual loss; ``effective_visits`` and ``q`` include
+    the paths currently in flight through the node (``in_flight``).
+    """
+
+    state: Any
+    """Immutable env snapshot (``env.unwrapped.get_state()``) after this node's step."""
+    parent: Node | None = None
+    step_ids: list[int] = field(default_factory=list)
+    """Token ids the engine sampled for this step (empty at the root)."""
+    step_logprobs: list[float] = field(default_factory=list)
+    """Sampling-distribution logprobs of ``step_ids`` (the behaviour policy)."""
+    text: str = ""
+    """Decoded text of ``step_ids``, as the engine returned it (fed to ``env.step``)."""
+    prior: float = 1.0
+    depth: int = 0
+    policy_version: int = 0
+    num_samples: int = 1
+    """How many of the K samples produced this step (> 1 when identical ones merged)."""
+    terminal: bool = False
+    """The env episode ended with this step (answer, malformed step or step limit)."""
+    reward: float = 0.0
+    """The env's reward of this node's step; the episode's reward when ``terminal``."""
+    outcome: dict[str, Any] = field(default_factory=dict)
+    """The env's info of this node's step (``reason``, ``is_correct`` when terminal)."""
+    visits: int = 0
+    value_sum: float = 0.0
+    in_flight: int = 0
+    """Simulations whose path currently runs through this node (each one a virtual loss)."""
+    value_estimate: float | None = None
+    """V(s) from the value head, set when the node is expanded."""
+    children: list[Node] = field(default_factory=list)
+    expanding: asyncio.Event | None = None
+    """Set while one worker expands the node; others wait on it instead of expanding too."""
+
+    def effective_visits(self, virtual_loss: float) -> float:
+        """N including the virtual visits of in-flight paths."""
+        return self.visits + virtual_loss * self.in_flight
+
+    def q(self, virtual_loss: float, first_play_value: float) -> float:
+        """Mean value including virtual losses; ``first_play_value`` if never visited."""
+        n = self.effective_visits(virtual_loss)
+        if n == 0:
+            return first_play_value
+        return (self.value_sum - virtual_loss * self.in_flight) / n
+
+    def path(self) -> list[Node]:
+        """Nodes from the root down to this one."""
+        nodes, node = [], self
+        while node is not None:
+            nodes.append(node)
+            node = node.parent
+        return nodes[::-1]
+
+
+def puct_score(
+    child: Node, parent: Node, c_puct: float, virtual_loss: float, first_play_value: float
+) -> float:
+    """``Q(child) + c_puct * P(child) * sqrt(N(parent)) / (1 + N(child))`` (AlphaZero's pUCT),
+    with visits and values including virtual loss."""
+    n_parent = parent.effective_visits(virtual_loss)
+    n_child = child.effective_visits(virtual_loss)
+    u = c_puct * child.prior * math.sqrt(n_parent) / (1.0 + n_child)
+    return child.q(virtual_loss, first_play_value) + u
+
+
+def select_child(node: Node, config: MCTSConfig) -> Node:
+    """The child with the highest pUCT score (the first one on ties: creation order)."""
+    return max(
+        node.children,
+        key=lambda c: puct_score(
+            c, node, config.c_puct, config.virtual_loss, config.first_play_value
+        ),
+    )
+
+
+def backup(path: Sequence[Node], value: float) -> None:
+    """Add one visit of ``value`` to every node on ``path`` and lift the path's virtual
+    loss. Called exactly once per simulation."""
+    for node in path:
+        node.in_flight -= 1
+        node.visits += 1
+        node.value_sum += value
+
+
+def softmax(logits: Sequence[float]) -> list[float]:
+    """Numerically stable softmax of a short list."""
+    top = max(logits)
+    exps = [math.exp(x - top) for x in logits]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def iter_nodes(root: Node) -> Iterator[Node]:
+    """Every node of the tree, depth first."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(node.children)
+
+
+# --- search statistics ---
+
+
+@dataclass
+class SearchStats:
+    """Counters of one search; ``tree_stats`` adds what the finished tree shows."""
+
+    expansions: int = 0
+    unique_children: int = 0
+    collisions: int = 0
+    engine_time_s: float = 0.0
+    overhead_time_s: float = 0.0
+
+
+def tree_stats(root: Node, stats: SearchStats) -> dict[str, float]:
+    """Summary of a finished search, keyed by ``search/`` tag name (without the group)."""
+    nodes = list(iter_nodes(root))
+    leaves = [n for n in nodes if not n.children]
+    terminal_rewards = [n.reward for n in nodes if n.terminal]
+    shares = [c.visits / max(1, sum(k.visits for k in root.children)) for c in root.children]
+    out = {
+        "tree_size": float(len(nodes)),
+        "max_depth": float(max(n.depth for n in nodes)),
+        "unique_children_per_expansion": stats.unique_children / max(1, stats.expansions),
+        "root_visit_entropy": -sum(p * math.log(p) for p in shares if p > 0),
+        "terminal_leaf_frac": sum(n.terminal for n in leaves) / len(leaves),
+        "collisions": float(stats.collisions),
+        "engine_time_s": stats.engine_time_s,
+        "overhead_time_s": stats.overhead_time_s,
+    }
+    if terminal_rewards:
+        out["best_reward_in_tree"] = max(terminal_rewards)
+    return out
+
+
+@dataclass
+class SearchResult:
+    """One task's search: the tree, the emitted trajectory and the search statistics."""
+
+    root: Node
+    trajectory: Trajectory
+    stats: dict[str, float]
+    transcript: str
+
+
+# --- the agent ---
+
+
+class MCTSAgent:
+    """MCTS-distill agent: one parallel tree search per task, one trajectory per search.
+
+    Args:
+        config: Search hyperparameters.
+        env_id: Gymnasium id of a langrl reasoning env (e.g. ``"Countdown-v0"``).
+        env_kwargs: Keyword arguments for ``gym.make`` (e.g. ``{"reward": "dense"}``).
+        engine: The shared policy engine (generation, scoring, value head).
+    """
+
+    name = "mcts"
+
+    def __init__(
+        self,
+        config: MCTSConfig,
+        env_id: str,
+        env_kwargs: Mapping[str, Any] | None,
+        engine: PolicyEngine,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        # One env serves every concurrent search: each use is set_state + step with no await
+        # in between, so coroutines never see each other's state. Reset and step go through
+        # the unwrapped env, whose get_state/set_state branch the tree (the registry's
+        # SyncStepLimit has already copied the step limit into it).
+        self._gym_env = gym.make(env_id, **dict(env_kwargs or {}))
+        self.env = self._gym_env.unwrapped
+        self._rng = random.Random(config.seed)
+
+    async def collect(self, tasks: Sequence[Mapping[str, Any]]) -> RolloutBatch:
+        """Search every task concurrently (the engine batches across all of their workers)
+        and return one trajectory per task, with search statistics as ``search/`` metrics."""
+        seeds = [self._draw_seed() for _ in tasks]  # drawn in task order: reproducible
+        results = await asyncio.gather(
+            *(self.search(task, seed=s) for task, s in zip(tasks, seeds, strict=True))
+        )
+        # --- logging ---
+        # Per-task statistics are averaged over the batch (best_reward_in_tree over the
+        # trees that reached an end); times are totals for the whole call.
+        metrics: dict[str, float] = {}
+        for key in sorted({k for r in results for k in r.stats}):
+            values = [r.stats[key] for r in results if key in r.stats]
+            total_or_mean = sum if key.endswith("_time_s") else np.mean
+            metrics[f"search/{key}"] = float(total_or_mean(values))
+        if results:
+            trajectories = [r.trajectory for r in results]
+            metrics["train/reward_mean"] = float(np.mean([t.reward for t in trajectories]))
+            metrics["train/correct_frac"] = float(
+                np.mean([t.info["is_correct"] for t in trajectories])
+            )
+        return RolloutBatch(
+            trajectories=[r.trajectory for r in results],
+            metrics=metrics,
+            samples=[r.transcript for r in results[:NUM_TRANSCRIPTS]],
+        )
+
+    async def search(self, task: Mapping[str, Any], seed: int | None = None) -> SearchResult:
+        """Run one search for ``task`` (``env.reset`` options) and extract its trajectory.
+
+        ``seed`` seeds this search's noise and request seeds; by default one is drawn from
+        the agent's RNG when ``config.seed`` is set, so repeated searches differ."""
+        if seed is None:
+            seed = self._draw_seed()
+        return await TreeSearch(self, task, seed).run()
+
+    def _draw_seed(self) -> int | None:
+        return self._rng.randrange(2**31) if self.config.seed is not None else None
+
+
+class TreeSearch:
+    """One task's search: the tree, its prompt, RNGs and counters; ``await run()`` searches
+    and extracts the trajectory. ``root`` is readable (e.g. by tests) while it runs."""
+
+    def __init__(self, agent: MCTSAgent, task: Mapping[str, Any], seed: int | None) -> None:
+        self.config = agent.config
+        self.engine = agent.engine
+        self.env = agent.env
+        self.stats = SearchStats()
+        self.rng = random.Random(seed)
+        self.np_rng = np.random.default_rng(seed)
+        self.seeded = seed is not None
+        self.env.reset(options=dict(task))
+        self.info = self.env.task_info()
+        self.root = Node(state=self.env.get_state())
+        self.prompt_ids = encode_prompt(
+            self.engine.tokenizer, self.info, self.config.use_chat_template
+        )
+
+    # --- helpers ---
+
+    @contextmanager
+    def _cpu(self) -> Iterator[None]:
+        """Time a synchronous stretch of search code (no await inside): the overhead."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stats.overhead_time_s += time.perf_counter() - start
+
+    async def _engine(self, awaitable: Any) -> Any:
+        """Await one engine call, timing it (concurrent calls each count in full)."""
+        start = time.perf_counter()
+        try:
+            return await awaitable
+        finally:
+            self.stats.engine_time_s += time.perf_counter() - start
+
+    def _request_seed(self) -> int | None:
+        return self.rng.randrange(2**31) if self.seeded else None
+
+    def _prefix_ids(self, node: Node) -> list[int]:
+        ids = list(self.prompt_ids)
+        for n in node.path()[1:]:
+            ids.extend(n.step_ids)
+        return ids
+
+    # --- search ---
+
+    async def run(self) -> SearchResult:
+        await asyncio.gather(*(self._worker() for _ in range(self.config.num_workers)))
+        trajectory, transcript = await self._extract()
+        stats = tree_stats(self.root, self.stats)
+        stats["chosen_reward"] = trajectory.reward
+        stats["depth"] = float(trajectory.info["num_tree_steps"])
+        stats["root_value"] = self.root.value_sum / max(1, self.root.visits)
+        trajectory.info["search"] = dict(stats)
+        return SearchResult(self.root, trajectory, stats, transcript)
+
+    async def _worker(self) -> None:
+        for _ in range(self.config.iterations_per_worker):
+            await self._simulate()
+
+    async def _simulate(self) -> None:
+        """One simulation: select with virtual loss, expand or read a terminal, back up once."""
+        node = self.root
+        node.in_flight += 1
+        path = [node]
+        try:
+            while True:
+                # --- selection ---
+                with self._cpu():
+                    while node.children:
+                        node = select_child(node, self.config)
+                        node.in_flight += 1
+                        path.append(node)
+                if node.terminal:
+                    value = node.reward
+                    break
+                if node.expanding is not None:
+                    # Another worker is expanding this node: wait for its children rather
+                    # than sampling the same step twice, then keep descending below it.
+                    self.stats.collisions += 1
+                    await node.expanding.wait()
+                    if not node.children:
+                        raise RuntimeError("a concurrent expansion of this node failed")
+                    continue
+                # --- expansion and evaluation ---
+                value = await self._expand(node)
+                break
+        except BaseException:
+            for n in path:  # lift the virtual loss without counting a visit
+                n.in_flight -= 1
+            raise
+        # --- backup ---
+        with self._cpu():
+            backup(path, value)
+
+    async def _expand(self, node: Node) -> float:
+        """Sample K one-step completions of ``node``, add them as children, return V(node).
+
+        Priors are the softmax over the children's temperature-1 sequence logprobs, one
+        entry per *distinct* child: a merged child's probability is already in its
+        logprob, and counting its copies as well would square it (duplicates occur in
+        proportion to that probability). Children are stepped through the env at once, so
+        terminal ones carry their episode reward and are never expanded.
+        """
+        cfg = self.config
+        node.expanding = asyncio.Event()
+        try:
+            with self._cpu():
+                prefix = self._prefix_ids(node)
+            sampling = SamplingConfig(
+                n=cfg.num_expansions,
+                max_tokens=cfg.max_step_tokens,
+                temperature=cfg.temperature,
+                stop=STEP_STOP,
+                seed=self._request_seed(),
+            )
+            # V(node) only needs the node's own ids: ask for it alongside the samples.
+            generation, values = await asyncio.gather(
+                self._engine(self.engine.generate(prefix, sampling)),
+                self._engine(self.engine.values([prefix])),
+            )
+            with self._cpu():
+                groups: dict[Any, list[Any]] = {}
+                for i, sample in enumerate(generation.samples):
+                    key = tuple(sample.token_ids) if cfg.merge_identical else i
+                    groups.setdefault(key, []).append(sample)
+                distinct = [samples[0] for samples in groups.values()]
+            if cfg.temperature == 1.0:
+                # At T = 1 (top_p = 1) the sampling distribution is the policy itself.
+                logits = [s.cumulative_logprob for s in distinct]
+            else:
+                scored = await self._engine(
+                    self.engine.score(prefix, [s.token_ids for s in distinct])
+                )
+                logits = [float(sum(lps)) for lps in scored]
+            with self._cpu():
+                priors = softmax(logits)
+                if node is self.root and cfg.root_noise_fraction > 0:
+                    noise = self.np_rng.dirichlet([cfg.root_dirichlet_alpha] * len(priors))
+                    eps = cfg.root_noise_fraction
+                    priors = [float(p) for p in (1 - eps) * np.asarray(priors) + eps * noise]
+                children = []
+                for sample, count, prior in zip(
+                    distinct, (len(g) for g in groups.values()), priors, strict=True
+                ):
+                    self.env.set_state(node.state)
+                    _, reward, terminated, truncated, info = self.env.step(sample.text)
+                    children.append(
+                        Node(
+                            state=self.env.get_state(),
+                            parent=node,
+                            step_ids=list(sample.token_ids),
+                            step_logprobs=list(sample.logprobs),
+                            text=sample.text,
+                            prior=prior,
+                            depth=node.depth + 1,
+                            policy_version=generation.policy_version,
+                            num_samples=count,
+                            terminal=terminated or truncated,
+                            reward=float(reward),
+                            outcome=dict(info),
+                        )
+                    )
+                node.children = children
+                node.value_estimate = float(values[0])
+                self.stats.expansions += 1
+                self.stats.unique_children += len(children)
+        finally:
+            event, node.expanding = node.expanding, None
+            event.set()
+        return node.value_estimate
+
+    # --- trajectory extraction ---
+
+    async def _extract(self) -> tuple[Trajectory, str]:
+        """Follow max visit count from the root (ties: higher Q, then higher prior); finish
+        a path that stops before the episode ends with one policy sample."""
+        cfg = self.config
+        node = self.root
+        while node.children:
+            node = max(
+                node.children,
+                key=lambda c: (c.visits, c.q(0.0, cfg.first_play_value), c.prior),
+            )
+        path = node.path()[1:]
+        ids = [t for n in path for t in n.step_ids]
+        logprobs = [lp for n in path for lp in n.step_logprobs]
+        text = "".join(n.text for n in path)
+        versions = [n.policy_version for n in path]
+        finished_by_sampling = not node.terminal
+        if node.terminal:
+            reward, outcome = node.reward, node.outcome
+        else:
+            sampling = SamplingConfig(
+                n=1,
+                max_tokens=cfg.finish_max_tokens,
+                temperature=cfg.temperature,
+                seed=self._request_seed(),
+            )
+            prefix = self._prefix_ids(node)
+            (graded,) = await self._engine(
+                sample_and_grade(self.engine, self.env, node.state, prefix, sampling)
+            )
+            ids += graded.sample.token_ids
+            logprobs += graded.sample.logprobs
+            text += graded.sample.text
+            versions.append(graded.policy_version)
+            reward, outcome = graded.reward, graded.info
+        trajectory = Trajectory(
+            prompt_ids=list(self.prompt_ids),
+            completion_ids=ids,
+            behaviour_logprobs=logprobs,
+            reward=float(reward),
+            advantages=None,
+            # The oldest weights that sampled any part of it: staleness is never understated.
+            policy_version=min(versions),
+            agent=MCTSAgent.name,
+            info={
+                "task": self.info["task"],
+                "text": text,
+                "reason": outcome.get("reason"),
+                "is_correct": bool(outcome.get("is_correct", False)),
+                "num_tree_steps": len(path),
+                "finished_by_sampling": finished_by_sampling,
+            },
+        )
+        transcript = (
+            f"{self.info['prompt']}{text}\n\n[reward {reward:.3f} ({outcome.get('reason')}); "
+            f"{len(path)} steps from the tree{', finished by sampling' if finished_by_sampling else ''}]"
+        )
+        return trajectory, transcript
