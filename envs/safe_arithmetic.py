@@ -151,45 +151,38 @@ class ParsedExpression:
     root: Node
 
 
-# One token per match; the final alternative catches any character outside the whitelist.
-# re.ASCII and explicit classes keep "\d"/"\s" from matching Unicode digits or spaces.
-_TOKEN = re.compile(
-    r"[ \t\r\n]*(?:(?P<num>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)|(?P<op>[-+*/()])|(?P<bad>.)|$)",
-    re.ASCII | re.DOTALL,
-)
+# Whitelist first (one C-level scan), then split into tokens; whitespace between tokens is
+# skipped by findall. re.ASCII and explicit classes keep Unicode digits and spaces out.
+_INVALID = re.compile(r"[^0-9.+\-*/() \t\r\n]", re.ASCII)
+_TOKENS = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]*|[-+*/()]", re.ASCII)
+_NUMBER_START = frozenset("0123456789.")
+_END = ""  # sentinel token appended after the last one
 
 
-def _tokenize(text: str, limits: ArithmeticLimits) -> list[tuple[str, str]]:
-    tokens: list[tuple[str, str]] = []
-    pos, end = 0, len(text)
+def _tokenize(text: str, limits: ArithmeticLimits) -> list[str]:
+    bad = _INVALID.search(text)
+    if bad is not None:
+        ch = bad.group()
+        raise SafeArithmeticError(
+            "invalid_character", f"character {ch!r} (U+{ord(ch):04X}) is not allowed"
+        )
+    tokens = _TOKENS.findall(text)
     literals = 0
-    while pos < end:
-        m = _TOKEN.match(text, pos)
-        assert m is not None  # the pattern always matches (possibly the empty "$" branch)
-        if m.end() == pos:  # only reachable at end of input after trailing whitespace
-            break
-        pos = m.end()
-        num, op, bad = m.group("num"), m.group("op"), m.group("bad")
-        if num is not None:
-            if num.endswith("."):
-                raise SafeArithmeticError("parse_error", f"number {num!r} has no digits after '.'")
-            if "." in num and not limits.allow_decimals:
-                raise SafeArithmeticError("parse_error", f"decimal literal {num!r} not allowed")
-            if len(num) - num.count(".") > limits.max_digits:
-                raise SafeArithmeticError(
-                    "number_too_large", f"a literal has more than {limits.max_digits} digits"
-                )
-            literals += 1
-            if literals > limits.max_literals:
-                raise SafeArithmeticError(
-                    "too_many_numbers", f"more than {limits.max_literals} number literals"
-                )
-            tokens.append(("num", num))
-        elif op is not None:
-            tokens.append((op, op))
-        elif bad is not None:
+    for tok in tokens:
+        if tok[0] not in _NUMBER_START:
+            continue
+        if tok.endswith("."):
+            raise SafeArithmeticError("parse_error", f"number {tok!r} has no digits after '.'")
+        if "." in tok and not limits.allow_decimals:
+            raise SafeArithmeticError("parse_error", f"decimal literal {tok!r} not allowed")
+        if len(tok) - ("." in tok) > limits.max_digits:
             raise SafeArithmeticError(
-                "invalid_character", f"character {bad!r} (U+{ord(bad):04X}) is not allowed"
+                "number_too_large", f"a literal has more than {limits.max_digits} digits"
+            )
+        literals += 1
+        if literals > limits.max_literals:
+            raise SafeArithmeticError(
+                "too_many_numbers", f"more than {limits.max_literals} number literals"
             )
     return tokens
 
@@ -211,14 +204,11 @@ def _normalize(value: Fraction) -> Number:
 class _Parser:
     __slots__ = ("tokens", "pos", "limits", "literals")
 
-    def __init__(self, tokens: list[tuple[str, str]], limits: ArithmeticLimits) -> None:
-        self.tokens = tokens
+    def __init__(self, tokens: list[str], limits: ArithmeticLimits) -> None:
+        self.tokens = [*tokens, _END]
         self.pos = 0
         self.limits = limits
         self.literals: list[Number] = []
-
-    def _peek(self) -> str | None:
-        return self.tokens[self.pos][0] if self.pos < len(self.tokens) else None
 
     def _check_size(self, value: Number) -> Number:
         """Bound the value's size, and keep whole numbers as ``int`` (Fraction(2, 1) -> 2)."""
@@ -238,7 +228,7 @@ class _Parser:
 
     def expr(self, depth: int) -> Node:
         node = self.term(depth)
-        while (op := self._peek()) in ("+", "-"):
+        while (op := self.tokens[self.pos]) in ("+", "-"):
             self.pos += 1
             right = self.term(depth)
             value = node.value + right.value if op == "+" else node.value - right.value
@@ -247,7 +237,7 @@ class _Parser:
 
     def term(self, depth: int) -> Node:
         node = self.unary(depth)
-        while (op := self._peek()) in ("*", "/"):
+        while (op := self.tokens[self.pos]) in ("*", "/"):
             self.pos += 1
             right = self.unary(depth)
             if op == "*":
@@ -264,7 +254,7 @@ class _Parser:
         return node
 
     def unary(self, depth: int) -> Node:
-        op = self._peek()
+        op = self.tokens[self.pos]
         if op in ("+", "-"):
             if depth >= self.limits.max_depth:
                 raise SafeArithmeticError(
@@ -276,22 +266,22 @@ class _Parser:
         return self.atom(depth)
 
     def atom(self, depth: int) -> Node:
-        if self.pos >= len(self.tokens):
+        text = self.tokens[self.pos]
+        if text == _END:
             raise SafeArithmeticError("parse_error", "expression ends where a number was expected")
-        kind, text = self.tokens[self.pos]
-        if kind == "num":
+        if text[0] in _NUMBER_START:
             self.pos += 1
             value = _literal_value(text)
             self.literals.append(value)
             return Num(value, text)
-        if kind == "(":
+        if text == "(":
             if depth >= self.limits.max_depth:
                 raise SafeArithmeticError(
                     "too_deep", f"nesting deeper than {self.limits.max_depth}"
                 )
             self.pos += 1
             node = self.expr(depth + 1)
-            if self._peek() != ")":
+            if self.tokens[self.pos] != ")":
                 raise SafeArithmeticError("parse_error", "missing ')'")
             self.pos += 1
             if isinstance(node, BinOp):
@@ -320,9 +310,9 @@ def parse_expression(text: str, limits: ArithmeticLimits = DEFAULT_LIMITS) -> Pa
         raise SafeArithmeticError("empty", "no expression")
     parser = _Parser(tokens, limits)
     root = parser.expr(0)
-    if parser.pos != len(tokens):
+    if parser.tokens[parser.pos] != _END:
         raise SafeArithmeticError(
-            "parse_error", f"unexpected {tokens[parser.pos][1]!r} after a complete expression"
+            "parse_error", f"unexpected {parser.tokens[parser.pos]!r} after a complete expression"
         )
     return ParsedExpression(root.value, tuple(parser.literals), root)
 

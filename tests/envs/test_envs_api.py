@@ -5,7 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import COUNTDOWN_TASK
+from envtest_helpers import COUNTDOWN_TASK
 from langrl.envs import CountdownEnv, parse_action, split_actions
 
 

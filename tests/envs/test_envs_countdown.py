@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import gymnasium as gym
 import pytest
-from conftest import COUNTDOWN_TASK
+from envtest_helpers import COUNTDOWN_TASK
 from langrl.envs import CountdownEnv, RewardConfig
 from langrl.envs.countdown import (
     CountdownGeneratorConfig,

@@ -10,7 +10,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import COUNTDOWN_TASK, LANGRL_ENV_IDS
+from envtest_helpers import COUNTDOWN_TASK, LANGRL_ENV_IDS
 from gymnasium.utils.env_checker import check_env
 from langrl.envs import ENV_SPECS, register_envs
 

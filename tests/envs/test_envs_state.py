@@ -6,7 +6,7 @@ import dataclasses
 
 import gymnasium as gym
 import pytest
-from conftest import COUNTDOWN_TASK
+from envtest_helpers import COUNTDOWN_TASK
 from langrl.envs import CountdownEnv, GSM8KEnv, ReasoningState
 
 BRANCH_ACTIONS = {
