@@ -1,0 +1,541 @@
+"""The run configuration: one ``TrainConfig`` composed of the per-component dataclasses.
+
+A YAML preset (``configs/tiny_cpu.yaml``) holds run fields at top level and one section per
+component; command-line overrides come after it::
+
+    agent: cispo               # run fields
+    env_id: Countdown-v0
+    total_steps: 20
+    engine: {...}              # EngineConfig
+    learner: {lr: 1.0e-4}      # LearnerConfig
+    eval: {k: 4}               # EvalConfig
+    mcts: {...}                # MCTSConfig  } only the section of the chosen agent is
+    cispo: {...}               # CISPOConfig } built; the others are checked for unknown
+    bon: {...}                 # BestOfNConfig } keys only
+
+    --total_steps 50 --learner.lr 3e-4 --cispo.group_size 16 --env_kwargs.reward sparse
+
+Every problem (unknown key, bad value, unknown agent or env, a model path that does not
+exist, a failing ``__post_init__`` check) raises ``ConfigError``: ONE line naming the field,
+raised by ``load_config`` before anything expensive (engine start, model load) happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from langrl.agents import AGENT_SPECS, agent_classes
+from langrl.agents.evaluation import EvalConfig
+from langrl.engine import EngineConfig
+from langrl.learner import LearnerConfig
+
+#: Sections of a config file besides the agents' (``AGENT_SPECS`` keys).
+COMPONENT_SECTIONS: dict[str, type] = {
+    "engine": EngineConfig,
+    "learner": LearnerConfig,
+    "eval": EvalConfig,
+}
+#: The preset ``scripts/train_agent.py`` loads when no ``--config`` is given.
+DEFAULT_PRESET = Path(__file__).resolve().parent.parent / "configs" / "tiny_cpu.yaml"
+
+
+class ConfigError(ValueError):
+    """A one-line configuration error naming the offending field."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; ``load_config`` builds and validates it."""
+
+    # --- what to train ---
+    agent: str = "mcts"
+    """Agent name: ``mcts`` (tree-search distillation), ``cispo`` or ``bon`` (best-of-N)."""
+    env_id: str = "Countdown-v0"
+    """Registered langrl env: ``Countdown-v0`` or ``GSM8K-v0``."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """``gym.make`` keyword arguments of the TRAINING env (``split`` is forced to ``train``;
+    ``reward`` defaults to ``dense``). Evaluation uses ``eval.split`` / ``eval.reward``."""
+    model: str | None = None
+    """Initial policy: a local directory (``from_pretrained``-loadable, e.g. a checkpoint) or
+    a Hugging Face name such as ``Qwen/Qwen2.5-1.5B-Instruct``. ``None`` = the cached tiny
+    default policy (``langrl.tiny.ensure_policy()``, built once, several minutes on CPU)."""
+
+    # --- loop ---
+    total_steps: int = 20
+    """Gradient steps to train for (the step counter survives ``resume``)."""
+    batch_size: int = 16
+    """Trajectories per gradient step (paper: 32)."""
+    tasks_per_rollout: int | None = None
+    """Tasks handed to one ``agent.collect``; ``None`` = the agent config's ``num_prompts``
+    when it has one (CISPO, best-of-N), else ``batch_size`` (MCTS: one trajectory per task)."""
+    mode: str = "async"
+    """``async``: the next rollout is generated while the learner trains on the current batch
+    (off by at most ``max_staleness`` versions). ``sync``: generate, then train, in turn; with
+    ``seed`` fixed, agents also get per-request sampling seeds (debugging, reproducibility)."""
+    sync_every: int = 1
+    """Push learner weights to the engine every N gradient steps (paper: 8)."""
+    max_staleness: int | None = 1
+    """Largest accepted ``policy version at training - version that sampled``; older
+    trajectories are dropped (counted in ``perf/dropped_stale``). ``None`` = no bound."""
+    buffer_capacity: int = 4096
+    """Most trajectories waiting in the buffer; the oldest are dropped beyond it."""
+
+    # --- evaluation, logging, checkpoints ---
+    eval_every: int = 10
+    """Evaluate mean@k every N steps (and always at the start and the end); 0 = only then."""
+    eval_at_start: bool = True
+    """Evaluate the initial policy before the first step."""
+    log_every: int = 1
+    """Write scalars every N steps."""
+    text_every: int = 10
+    """Write sample transcripts to TensorBoard's text tab every N steps; 0 = never."""
+    checkpoint_every: int = 10
+    """Save a checkpoint every N steps (and always at the end and on Ctrl-C); 0 = only then."""
+    runs_root: str = "runs"
+    """Parent directory of run directories."""
+    run_dir: str | None = None
+    """This run's directory; ``None`` = ``{runs_root}/{env}__{agent}__{seed}__{time}`` (or,
+    with ``resume``, the newest such directory that holds a checkpoint)."""
+    seed: int = 0
+    """Seeds the task sampler, Python/NumPy/torch RNGs and (in ``sync`` mode) sampling."""
+    resume: bool = False
+    """Continue from the last checkpoint of ``run_dir``: same global step, optimizer state,
+    data position and RNG state."""
+    progress: bool = True
+    """Show tqdm progress bars."""
+
+    # --- components ---
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Policy server (``langrl.engine.EngineConfig``); its model path is set from ``model``."""
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """The shared learner (``langrl.learner.LearnerConfig``): lr, eps_high, c_value, c_kl."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation (``langrl.agents.evaluation.EvalConfig``): mean@k, temperature, problems."""
+    agent_config: Any = None
+    """The chosen agent's config (YAML section named after the agent); built by
+    ``load_config``; ``None`` = its defaults."""
+
+    def __post_init__(self) -> None:
+        if self.agent not in AGENT_SPECS:
+            raise ConfigError(
+                f"config: agent: unknown agent {self.agent!r}; valid agents: "
+                f"{', '.join(AGENT_SPECS)}"
+            )
+        config_cls, _ = _agent_classes(self.agent)
+        if self.agent_config is None:
+            self.agent_config = config_cls()
+        elif not isinstance(self.agent_config, config_cls):
+            raise ConfigError(
+                f"config: {self.agent}: expected a {config_cls.__name__}, "
+                f"got {type(self.agent_config).__name__}"
+            )
+        _check_env(self.env_id, self.env_kwargs)
+        for name, low in (
+            ("total_steps", 1),
+            ("batch_size", 1),
+            ("sync_every", 1),
+            ("buffer_capacity", 1),
+            ("log_every", 1),
+            ("eval_every", 0),
+            ("text_every", 0),
+            ("checkpoint_every", 0),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"config: {name}: must be an int >= {low}, got {value!r}")
+        if self.tasks_per_rollout is not None and self.tasks_per_rollout < 1:
+            raise ConfigError(
+                f"config: tasks_per_rollout: must be None or >= 1, got {self.tasks_per_rollout}"
+            )
+        if self.mode not in ("async", "sync"):
+            raise ConfigError(f"config: mode: must be 'async' or 'sync', got {self.mode!r}")
+        if self.max_staleness is not None and self.max_staleness < 0:
+            raise ConfigError(
+                f"config: max_staleness: must be None or >= 0, got {self.max_staleness}"
+            )
+        if self.mode == "async" and self.max_staleness == 0:
+            raise ConfigError(
+                "config: max_staleness: 0 drops every rollout generated during an update in "
+                "async mode; use mode=sync for on-policy training or max_staleness >= 1"
+            )
+        if self.buffer_capacity < self.batch_size:
+            raise ConfigError(
+                f"config: buffer_capacity: {self.buffer_capacity} is smaller than "
+                f"batch_size {self.batch_size}"
+            )
+        if self.model is not None:
+            _check_model(self.model)
+        temperature = getattr(self.agent_config, "temperature", None)
+        if temperature is not None and abs(temperature - self.learner.temperature) > 1e-9:
+            raise ConfigError(
+                f"config: learner.temperature: {self.learner.temperature} differs from "
+                f"{self.agent}.temperature {temperature}; the learner must score with the "
+                "sampling temperature (set both, or only the agent's)"
+            )
+
+    # --- derived ---
+
+    @property
+    def rollout_tasks(self) -> int:
+        """Tasks per ``agent.collect`` (see ``tasks_per_rollout``)."""
+        if self.tasks_per_rollout is not None:
+            return self.tasks_per_rollout
+        return int(getattr(self.agent_config, "num_prompts", self.batch_size))
+
+    @property
+    def train_env_kwargs(self) -> dict[str, Any]:
+        """``env_kwargs`` of the training env (train split, dense reward unless set)."""
+        return {"reward": "dense", **self.env_kwargs, "split": "train"}
+
+    def run_name(self, now: float | None = None) -> str:
+        """``{env}__{agent}__{seed}__{time}`` (CleanRL's run naming)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+        return f"{self.env_id}__{self.agent}__{self.seed}__{stamp}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-safe dict, with the agent's section under its name (``load_config``
+        reads it back)."""
+        from langrl.metrics import config_to_dict
+
+        data = {
+            f.name: config_to_dict(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name != "agent_config"
+        }
+        data[self.agent] = config_to_dict(self.agent_config)
+        return data
+
+
+# --- loading ---
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    **fields: Any,
+) -> TrainConfig:
+    """Build a validated ``TrainConfig`` from a YAML preset, overrides and keyword fields.
+
+    Args:
+        path: YAML preset (``None`` = no file; all defaults).
+        overrides: ``["--key", "value", "--section.key", "value", ...]`` (as on the command
+            line; ``--key=value`` works too) or a mapping ``{"section.key": value}``. Values
+            are parsed for the field's type (``1e-4`` for a float, ``null``/``none`` for None,
+            ``true``/``false``, YAML lists/dicts).
+        **fields: Run fields set last (e.g. ``agent="cispo"`` from ``--agent``).
+
+    Raises:
+        ConfigError: one line naming the field, before any engine or model is started.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_yaml(path)
+    pairs = list(overrides.items()) if isinstance(overrides, Mapping) else _parse_argv(overrides)
+    pairs += [(k, v) for k, v in fields.items() if v is not None]
+    explicit: set[str] = set(_dotted_keys(data))
+    for key, value in pairs:
+        _set_dotted(data, key, value)
+        explicit.add(key)
+    return build_config(data, explicit)
+
+
+def build_config(data: Mapping[str, Any], explicit: set[str] | None = None) -> TrainConfig:
+    """``TrainConfig`` from a nested mapping (a parsed preset with overrides applied).
+
+    ``explicit`` lists the dotted keys the user set; the learner's temperature follows the
+    agent's sampling temperature unless ``learner.temperature`` is among them.
+    """
+    data = dict(data)
+    explicit = set(_dotted_keys(data)) if explicit is None else explicit
+    run_types = _field_types(TrainConfig)
+    sections = set(COMPONENT_SECTIONS) | set(AGENT_SPECS)
+    for key in data:
+        if key not in run_types and key not in sections or key == "agent_config":
+            raise ConfigError(
+                f"config: unknown key {key!r}; run fields: "
+                f"{', '.join(k for k in run_types if k not in COMPONENT_SECTIONS and k != 'agent_config')}; "
+                f"sections: {', '.join(sorted(sections))}"
+            )
+    run: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in sections:
+            continue
+        run[key] = _coerce(key, run_types[key], value)
+    agent = run.get("agent", TrainConfig.agent)
+    if agent not in AGENT_SPECS:
+        raise ConfigError(
+            f"config: agent: unknown agent {agent!r}; valid agents: {', '.join(AGENT_SPECS)}"
+        )
+    # Unused agent sections are still checked for unknown keys (typos in a shared preset).
+    for name in AGENT_SPECS:
+        if name in data and name != agent:
+            try:
+                config_cls, _ = agent_classes(name)
+            except ImportError:
+                continue
+            _check_section_keys(name, config_cls, data[name])
+    config_cls, _ = _agent_classes(agent)
+    agent_section = dict(_section(agent, data.get(agent)))
+    run["agent_config"] = _build_section(agent, config_cls, agent_section)
+    learner_section = dict(_section("learner", data.get("learner")))
+    temperature = getattr(run["agent_config"], "temperature", None)
+    if temperature is not None and "learner.temperature" not in explicit:
+        learner_section["temperature"] = temperature  # score with the sampling temperature
+    run["learner"] = _build_section("learner", LearnerConfig, learner_section)
+    for name in ("engine", "eval"):
+        run[name] = _build_section(name, COMPONENT_SECTIONS[name], _section(name, data.get(name)))
+    try:
+        return TrainConfig(**run)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"config: {_one_line(err)}") from None
+
+
+# --- helpers ---
+
+
+def _agent_classes(name: str) -> tuple[type, type]:
+    try:
+        return agent_classes(name)
+    except ImportError as err:
+        raise ConfigError(
+            f"config: agent: agent {name!r} cannot be imported: {_one_line(err)}"
+        ) from None
+
+
+def _check_env(env_id: str, env_kwargs: Mapping[str, Any]) -> None:
+    """The env id is registered and its kwargs construct it (cheap: data loads lazily)."""
+    import gymnasium as gym
+
+    import langrl  # noqa: F401  (registers the envs)
+
+    if env_id not in gym.registry:
+        langrl_envs = sorted(
+            k
+            for k, spec in gym.registry.items()
+            if isinstance(spec.entry_point, str) and spec.entry_point.startswith("langrl.")
+        )
+        raise ConfigError(
+            f"config: env_id: unknown env {env_id!r}; langrl envs: {', '.join(langrl_envs)}"
+        )
+    if not isinstance(env_kwargs, Mapping):
+        raise ConfigError(f"config: env_kwargs: must be a mapping, got {env_kwargs!r}")
+    try:
+        gym.make(env_id, **{**env_kwargs, "split": "train"}).close()
+    except Exception as err:  # noqa: BLE001  (any constructor error is a config error)
+        raise ConfigError(
+            f"config: env_kwargs: {env_id} rejects {dict(env_kwargs)}: {_one_line(err)}"
+        ) from None
+
+
+def _looks_like_path(model: str) -> bool:
+    # A Hugging Face name is "name" or "org/name"; anything else is meant as a local path.
+    return (
+        model.startswith(("/", ".", "~"))
+        or model.count("/") > 1
+        or os.sep != "/"
+        and os.sep in model
+        or Path(model).exists()
+    )
+
+
+def _check_model(model: str) -> None:
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"config: model: must be a path or a Hugging Face name, got {model!r}")
+    if _looks_like_path(model):
+        path = Path(model).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"config: model: path {model!r} does not exist or is not a directory")
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"config: model: {model!r} has no config.json (not a from_pretrained directory)"
+            )
+
+
+def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: --config: file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config: {path}: invalid YAML: {_one_line(err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _parse_argv(argv: Sequence[str]) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    i = 0
+    argv = list(argv)
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise ConfigError(f"config: expected --key value, got {token!r}")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value = argv[i + 1]
+            i += 2
+        else:
+            value = "true"  # a bare flag: --resume
+            i += 1
+        pairs.append((key.replace("-", "_"), value))
+    return pairs
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    head, dot, rest = key.partition(".")
+    if not dot:
+        data[head] = value
+        return
+    section = data.get(head)
+    if section is None:
+        section = data[head] = {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"config: {head}: cannot set {key!r}, {head} is not a section")
+    _set_dotted(section, rest, value)
+
+
+def _dotted_keys(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        keys.append(name)
+        if isinstance(value, Mapping):
+            keys += _dotted_keys(value, name + ".")
+    return keys
+
+
+def _section(name: str, value: Any) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config: {name}: must be a section (mapping), got {value!r}")
+    return value
+
+
+def _check_section_keys(name: str, cls: type, values: Any) -> None:
+    known = _field_types(cls)
+    for key in _section(name, values):
+        if key not in known:
+            raise ConfigError(
+                f"config: {name}.{key}: unknown field of {cls.__name__}; known: {', '.join(known)}"
+            )
+
+
+def _build_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
+    _check_section_keys(name, cls, values)
+    types_ = _field_types(cls)
+    kwargs = {key: _coerce(f"{name}.{key}", types_[key], value) for key, value in values.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"config: {name}: {_one_line(err)}") from None
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+_NONE_WORDS = ("none", "null", "~")
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
+               "false": False, "no": False, "off": False, "0": False}  # fmt: skip
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """``value`` (from YAML or a command-line string) as type ``tp``, or ConfigError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(name, arg, value)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"config: {name}: must not be None")
+    if tp is Any:
+        return _yaml_value(value) if isinstance(value, str) else value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        raise ConfigError(f"config: {name}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip().replace("_", ""))
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"config: {name}: expected an int, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"config: {name}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config: {name}: expected a string, got {value!r}")
+    if origin in (tuple, list) or tp in (tuple, list):
+        if isinstance(value, str):
+            value = _yaml_value(value)
+            if isinstance(value, str):
+                value = [value]  # a single item: --engine.stop "</step>"
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config: {name}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        items = [_coerce(f"{name}[{i}]", item, v) for i, v in enumerate(value)]
+        return tuple(items) if (origin or tp) is tuple else items
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
+        if isinstance(value, str):
+            value = _yaml_value(value)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config: {name}: expected a mapping, got {value!r}")
+        return {str(k): (_yaml_value(v) if isinstance(v, str) else v) for k, v in value.items()}
+    return value
+
+
+def _yaml_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())

@@ -1,0 +1,67 @@
+"""TrajectoryBuffer: FIFO batches, capacity, staleness bound, thread-safe hand-off."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from langrl.buffer import TrajectoryBuffer
+from langrl.trajectory import Trajectory
+
+
+def traj(version: int = 0, reward: float = 0.0) -> Trajectory:
+    return Trajectory([1], [2, 3], [-0.1, -0.2], reward, policy_version=version)
+
+
+def test_get_returns_oldest_first_in_batches():
+    buf = TrajectoryBuffer(capacity=10)
+    buf.put(traj(reward=r) for r in range(5))
+    assert len(buf) == 5
+    assert [t.reward for t in buf.get(3, current_version=0)] == [0, 1, 2]
+    assert buf.get(3, current_version=0) is None  # only 2 left, no wait
+    assert len(buf) == 2
+
+
+def test_capacity_drops_oldest_and_counts():
+    buf = TrajectoryBuffer(capacity=3)
+    buf.put(traj(reward=r) for r in range(5))
+    assert [t.reward for t in buf.get(3, 0)] == [2, 3, 4]
+    assert buf.stats()["dropped_overflow"] == 2
+
+
+def test_stale_trajectories_are_dropped_and_counted():
+    buf = TrajectoryBuffer(capacity=10, max_staleness=1)
+    buf.put([traj(0), traj(1), traj(2), traj(2)])
+    batch = buf.get(2, current_version=2)
+    assert [t.policy_version for t in batch] == [1, 2]
+    assert buf.dropped_stale == 1
+    assert not buf.ready(2, current_version=2)
+    assert buf.ready(1, current_version=3)
+    assert buf.ready(1, current_version=4) is False and buf.dropped_stale == 2
+
+
+def test_no_staleness_bound_keeps_everything():
+    buf = TrajectoryBuffer(capacity=10, max_staleness=None)
+    buf.put([traj(0)])
+    assert buf.get(1, current_version=100) is not None
+
+
+def test_get_waits_for_a_producer_thread():
+    buf = TrajectoryBuffer(capacity=10)
+
+    def produce():
+        time.sleep(0.05)
+        buf.put([traj(), traj()])
+
+    threading.Thread(target=produce).start()
+    batch = buf.get(2, current_version=0, timeout=5.0)
+    assert batch is not None and len(batch) == 2
+    assert buf.get(1, current_version=0, timeout=0.01) is None
+
+
+@pytest.mark.parametrize("kwargs", [{"capacity": 0}, {"max_staleness": -1}, {"capacity": 2.5}])
+def test_bad_arguments_name_the_field(kwargs):
+    with pytest.raises(ValueError, match=f"TrajectoryBuffer.{next(iter(kwargs))}"):
+        TrajectoryBuffer(**kwargs)
