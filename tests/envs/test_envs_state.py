@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 import gymnasium as gym
 import pytest
@@ -70,6 +71,7 @@ def test_snapshot_is_immutable_and_unaffected_by_later_steps(countdown):
         s1.num_steps = 5  # type: ignore[misc]
     assert hash(s1.task) == hash(s0.task)  # frozen task, shared between snapshots
     assert s1.task is s0.task
+    assert pickle.loads(pickle.dumps(s1)) == s1  # snapshots can cross processes
 
 
 def test_done_flags_are_part_of_the_state(countdown):
