@@ -27,13 +27,14 @@ import time
 import warnings
 
 import sympy
+from sympy.parsing.sympy_parser import parse_expr
+
 from langrl.envs import CountdownEnv, GSM8KEnv
 from langrl.envs.adversarial import CASES, COUNTDOWN_TASK, GSM8K_TASK, MAX_SECONDS
 from langrl.envs.countdown import grade_answer as grade_countdown
 from langrl.envs.countdown import load_countdown, solve
 from langrl.envs.gsm8k import grade_answer as grade_gsm8k
 from langrl.envs.gsm8k import load_gsm8k
-from sympy.parsing.sympy_parser import parse_expr
 
 
 def countdown_mix(rng: random.Random, size: int) -> list[tuple[object, str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 from gymnasium.envs.registration import WrapperSpec
+
 from langrl.envs.base import (
     Grade,
     ReasoningEnv,

@@ -22,6 +22,7 @@ from fractions import Fraction
 from typing import Any, ClassVar, Generic, TypeVar
 
 import gymnasium as gym
+
 from langrl.envs.text_space import UnicodeText
 
 __all__ = [

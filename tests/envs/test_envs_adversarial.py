@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from langrl.envs import CountdownEnv, GSM8KEnv
 from langrl.envs.adversarial import CASES, COUNTDOWN_TASK, GSM8K_TASK, MAX_SECONDS
 from langrl.envs.gsm8k import check_step as gsm8k_check_step

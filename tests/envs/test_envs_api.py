@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from envtest_helpers import COUNTDOWN_TASK
+
 from langrl.envs import CountdownEnv, parse_action, split_actions
 
 

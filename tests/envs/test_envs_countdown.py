@@ -8,6 +8,7 @@ from fractions import Fraction
 import gymnasium as gym
 import pytest
 from envtest_helpers import COUNTDOWN_TASK
+
 from langrl.envs import CountdownEnv, RewardConfig
 from langrl.envs.countdown import (
     CountdownGeneratorConfig,

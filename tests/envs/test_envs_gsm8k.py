@@ -7,6 +7,7 @@ from fractions import Fraction
 import gymnasium as gym
 import pytest
 from envtest_helpers import GSM8K_TASK
+
 from langrl.envs import GSM8KEnv
 from langrl.envs.gsm8k import check_step, extract_gold, load_gsm8k, parse_numeric_answer
 from langrl.envs.safe_arithmetic import SafeArithmeticError

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from envtest_helpers import COUNTDOWN_TASK, LANGRL_ENV_IDS
 from gymnasium.utils.env_checker import check_env
+
 from langrl.envs import ENV_SPECS, register_envs
 
 

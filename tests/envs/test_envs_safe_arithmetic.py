@@ -5,6 +5,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
+
 from langrl.envs.safe_arithmetic import (
     ArithmeticLimits,
     BinOp,

@@ -8,6 +8,7 @@ import pickle
 import gymnasium as gym
 import pytest
 from envtest_helpers import COUNTDOWN_TASK
+
 from langrl.envs import CountdownEnv, GSM8KEnv, ReasoningState
 
 BRANCH_ACTIONS = {

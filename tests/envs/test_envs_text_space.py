@@ -17,6 +17,7 @@ from gymnasium.vector.utils import (
     read_from_shared_memory,
     write_to_shared_memory,
 )
+
 from langrl.envs import UnicodeText
 
 ODD_STRINGS = ["", "abc", "Ünïcødé", "٣ × ３", "😀\U0010ffff", "\x00\n\t", "\ud800 lone surrogate"]
