@@ -31,6 +31,19 @@ Defects of the reference implementation that this file does not copy:
 (The reference's answer parser and value-head LayerNorm defects live in the env grader and
 the learner; search values here come from ``PolicyEngine.values``, the learner's head.)
 
+Logged metrics (``RolloutBatch.metrics``; per-task values averaged over the batch, times
+summed): ``search/tree_size`` (nodes), ``search/max_depth``, ``search/depth`` (steps of the
+chosen path taken from the tree), ``search/unique_children_per_expansion``,
+``search/root_visit_entropy`` (nats, over the root's children), ``search/terminal_leaf_frac``
+(leaves that end the episode), ``search/chosen_reward``, ``search/best_reward_in_tree``
+(best terminal reward, over trees that have one), ``search/root_value`` (root W/N),
+``search/collisions`` (waits on a node another worker was expanding),
+``search/terminal_waits`` (a worker that just visited a terminal node waited for an
+expansion to finish instead of revisiting it at once; see ``TreeSearch._simulate``),
+``search/engine_time_s`` (seconds awaiting engine calls; concurrent calls each count),
+``search/overhead_time_s`` (seconds of search code between awaits: selection, env steps,
+backup), ``train/reward_mean`` and ``train/correct_frac`` of the emitted trajectories.
+
 Usage (the training loop drives this on the engine's event loop)::
 
     agent = MCTSAgent(MCTSConfig(num_workers=16), "Countdown-v0", {"reward": "dense"}, engine)
@@ -50,11 +63,11 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
 from langrl.agents.base import RolloutBatch, encode_prompt
 from langrl.agents.rollout import sample_and_grade
-from langrl.envs.base import ANSWER_CLOSE, STEP_CLOSE
-
 from langrl.engine.base import PolicyEngine, SamplingConfig
+from langrl.envs.base import ANSWER_CLOSE, STEP_CLOSE
 from langrl.trajectory import Trajectory
 
 __all__ = [
@@ -102,8 +115,8 @@ class MCTSConfig:
     concurrent workers spread out. 0 disables it. Paper: 1."""
     first_play_value: float = 0.0
     """Q of a child that has never been visited (in [-1, 1]). 0 is neutral for the dense
-    reward in [-1, 1]; lower values make the search go deeper before widening. Paper: 0
-    (the reference's Q of an empty node)."""
+    reward in [-1, 1]; lower values make the search go deeper before widening, higher ones
+    try every sibling first. Paper: not stated."""
     root_dirichlet_alpha: float = 0.3
     """Concentration of the Dirichlet noise mixed into the root priors (AlphaZero); only
     used when ``root_noise_fraction > 0``. Paper: no noise."""
@@ -111,8 +124,8 @@ class MCTSConfig:
     """Weight of the Dirichlet noise in the root priors, in [0, 1); 0 = off. Paper: off."""
     merge_identical: bool = True
     """Merge sampled steps with identical token ids into one child (one entry in the prior
-    softmax, see ``_expand``). False keeps duplicates as separate children, as the
-    reference does. Paper: not merged."""
+    softmax, see ``TreeSearch._expand``); saves engine calls and keeps visit counts of one
+    step in one place. False keeps duplicates as separate children. Paper: not described."""
 
     # --- generation ---
     max_step_tokens: int = 64
@@ -281,6 +294,7 @@ class SearchStats:
     expansions: int = 0
     unique_children: int = 0
     collisions: int = 0
+    terminal_waits: int = 0
     engine_time_s: float = 0.0
     overhead_time_s: float = 0.0
 
@@ -298,6 +312,7 @@ def tree_stats(root: Node, stats: SearchStats) -> dict[str, float]:
         "root_visit_entropy": -sum(p * math.log(p) for p in shares if p > 0),
         "terminal_leaf_frac": sum(n.terminal for n in leaves) / len(leaves),
         "collisions": float(stats.collisions),
+        "terminal_waits": float(stats.terminal_waits),
         "engine_time_s": stats.engine_time_s,
         "overhead_time_s": stats.overhead_time_s,
     }
@@ -403,6 +418,8 @@ class TreeSearch:
         self.env.reset(options=dict(task))
         self.info = self.env.task_info()
         self.root = Node(state=self.env.get_state())
+        self._expansions_in_flight = 0
+        self._progress = asyncio.Event()  # replaced by a fresh one after every expansion
         self.prompt_ids = encode_prompt(
             self.engine.tokenizer, self.info, self.config.use_chat_template
         )
@@ -485,6 +502,13 @@ class TreeSearch:
         # --- backup ---
         with self._cpu():
             backup(path, value)
+        if node.terminal and self._expansions_in_flight:
+            # A terminal visit needs no engine call, so without this a worker that the other
+            # workers' virtual losses steer onto a terminal node would revisit it in one
+            # synchronous burst (nothing new can be learned until an expansion returns),
+            # piling visits on it; max-visit extraction would then pick it. Wait for news.
+            self.stats.terminal_waits += 1
+            await self._progress.wait()
 
     async def _expand(self, node: Node) -> float:
         """Sample K one-step completions of ``node``, add them as children, return V(node).
@@ -497,6 +521,7 @@ class TreeSearch:
         """
         cfg = self.config
         node.expanding = asyncio.Event()
+        self._expansions_in_flight += 1
         try:
             with self._cpu():
                 prefix = self._prefix_ids(node)
@@ -561,6 +586,9 @@ class TreeSearch:
         finally:
             event, node.expanding = node.expanding, None
             event.set()
+            self._expansions_in_flight -= 1
+            progress, self._progress = self._progress, asyncio.Event()
+            progress.set()
         return node.value_estimate
 
     # --- trajectory extraction ---

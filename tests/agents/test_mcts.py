@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 
 import gymnasium as gym
 import pytest
+
+import langrl  # noqa: F401  (registers the envs)
 from langrl.agents.mcts import (
     MCTSAgent,
     MCTSConfig,
@@ -26,8 +28,6 @@ from langrl.agents.mcts import (
     softmax,
 )
 from langrl.agents.rollout import grade_completion
-
-import langrl  # noqa: F401  (registers the envs)
 from langrl.engine.base import Generation, PolicyEngine, Sample, SamplingConfig
 
 TASK = {"numbers": [3, 5, 7, 2], "target": 24}
@@ -387,6 +387,19 @@ def test_virtual_loss_is_visible_to_other_workers_while_in_flight():
         else:
             assert q == -1.0
     check_tree_invariants(root, engine)  # and all of it was lifted again
+
+
+def test_busy_workers_do_not_pile_visits_on_a_bad_terminal():
+    # While other paths are in flight, their virtual losses make the root's only free
+    # child a wrong answer (reward -1/3). Terminal visits need no engine call, so a free
+    # worker must not revisit it in a burst: it waits for an expansion to return.
+    agent, engine = make_agent(num_workers=8, iterations_per_worker=25)
+    result = search(agent)
+    (wrong,) = [c for c in result.root.children if c.terminal]
+    assert wrong.reward == pytest.approx(-1 / 3)
+    assert wrong.visits < 0.05 * result.root.visits
+    assert result.stats["terminal_waits"] > 0
+    check_tree_invariants(result.root, engine)
 
 
 # --- trajectory extraction ---
