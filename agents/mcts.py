@@ -187,9 +187,9 @@ class Node:
     the paths currently in flight through the node (``in_flight``).
     """
 
-    state: Any
+    state: Any = field(repr=False)
     """Immutable env snapshot (``env.unwrapped.get_state()``) after this node's step."""
-    parent: Node | None = None
+    parent: Node | None = field(default=None, repr=False)
     step_ids: list[int] = field(default_factory=list)
     """Token ids the engine sampled for this step (empty at the root)."""
     step_logprobs: list[float] = field(default_factory=list)
@@ -213,8 +213,8 @@ class Node:
     """Simulations whose path currently runs through this node (each one a virtual loss)."""
     value_estimate: float | None = None
     """V(s) from the value head, set when the node is expanded."""
-    children: list[Node] = field(default_factory=list)
-    expanding: asyncio.Event | None = None
+    children: list[Node] = field(default_factory=list, repr=False)
+    expanding: asyncio.Event | None = field(default=None, repr=False)
     """Set while one worker expands the node; others wait on it instead of expanding too."""
 
     def effective_visits(self, virtual_loss: float) -> float:
