@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
-from langrl.agents.base import encode_prompt
-from langrl.agents.rollout import GradedSample
 
 import langrl  # noqa: F401  (registers the envs)
+from langrl.agents.base import encode_prompt
+from langrl.agents.rollout import GradedSample
 
 #: Final reasons of a well-formed, legal answer (right or wrong value).
 FORMAT_OK_REASONS = frozenset({"correct", "wrong_value"})

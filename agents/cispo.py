@@ -25,7 +25,6 @@ from typing import Any
 from langrl.agents._sampling import make_env, open_episodes, summarize, transcript
 from langrl.agents.base import RolloutBatch
 from langrl.agents.rollout import sample_and_grade
-
 from langrl.engine.base import PolicyEngine, SamplingConfig
 from langrl.trajectory import Trajectory
 

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from langrl.agents._sampling import (
     is_correct,
     is_format_ok,
@@ -27,8 +29,6 @@ from langrl.agents._sampling import (
     transcript,
 )
 from langrl.agents.rollout import sample_and_grade
-from tqdm.auto import tqdm
-
 from langrl.engine.base import PolicyEngine, SamplingConfig
 
 

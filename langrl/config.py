@@ -117,8 +117,9 @@ class TrainConfig:
     # --- components ---
     engine: EngineConfig = field(default_factory=EngineConfig)
     """Policy server (``langrl.engine.EngineConfig``); its model path is set from ``model``."""
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
-    """The shared learner (``langrl.learner.LearnerConfig``): lr, eps_high, c_value, c_kl."""
+    learner: LearnerConfig | None = None
+    """The shared learner (``langrl.learner.LearnerConfig``): lr, eps_high, c_value, c_kl.
+    ``None`` = its defaults with ``temperature`` set to the agent's sampling temperature."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation (``langrl.agents.evaluation.EvalConfig``): mean@k, temperature, problems."""
     agent_config: Any = None
@@ -138,6 +139,11 @@ class TrainConfig:
             raise ConfigError(
                 f"config: {self.agent}: expected a {config_cls.__name__}, "
                 f"got {type(self.agent_config).__name__}"
+            )
+        temperature = getattr(self.agent_config, "temperature", None)
+        if self.learner is None:
+            self.learner = LearnerConfig(
+                **({} if temperature is None else {"temperature": temperature})
             )
         _check_env(self.env_id, self.env_kwargs)
         for name, low in (
@@ -175,7 +181,6 @@ class TrainConfig:
             )
         if self.model is not None:
             _check_model(self.model)
-        temperature = getattr(self.agent_config, "temperature", None)
         if temperature is not None and abs(temperature - self.learner.temperature) > 1e-9:
             raise ConfigError(
                 f"config: learner.temperature: {self.learner.temperature} differs from "

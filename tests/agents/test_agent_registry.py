@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from langrl.agents import AGENTS, make_agent
 from sampling_fakes import ScriptedEngine
+
+from langrl.agents import AGENTS, make_agent
 
 
 def test_registry_lists_every_agent():

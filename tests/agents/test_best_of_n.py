@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from langrl.agents.best_of_n import BestOfNAgent, BestOfNConfig
 from sampling_fakes import (
     CORRECT_A,
     CORRECT_B,
@@ -17,6 +16,8 @@ from sampling_fakes import (
     WRONG_A,
     ScriptedEngine,
 )
+
+from langrl.agents.best_of_n import BestOfNAgent, BestOfNConfig
 
 
 def test_picks_the_max_reward_sample_per_prompt():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from langrl.agents.cispo import CISPOAgent, CISPOConfig, group_advantages
 from sampling_fakes import (
     CORRECT_A,
     MALFORMED,
@@ -16,6 +15,8 @@ from sampling_fakes import (
     WRONG_A,
     ScriptedEngine,
 )
+
+from langrl.agents.cispo import CISPOAgent, CISPOConfig, group_advantages
 
 
 def _collect(agent, tasks):

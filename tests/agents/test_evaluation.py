@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from langrl.agents.evaluation import EvalConfig, evaluate, mean_at_k
 from sampling_fakes import (
     CORRECT_A,
     MALFORMED,
@@ -14,6 +13,8 @@ from sampling_fakes import (
     WRONG_A,
     ScriptedEngine,
 )
+
+from langrl.agents.evaluation import EvalConfig, evaluate, mean_at_k
 
 
 def test_mean_at_k_arithmetic():

@@ -1,0 +1,149 @@
+"""TrainConfig: YAML presets, --key value overrides, one-line errors before any start-up."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from langrl.agents.cispo import CISPOConfig
+from langrl.config import ConfigError, TrainConfig, build_config, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "tiny_cpu.yaml"
+PAPER = ROOT / "configs" / "qwen2.5-1.5b-paper.yaml"
+
+
+def _train_agent_main():
+    spec = importlib.util.spec_from_file_location(
+        "train_agent", ROOT / "scripts" / "train_agent.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _error(**kwargs) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_config(**kwargs)
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_tiny_preset_with_overrides():
+    config = load_config(
+        TINY,
+        ["--total_steps", "5", "--learner.lr", "3e-4", "--cispo.group_size=4",
+         "--env_kwargs.reward", "sparse", "--max_staleness", "none", "--eval.num_problems", "null"],
+        agent="cispo",
+    )  # fmt: skip
+    assert isinstance(config.agent_config, CISPOConfig)
+    assert config.total_steps == 5
+    assert config.learner.lr == pytest.approx(3e-4)
+    assert config.agent_config.group_size == 4
+    assert config.agent_config.num_prompts == 8  # from the preset
+    assert config.env_kwargs == {"reward": "sparse"}
+    assert config.max_staleness is None and config.eval.num_problems is None
+    assert config.rollout_tasks == 8
+    # The learner scores with the agent's sampling temperature unless told otherwise.
+    assert config.learner.temperature == config.agent_config.temperature
+
+
+def test_learner_temperature_follows_the_agent():
+    config = load_config(TINY, ["--mcts.temperature", "0.7"], agent="mcts")
+    assert config.learner.temperature == pytest.approx(0.7)
+    assert "learner.temperature" in _error(
+        path=TINY, overrides=["--mcts.temperature", "0.7", "--learner.temperature", "1.0"]
+    )
+
+
+@pytest.mark.parametrize("agent", ["mcts", "cispo", "bon"])
+@pytest.mark.parametrize("preset", [TINY, PAPER])
+def test_presets_load_for_every_agent(preset, agent):
+    config = load_config(preset, agent=agent)
+    assert config.agent == agent
+    assert (
+        type(config.agent_config)
+        .__name__.lower()
+        .startswith({"mcts": "mcts", "cispo": "cispo", "bon": "bestofn"}[agent])
+    )
+
+
+def test_paper_preset_has_the_paper_settings():
+    mcts = load_config(PAPER, agent="mcts")
+    assert (mcts.batch_size, mcts.sync_every) == (32, 8)
+    assert (mcts.learner.eps_high, mcts.learner.c_value, mcts.learner.c_kl) == (5.0, 1.0, 0.05)
+    m = mcts.agent_config
+    assert (m.num_workers, m.iterations_per_worker, m.num_expansions) == (16, 100, 4)
+    assert (m.c_puct, m.virtual_loss, m.max_step_tokens, m.temperature) == (0.5, 1.0, 64, 0.8)
+    assert (mcts.eval.k, mcts.eval.temperature, mcts.eval.num_problems) == (16, 0.2, None)
+    cispo = load_config(PAPER, agent="cispo").agent_config
+    assert (cispo.num_prompts, cispo.group_size) == (128, 16)
+    assert load_config(PAPER, agent="bon").agent_config.n == 64
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"overrides": ["--bogus", "1"]}, "bogus"),
+        ({"overrides": ["--learner.lrr", "1"]}, "learner.lrr"),
+        ({"overrides": ["--learner.lr", "abc"]}, "learner.lr"),
+        ({"overrides": ["--learner.lr", "-1"]}, "lr"),
+        ({"overrides": ["--total_steps", "0"]}, "total_steps"),
+        ({"overrides": ["--mode", "turbo"]}, "mode"),
+        ({"overrides": ["--cispo.group_size", "1"], "agent": "cispo"}, "group_size"),
+        ({"overrides": ["--eval.k", "many"]}, "eval.k"),
+        ({"overrides": ["--env_kwargs.reward", "bogus"]}, "env_kwargs"),
+        ({"overrides": ["--mcts.nope", "1"], "agent": "cispo"}, "mcts.nope"),
+        ({"agent": "ppo"}, "agent"),
+        ({"env_id": "Chess-v0"}, "env_id"),
+        ({"model": "./no/such/model"}, "model"),
+        ({"overrides": ["total_steps", "3"]}, "--key value"),
+    ],
+)
+def test_bad_config_is_a_one_line_error_naming_the_field(kwargs, field):
+    message = _error(path=TINY, **kwargs)
+    assert field in message
+    assert message.startswith("config:")
+
+
+def test_unknown_agent_lists_the_valid_ones():
+    assert "mcts, cispo, bon" in _error(path=None, agent="ppo")
+
+
+def test_missing_preset_file():
+    assert "does-not-exist.yaml" in _error(path="does-not-exist.yaml")
+
+
+def test_model_directory_is_accepted(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    assert load_config(TINY, model=str(tmp_path)).model == str(tmp_path)
+    assert load_config(TINY, model="Qwen/Qwen2.5-1.5B-Instruct").model.startswith("Qwen/")
+
+
+def test_to_dict_round_trips():
+    config = load_config(TINY, ["--bon.n", "3"], agent="bon")
+    again = build_config(config.to_dict())
+    assert again == config
+
+
+def test_defaults_construct():
+    config = TrainConfig()
+    assert config.agent == "mcts" and config.env_id == "Countdown-v0"
+
+
+def test_cli_reports_errors_before_starting_anything(monkeypatch, capsys):
+    import langrl.trainer
+
+    def boom(*args, **kwargs):
+        raise AssertionError("train() must not start on a bad config")
+
+    monkeypatch.setattr(langrl.trainer, "train", boom)
+    main = _train_agent_main()
+    for argv in (["--agent", "ppo"], ["--model", "/no/such/dir"], ["--learner.lr", "x"],
+                 ["--env", "Nope-v0"]):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: config:") and "\n" not in err
