@@ -21,12 +21,16 @@ Defects of the reference implementation that this file does not copy:
 3. "Virtual loss" only bumped visit counts, which made a busy *bad* branch look better
    (its Q moved towards 0). Here an in-flight path both raises N and lowers W by
    ``virtual_loss`` on every node, and backup removes exactly that.
-4. Two workers could expand the same node. Here a node being expanded is marked busy and
-   a worker that reaches it waits for that expansion, then continues below it (counted as
-   ``search/collisions``).
-5. The selected trajectory could stop before any answer. Here a max-visit path that ends
+4. The selected trajectory could stop before any answer. Here a max-visit path that ends
    on a non-terminal node is finished with a policy sample (``sample_and_grade``) and
    graded by the env, so every trajectory carries a real episode reward.
+
+Two more rules that a shared tree needs: a node being expanded is marked busy, and a
+worker that reaches it waits for that expansion and continues below it (no node is
+expanded twice; ``search/collisions``); and a worker that has just visited a terminal node
+while expansions are in flight waits for one to return before its next simulation, since
+terminal visits cost no engine call and would otherwise pile up on whatever terminal the
+other workers' virtual losses leave free (``search/terminal_waits``).
 
 (The reference's answer parser and value-head LayerNorm defects live in the env grader and
 the learner; search values here come from ``PolicyEngine.values``, the learner's head.)
@@ -594,7 +598,8 @@ class TreeSearch:
     # --- trajectory extraction ---
 
     async def _extract(self) -> tuple[Trajectory, str]:
-        """Follow max visit count from the root (ties: higher Q, then higher prior); finish
+        """Follow max visit count from the root (ties: higher Q, then higher prior, so below
+        a node whose children were never visited it takes the likeliest sampled step); finish
         a path that stops before the episode ends with one policy sample."""
         cfg = self.config
         node = self.root
@@ -619,6 +624,7 @@ class TreeSearch:
                 seed=self._request_seed(),
             )
             prefix = self._prefix_ids(node)
+            # Timed as engine time, although it includes grading the sample (a few env steps).
             (graded,) = await self._engine(
                 sample_and_grade(self.engine, self.env, node.state, prefix, sampling)
             )
