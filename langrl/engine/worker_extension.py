@@ -1,0 +1,54 @@
+"""vLLM worker extension: load pushed weights into the running model.
+
+vLLM mixes this class into its worker (``worker_extension_cls=
+"langrl.engine.worker_extension.WeightSyncExtension"``); ``VLLMEngine`` calls its methods with
+``collective_rpc``. This module is imported inside vLLM's worker process, so it imports
+nothing from langrl beyond the standard library and torch.
+
+Tensors travel as ``(name, dtype, shape, bytes)`` records: vLLM's RPC serializer turns
+untyped tensors (and tuples) in ``collective_rpc`` arguments into plain lists, so we encode
+them ourselves. ``encode_weights`` (frontend) and ``decode_weights`` (worker) are the pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+
+# One entry per tensor: [name, dtype name, shape, raw bytes].
+WeightRecord = list
+
+
+def encode_weights(state: Mapping[str, torch.Tensor]) -> list[WeightRecord]:
+    """Tensors -> msgpack-friendly records (one copy of the data, as bytes)."""
+    records = []
+    for name, tensor in state.items():
+        t = tensor.detach().to("cpu").contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        records.append([name, str(t.dtype).removeprefix("torch."), list(t.shape), raw])
+    return records
+
+
+def decode_weights(records: Iterable[WeightRecord]) -> list[tuple[str, torch.Tensor]]:
+    """Records -> ``[(name, tensor), ...]`` as ``model.load_weights`` takes them."""
+    out = []
+    for name, dtype, shape, raw in records:
+        flat = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        out.append((name, flat.view(getattr(torch, dtype)).reshape(shape)))
+    return out
+
+
+class WeightSyncExtension:
+    """Methods added to vLLM's worker (``self.model_runner`` is the worker's)."""
+
+    def langrl_load_weights(self, records: list[WeightRecord]) -> int:
+        """Load HF-named weights (vLLM's loader maps and fuses them); return how many."""
+        weights = decode_weights(records)
+        self.model_runner.model.load_weights(weights=weights)  # type: ignore[attr-defined]
+        return len(weights)
+
+    def langrl_weight_checksum(self) -> float:
+        """Sum of every parameter (float64): a cheap check that a push arrived."""
+        model = self.model_runner.model  # type: ignore[attr-defined]
+        return float(sum(p.detach().double().sum().item() for p in model.parameters()))
