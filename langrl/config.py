@@ -45,6 +45,8 @@ COMPONENT_SECTIONS: dict[str, type] = {
     "learner": LearnerConfig,
     "eval": EvalConfig,
 }
+#: ``EngineConfig.model`` until the cached tiny default policy is built (``model: null``).
+DEFAULT_MODEL = "langrl:tiny-default"
 #: The preset ``scripts/train_agent.py`` loads when no ``--config`` is given.
 DEFAULT_PRESET = Path(__file__).resolve().parent.parent / "configs" / "tiny_cpu.yaml"
 
@@ -115,8 +117,9 @@ class TrainConfig:
     """Show tqdm progress bars."""
 
     # --- components ---
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    """Policy server (``langrl.engine.EngineConfig``); its model path is set from ``model``."""
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(model=DEFAULT_MODEL))
+    """Policy server (``langrl.engine.EngineConfig``); its ``model`` always follows the run's
+    ``model`` (``DEFAULT_MODEL`` stands for the tiny policy until it is built)."""
     learner: LearnerConfig | None = None
     """The shared learner (``langrl.learner.LearnerConfig``): lr, eps_high, c_value, c_kl.
     ``None`` = its defaults with ``temperature`` set to the agent's sampling temperature."""
@@ -145,6 +148,8 @@ class TrainConfig:
             self.learner = LearnerConfig(
                 **({} if temperature is None else {"temperature": temperature})
             )
+        if self.engine.model != (self.model or DEFAULT_MODEL):
+            self.engine = dataclasses.replace(self.engine, model=self.model or DEFAULT_MODEL)
         _check_env(self.env_id, self.env_kwargs)
         for name, low in (
             ("total_steps", 1),
@@ -217,6 +222,7 @@ class TrainConfig:
             for f in dataclasses.fields(self)
             if f.name != "agent_config"
         }
+        data["engine"].pop("model", None)  # follows the run's model
         data[self.agent] = config_to_dict(self.agent_config)
         return data
 
@@ -297,8 +303,12 @@ def build_config(data: Mapping[str, Any], explicit: set[str] | None = None) -> T
     if temperature is not None and "learner.temperature" not in explicit:
         learner_section["temperature"] = temperature  # score with the sampling temperature
     run["learner"] = _build_section("learner", LearnerConfig, learner_section)
-    for name in ("engine", "eval"):
-        run[name] = _build_section(name, COMPONENT_SECTIONS[name], _section(name, data.get(name)))
+    engine_section = dict(_section("engine", data.get("engine")))
+    if "model" in engine_section:
+        raise ConfigError("config: engine.model: set the run's model instead (--model or 'model:')")
+    engine_section["model"] = run.get("model") or DEFAULT_MODEL
+    run["engine"] = _build_section("engine", EngineConfig, engine_section)
+    run["eval"] = _build_section("eval", EvalConfig, _section("eval", data.get("eval")))
     try:
         return TrainConfig(**run)
     except ConfigError:

@@ -190,10 +190,13 @@ async def _timed_collect(agent: Any, tasks: list[dict[str, int]]) -> tuple[Any, 
     return batch, time.perf_counter() - start
 
 
-def _default_model() -> str:
-    from langrl.tiny import ensure_policy
-
-    return str(ensure_policy("default"))
+def default_model(preset: str = "default") -> str:
+    """Path of the cached warm-started tiny policy (built on first use: minutes on CPU)."""
+    try:
+        from langrl.tiny import ensure_policy
+    except ImportError:  # older layout: the builder lives in its own module
+        from langrl.tiny.warmstart import ensure_policy
+    return str(ensure_policy(preset))
 
 
 # --- the loop ---
@@ -215,7 +218,7 @@ def train(config: TrainConfig, engine: Any = None) -> dict[str, Any]:
     resume_from = latest_checkpoint(ckpt_root) if config.resume else None
     if config.resume and resume_from is None:
         raise ConfigError(f"config: resume: no checkpoint under {ckpt_root}")
-    model = config.model or _default_model()
+    model = config.model or default_model()
     owns_engine = engine is None
     if owns_engine:
         from langrl.engine import create_engine
@@ -258,7 +261,7 @@ def _train(
         version = engine.load_weights(*learner.export_weights())
 
     tb = TensorBoardLogger(
-        run_dir, config.to_dict() | {"model": model}, purge_step=step if resume_from else None
+        run_dir, config.to_dict() | {"model": model}, purge_step=step + 1 if resume_from else None
     )
     eval_kwargs = {**config.env_kwargs}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from langrl.agents.cispo import CISPOConfig
-from langrl.config import ConfigError, TrainConfig, build_config, load_config
+from langrl.config import DEFAULT_MODEL, ConfigError, TrainConfig, build_config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
@@ -101,6 +101,8 @@ def test_paper_preset_has_the_paper_settings():
         ({"env_id": "Chess-v0"}, "env_id"),
         ({"model": "./no/such/model"}, "model"),
         ({"overrides": ["total_steps", "3"]}, "--key value"),
+        ({"overrides": ["--engine.model", "x"]}, "engine.model"),
+        ({"overrides": ["--engine.backend", "tpu"]}, "backend"),
     ],
 )
 def test_bad_config_is_a_one_line_error_naming_the_field(kwargs, field):
@@ -121,6 +123,12 @@ def test_model_directory_is_accepted(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     assert load_config(TINY, model=str(tmp_path)).model == str(tmp_path)
     assert load_config(TINY, model="Qwen/Qwen2.5-1.5B-Instruct").model.startswith("Qwen/")
+
+
+def test_engine_serves_the_run_model(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    assert load_config(TINY, model=str(tmp_path)).engine.model == str(tmp_path)
+    assert load_config(TINY).engine.model == DEFAULT_MODEL  # resolved at start-up
 
 
 def test_to_dict_round_trips():
