@@ -38,7 +38,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,6 +240,9 @@ class Learner:
             It is also the KL reference, so resume with ``load_checkpoint`` rather than by
             passing a checkpoint here (that would move the reference).
         config: Hyperparameters; defaults are the paper's.
+
+    Not thread-safe: call ``step``, ``export_weights`` and the checkpoint methods from one
+    thread (or hold a lock), since ``step`` updates the parameters in place.
 
     Attributes:
         global_step: Optimiser steps taken (skipped steps do not count).
@@ -615,10 +618,6 @@ class Learner:
         if changed:
             logger.warning("config differs from checkpoint %s (saved, now): %s", path, changed)
         return int(state["step"]), dict(state["extra"])
-
-    def parameters(self) -> Iterator[torch.nn.Parameter]:
-        """The trained parameters (LM and value head)."""
-        return self.model.parameters()
 
 
 def _jsonable(value: Any) -> Any:

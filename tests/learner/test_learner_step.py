@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 from learner_utils import (
-    completion_logprobs,
     completion_values,
     make_batch,
     weighted_logprob_objective,
@@ -166,20 +165,28 @@ def test_micro_batching_gives_the_full_batch_gradient(tiny_policy, mode):
 
 
 def test_loss_mask_excludes_tokens_from_the_policy_loss(tiny_policy):
-    learner = _learner(tiny_policy, lr=1e-9, c_kl=0.0)
-    base = make_batch(1, advantages=[1.0])[0]
-    n = len(base.completion_ids)
+    # Masking the last token equals dropping it (causal model: earlier tokens are unchanged).
+    learner = _learner(tiny_policy, lr=1e-9, c_kl=0.0, c_value=0.0)
+    full = with_behaviour_logprobs(learner.model, make_batch(1, advantages=[1.0]))[0]
+    n = len(full.completion_ids)
     masked = Trajectory(
-        base.prompt_ids,
-        base.completion_ids,
-        base.behaviour_logprobs,
-        base.reward,
+        full.prompt_ids,
+        full.completion_ids,
+        full.behaviour_logprobs,
+        full.reward,
         advantages=[1.0] * (n - 1) + [1e6],
         loss_mask=[1] * (n - 1) + [0],
     )
-    unmasked_short = learner.step([base])["loss/policy"]
-    assert learner.step([masked])["train/advantage_mean"] == pytest.approx(1.0)
-    assert math.isfinite(unmasked_short)
+    dropped = Trajectory(
+        full.prompt_ids,
+        full.completion_ids[:-1],
+        full.behaviour_logprobs[:-1],
+        full.reward,
+        advantages=[1.0] * (n - 1),
+    )
+    m_masked, m_dropped = learner.step([masked]), learner.step([dropped])
+    assert m_masked["loss/policy"] == pytest.approx(m_dropped["loss/policy"], rel=1e-5)
+    assert m_masked["train/advantage_mean"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(
@@ -260,12 +267,22 @@ def test_structural_errors_raise(tiny_policy):
         learner.step([Trajectory([5], [10_000], [-1.0], 1.0)])
 
 
-def test_learner_logprobs_match_an_unpadded_forward(tiny_policy):
-    # Alignment check from outside: the independent path indexes positions by hand.
-    learner = _learner(tiny_policy, c_kl=0.0, lr=1e-9, temperature=1.3)
-    batch = make_batch(4)
-    expected = [completion_logprobs(learner.model, t, 1.3) for t in batch]
+def test_every_learner_logprob_matches_an_unpadded_forward(tiny_policy):
+    # Per-token alignment check from outside (the independent path indexes positions by
+    # hand): with PPO bounds of 1e-4 and each trajectory present with A = +1 and A = -1, any
+    # token whose ratio moved either way would count as clipped.
+    learner = _learner(
+        tiny_policy,
+        policy_loss="ppo",
+        ppo_clip_low=1e-4,
+        ppo_clip_high=1e-4,
+        lr=1e-9,
+        c_kl=0.0,
+        temperature=1.3,
+        micro_batch_size=3,
+    )
+    batch = make_batch(4, advantages=[1.0] * 4) + make_batch(4, advantages=[-1.0] * 4)
     batch = with_behaviour_logprobs(learner.model, batch, temperature=1.3)
-    for t, lp in zip(batch, expected, strict=True):
-        assert t.behaviour_logprobs == lp
-    assert learner.step(batch)["train/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    metrics = learner.step(batch)
+    assert metrics["train/clip_frac"] == 0.0
+    assert metrics["train/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
