@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -41,29 +42,50 @@ _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16"
 # --- start-up checks ---------------------------------------------------------------------
 
 
-def check_model_path(config: EngineConfig) -> None:
-    """Raise ``EngineStartError`` unless ``config.model`` looks like a loadable model.
+def check_model_path(config: EngineConfig) -> EngineConfig:
+    """Fail fast, before any engine starts; return ``config`` with ``max_model_len`` resolved.
 
-    A local path must be a directory with ``config.json``. A string that is not a local
-    path is accepted only if it is shaped like a hub id (``org/name``); loading it may then
-    still fail (no hub here), with the loader's error wrapped.
+    A local path must be a directory with ``config.json``; ``max_model_len`` must fit the
+    model's ``max_position_embeddings`` (``None`` takes it). A string that is not a local path
+    is accepted only if shaped like a hub id (``org/name``); loading it may then still fail
+    (no hub here), with the loader's error wrapped.
     """
+    if not config.model:
+        raise EngineStartError("EngineConfig.model is empty: set it to a model directory")
     path = Path(config.model).expanduser()
-    if path.exists():
-        if not path.is_dir():
+    if not path.exists():
+        parts = config.model.split("/")
+        hub_like = len(parts) == 2 and all(parts) and not config.model.startswith((".", "~"))
+        if not hub_like:
+            raise EngineStartError(f"EngineConfig.model={config.model!r} does not exist")
+        return config  # max_model_len=None is resolved from the loaded model (ServedEngine)
+    if not path.is_dir():
+        raise EngineStartError(
+            f"EngineConfig.model={config.model!r} is a file, not a model directory"
+        )
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise EngineStartError(
+            f"EngineConfig.model={config.model!r} is not a model directory (no config.json); "
+            "build one with langrl.tiny or point it at a Hugging Face checkpoint"
+        )
+    try:
+        model_cfg = json.loads(cfg_file.read_text())
+    except ValueError as e:
+        raise EngineStartError(f"{cfg_file} is not valid JSON: {e}") from None
+    limit = model_cfg.get("max_position_embeddings")
+    if config.max_model_len is None:
+        if limit is None:
             raise EngineStartError(
-                f"EngineConfig.model={config.model!r} is a file, not a model directory"
+                f"{cfg_file} has no max_position_embeddings: set EngineConfig.max_model_len"
             )
-        if not (path / "config.json").is_file():
-            raise EngineStartError(
-                f"EngineConfig.model={config.model!r} is not a model directory (no config.json); "
-                "build one with langrl.tiny or point it at a Hugging Face checkpoint"
-            )
-        return
-    parts = config.model.split("/")
-    hub_like = len(parts) == 2 and all(parts) and not config.model.startswith((".", "~"))
-    if not hub_like:
-        raise EngineStartError(f"EngineConfig.model={config.model!r} does not exist")
+        return dataclasses.replace(config, max_model_len=int(limit))
+    if limit is not None and config.max_model_len > limit:
+        raise EngineStartError(
+            f"EngineConfig.max_model_len={config.max_model_len} exceeds the model's "
+            f"max_position_embeddings={limit} ({cfg_file})"
+        )
+    return config
 
 
 def resolve_dtype(config: EngineConfig) -> torch.dtype:
@@ -271,6 +293,9 @@ class ServedEngine(PolicyEngine):
     """
 
     def __init__(self, config: EngineConfig, model: PolicyValueModel, tokenizer: Any) -> None:
+        if config.max_model_len is None:
+            limit = int(model.lm.config.max_position_embeddings)
+            config = dataclasses.replace(config, max_model_len=limit)
         self.config = config
         self.tokenizer = tokenizer
         self.policy_version = 0

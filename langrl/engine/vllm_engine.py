@@ -95,10 +95,11 @@ def _start_async_llm(config: EngineConfig) -> Any:
     try:
         return AsyncLLM.from_engine_args(args)
     except Exception as e:  # noqa: BLE001 - every start failure becomes one clear line
-        first = (str(e).strip().splitlines() or [""])[0]
+        # One line: pydantic errors put the useful part on later lines.
+        detail = " | ".join(line.strip() for line in str(e).splitlines() if line.strip())[:500]
         raise EngineStartError(
             f"vLLM failed to start EngineConfig.model={config.model!r}: {type(e).__name__}: "
-            f"{first} (if memory ran out, lower EngineConfig.gpu_memory_utilization="
+            f"{detail} (if memory ran out, lower EngineConfig.gpu_memory_utilization="
             f"{config.gpu_memory_utilization} - on CPU the share of NUMA-node memory for the "
             "KV cache - or set kv_cache_gib; the engine log above has the root cause)"
         ) from e
@@ -119,7 +120,7 @@ class VLLMEngine(ServedEngine):
     async def create(cls, config: EngineConfig) -> VLLMEngine:
         """Check the model path, load the value-model copy, start vLLM (bounded by
         ``config.startup_timeout_s``). Raises ``EngineStartError`` on any failure."""
-        check_model_path(config)
+        config = check_model_path(config)
         require_vllm()
         _configure_vllm_env()
         # Load the transformers copy first: a broken checkpoint fails here in seconds.
