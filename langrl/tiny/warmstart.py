@@ -1,0 +1,504 @@
+"""Warm-start the tiny policy on solver traces, and cache the result under ``$LANGRL_HOME``.
+
+RL needs a starting policy that already writes the ``<step>...</step><answer>...</answer>``
+format and solves some, not all, Countdown problems (the reference paper starts its RL from
+an instruct model at 3.1%). No model can be downloaded here, so we make one:
+``build_policy`` writes a random tiny Qwen2 (``langrl.tiny.model``) and trains it with
+supervised next-token prediction on step-by-step solutions from the Countdown solver
+(``langrl.envs.countdown.solution_steps``) for problems of the TRAIN split, a share of them
+deliberately imperfect (see ``make_trace``). The capacity and training budget of the tiny
+model, plus those traces, keep it far from perfect. The calibration is in DESIGN.md.
+
+``ensure_policy(preset)`` builds such a policy once per (preset, config, format version)
+and reuses it; concurrent callers are serialised by a file lock, and a build becomes
+visible only through an atomic rename of a finished temporary folder.
+
+    >>> path = ensure_policy("test")          # seconds; for tests that need the format
+    >>> path = ensure_policy("default")       # minutes, once; the real default policy
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from langrl.envs.countdown import (
+    CountdownTask,
+    format_prompt,
+    grade_answer,
+    load_countdown,
+    solution_steps,
+)
+from langrl.policy_model import PolicyValueModel
+from langrl.tiny.model import PRESETS, build_random_policy
+from langrl.tiny.tokenizer import build_tokenizer
+
+__all__ = [
+    "FORMAT_VERSION",
+    "POLICY_CONFIGS",
+    "RECORD_FILE",
+    "WarmStartConfig",
+    "build_policy",
+    "config_hash",
+    "default_policy_path",
+    "ensure_policy",
+    "iter_traces",
+    "langrl_home",
+    "make_trace",
+    "warm_start",
+]
+
+#: Bump when the meaning of a cached policy changes without its config changing (tokenizer,
+#: trace format, training code): old cache folders are then ignored, not reused.
+FORMAT_VERSION = 1
+#: Written into a built policy's folder: config, loss curve, build time, trace counts.
+RECORD_FILE = "warmstart.json"
+#: Kinds of deliberately imperfect traces (see ``make_trace``).
+IMPERFECT_KINDS = ("arith_slip", "wrong_operation")
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """Supervised warm start of a tiny policy on Countdown solver traces.
+
+    The defaults are the real default policy (DESIGN.md calibration: hidden 256, 4 layers,
+    AdamW, 64 traces a step, lr 2e-3); ``POLICY_CONFIGS["test"]`` is the seconds-long one.
+    """
+
+    # --- model ---
+    preset: str = "default"
+    """Architecture, a key of ``langrl.tiny.model.PRESETS`` (``"default"`` or ``"test"``)."""
+    seed: int = 0
+    """Seeds the random initialisation, the trace order and the imperfect traces: the same
+    config gives the same weights (on the same torch build and thread count)."""
+
+    # --- data ---
+    imperfect_fraction: float = 0.15
+    """Share of traces with a deliberate mistake, in [0, 1]. Raising it lowers accuracy and
+    teaches the error modes RL should learn to avoid; 0 trains on solver traces only."""
+    wrong_operation_share: float = 0.5
+    """Among imperfect traces, the share of ``wrong_operation`` ones (wrong last step and a
+    wrong final answer); the rest are ``arith_slip`` (a wrong result in a step, correct
+    answer). In [0, 1]."""
+
+    # --- optimisation ---
+    steps: int = 300
+    """AdamW steps. Build time grows linearly (about 1 s a step for the default preset on
+    2 CPU cores); accuracy grows with it, so this is the main calibration knob."""
+    batch_size: int = 64
+    """Traces per step (each about 100-150 tokens)."""
+    lr: float = 2e-3
+    """Peak learning rate, after ``warmup_steps`` of linear warmup, then cosine decay."""
+    min_lr_ratio: float = 0.1
+    """The cosine schedule ends at ``lr * min_lr_ratio``; in [0, 1]."""
+    warmup_steps: int = 10
+    """Linear warmup steps (>= 0, < steps)."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay (>= 0)."""
+    grad_clip: float | None = 1.0
+    """Clip the gradient's global norm to this (> 0); None disables clipping."""
+
+    # --- runtime (not part of the cache key) ---
+    num_threads: int = 2
+    """``torch.set_num_threads`` while training (restored afterwards). The machines have
+    2 cores; changing it may change the last bits of the weights, not what is learned."""
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        for name in ("seed", "steps", "batch_size", "warmup_steps", "num_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"WarmStartConfig.{name} must be an int, got {value!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.num_threads < 1:
+            raise ValueError(
+                f"steps, batch_size and num_threads must be >= 1, got steps={self.steps}, "
+                f"batch_size={self.batch_size}, num_threads={self.num_threads}"
+            )
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(
+                f"need 0 <= warmup_steps < steps, got warmup_steps={self.warmup_steps}, "
+                f"steps={self.steps}"
+            )
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("imperfect_fraction", "wrong_operation_share", "min_lr_ratio"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"WarmStartConfig.{name} must be in [0, 1], got {value!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+
+
+#: The cached policies ``ensure_policy`` knows by name.
+POLICY_CONFIGS: dict[str, WarmStartConfig] = {
+    # The default policy of every agent and script; see DESIGN.md for its calibration.
+    "default": WarmStartConfig(),
+    # For tests that need a model that writes the format: about 10-20 s on 2 cores.
+    "test": WarmStartConfig(preset="test", steps=150, batch_size=32, lr=3e-3),
+}
+
+# Fields that do not change what is learned, so they do not split the cache.
+_RUNTIME_FIELDS = frozenset({"num_threads"})
+
+
+# --- traces ---
+
+# The solver's step format: "<step>7 * 4 = 28</step>" (operands may be "(-3)" or "(7/2)").
+_STEP = re.compile(r"<step>(\S+) ([-+*/]) (\S+) = (\S+)</step>")
+_INT = re.compile(r"\d+")
+
+
+def _apply(x: Fraction, op: str, y: Fraction) -> Fraction | None:
+    if op == "+":
+        return x + y
+    if op == "-":
+        return x - y
+    if op == "*":
+        return x * y
+    return None if y == 0 else x / y
+
+
+def _operand(text: str) -> Fraction:
+    return Fraction(text.strip("()"))
+
+
+def _arith_slip(actions: list[str], rng: random.Random) -> list[str] | None:
+    """A step before the last states a plausible wrong result (``7 * 4 = 32``); the rest
+    is unchanged (the last step states the target, which the prompt shows)."""
+    steps = [(i, _STEP.fullmatch(a)) for i, a in enumerate(actions[:-2])]
+    candidates = [(i, m.groups()) for i, m in steps if m and _INT.fullmatch(m.group(4))]
+    if not candidates:
+        return None
+    k, (x, op, y, result) = rng.choice(candidates)
+    r = int(result)
+    wrong = {r + d for d in (-10, -2, -1, 1, 2, 10)}
+    if op == "*" and _INT.fullmatch(x) and _INT.fullmatch(y):
+        # A neighbouring product, the tiny model's typical slip (DESIGN.md).
+        a, b = int(x), int(y)
+        wrong |= {a * (b + 1), a * (b - 1), (a + 1) * b, (a - 1) * b}
+    options = sorted(w for w in wrong if w > 0 and w != r)
+    slipped = f"<step>{x} {op} {y} = {rng.choice(options)}</step>"
+    return [*actions[:k], slipped, *actions[k + 1 :]]
+
+
+def _last_top_level_operator(expr: str) -> int | None:
+    """Index of the last operator outside parentheses: the solver writes each step as
+    ``left op right`` with a compound ``right`` parenthesised, so in the final answer this
+    is the operator of the last step."""
+    depth, found = 0, None
+    for i, ch in enumerate(expr):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif depth == 0 and ch in "+-*/" and 0 < i < len(expr) - 1 and expr[i - 1] == " ":
+            found = i
+    return found
+
+
+def _wrong_operation(
+    actions: list[str], task: CountdownTask, rng: random.Random
+) -> list[str] | None:
+    """The last step uses a wrong operator yet claims the target (``23 - 1 = 24``), and the
+    answer mirrors it, so the trace is self-consistent and its answer is wrong."""
+    if len(actions) < 2:
+        return None
+    match = _STEP.fullmatch(actions[-2])
+    answer = actions[-1][len("<answer>") : -len("</answer>")]
+    pos = _last_top_level_operator(answer)
+    if match is None or pos is None or answer[pos] != match.group(2):
+        return None
+    x, op, y, result = match.groups()
+    ops = [o for o in "+-*/" if o != op]
+    rng.shuffle(ops)
+    for new_op in ops:
+        if _apply(_operand(x), new_op, _operand(y)) == _operand(result):
+            continue  # e.g. 2 + 2 vs 2 * 2: not a mistake
+        new_answer = answer[:pos] + new_op + answer[pos + 1 :]
+        if grade_answer(new_answer, task).reason != "wrong_value":
+            continue  # only legal, wrong expressions (no division by zero)
+        step = f"<step>{x} {new_op} {y} = {result}</step>"
+        return [*actions[:-2], step, f"<answer>{new_answer}</answer>"]
+    return None
+
+
+def make_trace(
+    task: CountdownTask, rng: random.Random, config: WarmStartConfig
+) -> tuple[str, str, str] | None:
+    """``(prompt, completion, kind)`` for one task, or None if the solver finds no solution.
+
+    ``prompt`` is the env's plain prompt; ``completion`` the solver's actions concatenated
+    (``<step>..</step>...<answer>..</answer>``, no EOS). With probability
+    ``config.imperfect_fraction`` the trace carries a deliberate mistake, ``kind``:
+
+    - ``arith_slip``: a step before the last states a wrong result (``7 * 4 = 32``), the
+      DESIGN.md failure of the tiny model; the answer stays correct.
+    - ``wrong_operation``: the last step applies a wrong operator but claims the target
+      (``23 - 1 = 24``) and the answer uses that operator: a wrong final expression.
+
+    otherwise (or when the chosen mistake does not apply) ``kind`` is ``"solver"``.
+    """
+    actions = solution_steps(task.numbers, task.target)
+    if actions is None:
+        return None
+    kind = "solver"
+    if rng.random() < config.imperfect_fraction:
+        if rng.random() < config.wrong_operation_share:
+            changed, wanted = _wrong_operation(actions, task, rng), "wrong_operation"
+        else:
+            changed, wanted = _arith_slip(actions, rng), "arith_slip"
+        if changed is not None:
+            actions, kind = changed, wanted
+    return format_prompt(task), "".join(actions), kind
+
+
+def iter_traces(config: WarmStartConfig) -> Iterator[tuple[str, str, str]]:
+    """Endless, deterministic stream of ``make_trace`` results over the TRAIN split,
+    reshuffled each epoch with ``random.Random(config.seed)``."""
+    tasks = load_countdown("train")
+    rng = random.Random(config.seed)
+    order = list(range(len(tasks)))
+    while True:
+        rng.shuffle(order)
+        for i in order:
+            trace = make_trace(tasks[i], rng, config)
+            if trace is not None:
+                yield trace
+
+
+# --- training ---
+
+
+def _encode(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str
+) -> tuple[list[int], int]:
+    """Ids of prompt + completion + EOS, and the prompt length (no loss on the prompt)."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return [*prompt_ids, *completion_ids, tokenizer.eos_token_id], len(prompt_ids)
+
+
+def _collate(
+    batch: list[tuple[list[int], int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``(ids, attention_mask, labels)``; labels are -100 on prompt and pad."""
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros_like(ids)  # (B, T)
+    labels = torch.full_like(ids, -100)  # (B, T)
+    for row, (seq, prompt_len) in enumerate(batch):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+        labels[row, prompt_len : len(seq)] = ids[row, prompt_len : len(seq)]
+    return ids, mask, labels
+
+
+def _lr_at(step: int, config: WarmStartConfig) -> float:
+    """Linear warmup to ``lr``, then cosine decay to ``lr * min_lr_ratio``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
+
+
+def warm_start(
+    model: PolicyValueModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: WarmStartConfig,
+    *,
+    progress: bool = True,
+) -> dict:
+    """Train ``model.lm`` in place on ``config.steps`` batches of traces; the value head is
+    not touched. Loss: mean cross-entropy over completion tokens (EOS included).
+
+    Returns statistics: ``losses`` (one per step) and ``kinds`` (trace counts per kind).
+    """
+    torch.manual_seed(config.seed)
+    lm = model.lm
+    lm.train()
+    decay = [p for n, p in lm.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in lm.named_parameters() if p.ndim < 2]  # norms: no decay
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        betas=(0.9, 0.95),
+    )
+    traces = iter_traces(config)
+    kinds: Counter[str] = Counter()
+    losses: list[float] = []
+    bar = tqdm(range(config.steps), desc=f"warm start ({config.preset})", disable=not progress)
+    for step in bar:
+        # --- batch ---
+        batch = []
+        for _ in range(config.batch_size):
+            prompt, completion, kind = next(traces)
+            kinds[kind] += 1
+            batch.append(_encode(tokenizer, prompt, completion))
+        ids, mask, labels = _collate(batch, tokenizer.pad_token_id)
+
+        # --- update ---
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, config)
+        logits = lm(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (B, T, V)
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)),  # (B*(T-1), V)
+            labels[:, 1:].reshape(-1),  # (B*(T-1),)
+            ignore_index=-100,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(lm.parameters(), config.grad_clip)
+        optimizer.step()
+
+        # --- logging ---
+        losses.append(loss.item())  # sync point (cheap on CPU)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    lm.eval()
+    return {"losses": losses, "kinds": dict(kinds)}
+
+
+def build_policy(
+    path: str | os.PathLike, config: WarmStartConfig | None = None, *, progress: bool = True
+) -> Path:
+    """Write a warm-started tiny policy to ``path`` and return it.
+
+    ``build_random_policy`` (tokenizer, random Qwen2, value head), then ``warm_start``,
+    then ``PolicyValueModel.save_pretrained``; the value head stays as initialised (last
+    layer zero, so V = 0 everywhere). ``RECORD_FILE`` records config and loss curve.
+    """
+    config = config or WarmStartConfig()
+    path = Path(path)
+    started = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads)
+    try:
+        build_random_policy(path, config.preset, seed=config.seed)
+        model = PolicyValueModel.from_pretrained(path)
+        stats = warm_start(model, build_tokenizer(), config, progress=progress)
+        model.save_pretrained(path)
+    finally:
+        torch.set_num_threads(previous_threads)
+    record = {
+        "format_version": FORMAT_VERSION,
+        "config": dataclasses.asdict(config),
+        "config_hash": config_hash(config),
+        "build_seconds": round(time.perf_counter() - started, 1),
+        "torch": torch.__version__,
+        **stats,
+    }
+    (path / RECORD_FILE).write_text(json.dumps(record, indent=1))
+    return path
+
+
+# --- cache ---
+
+
+def langrl_home() -> Path:
+    """``$LANGRL_HOME``, default ``~/.cache/langrl``: where built policies are cached."""
+    return Path(os.environ.get("LANGRL_HOME") or "~/.cache/langrl").expanduser()
+
+
+def config_hash(config: WarmStartConfig) -> str:
+    """Short stable hash of what a config learns (runtime fields left out) and the format
+    version: the cache key."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RUNTIME_FIELDS}
+    blob = json.dumps({"format_version": FORMAT_VERSION, **fields}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _resolve(preset: str, config: WarmStartConfig | None) -> WarmStartConfig:
+    if config is not None:
+        return config
+    if preset not in POLICY_CONFIGS:
+        raise ValueError(f"unknown policy {preset!r}; choose from {sorted(POLICY_CONFIGS)}")
+    return POLICY_CONFIGS[preset]
+
+
+def default_policy_path(preset: str = "default", config: WarmStartConfig | None = None) -> Path:
+    """Where ``ensure_policy(preset, config)`` keeps its policy (it may not be built yet):
+    ``$LANGRL_HOME/policies/tiny-{preset}-v{FORMAT_VERSION}-{config_hash}``."""
+    config = _resolve(preset, config)
+    name = f"tiny-{config.preset}-v{FORMAT_VERSION}-{config_hash(config)}"
+    return langrl_home() / "policies" / name
+
+
+@contextlib.contextmanager
+def _file_lock(lock_path: Path) -> Iterator[None]:
+    """Exclusive advisory lock (``fcntl.flock``) so concurrent processes build once; where
+    ``fcntl`` is missing, the atomic rename in ``ensure_policy`` still keeps the cache
+    consistent (a lost race only costs a duplicate build)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / RECORD_FILE).is_file()
+
+
+def ensure_policy(
+    preset: str = "default", config: WarmStartConfig | None = None, *, progress: bool = True
+) -> Path:
+    """Path of the cached warm-started policy ``preset`` (or of ``config``), built on first
+    use and reused afterwards.
+
+    ``"test"`` builds in seconds, ``"default"`` in minutes. A build runs in a temporary
+    folder beside the target and is renamed into place only when complete, under a file
+    lock, so concurrent callers neither build twice nor ever see a half-written policy.
+    Delete the folder to force a rebuild.
+    """
+    target = default_policy_path(preset, config)
+    if _is_complete(target):
+        return target
+    config = _resolve(preset, config)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f".{target.name}.lock"):
+        if _is_complete(target):  # built by another process while we waited
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            build_policy(tmp, config, progress=progress)
+            if target.exists():  # an incomplete leftover (not ours): replace it
+                shutil.rmtree(target)
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if not _is_complete(target):  # lost a lock-free race only if it is complete
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
