@@ -46,7 +46,8 @@ class LearnerConfig:
 
     weight_decay: float = 0.0
     """AdamW decoupled weight decay (Loshchilov & Hutter, 2019). 0.0 (default) = none, the
-    usual choice for RL fine-tuning from a pretrained policy. Must be >= 0."""
+    usual choice for RL fine-tuning from a pretrained policy. Applied to every trained parameter
+    (norms, biases and the value head included). Must be >= 0."""
 
     adam_beta1: float = 0.9
     """AdamW first-moment decay. Default 0.9 (torch / TRL default). Must be in [0, 1)."""

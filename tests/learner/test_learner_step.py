@@ -286,3 +286,17 @@ def test_every_learner_logprob_matches_an_unpadded_forward(tiny_policy):
     metrics = learner.step(batch)
     assert metrics["train/clip_frac"] == 0.0
     assert metrics["train/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bfloat16_step_export_and_checkpoint(tiny_policy, tmp_path):
+    learner = _learner(tiny_policy, device="cuda", dtype="bfloat16", lr=1e-3)
+    metrics = learner.step(make_batch(4, advantages=[1.0, -1.0, 0.5, -0.5]))
+    assert all(math.isfinite(v) for v in metrics.values())
+    lm_state, head_state = learner.export_weights()
+    assert all(t.is_cuda for t in [*lm_state.values(), *head_state.values()])
+    learner.save_checkpoint(tmp_path, extra={"k": 1})
+    resumed = _learner(tiny_policy, device="cuda", dtype="bfloat16", lr=1e-3)
+    assert resumed.load_checkpoint(tmp_path) == (1, {"k": 1})
+    for name, tensor in learner.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
