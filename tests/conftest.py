@@ -1,1 +1,112 @@
-"""Shared pytest fixtures. Engine fixtures (one real vLLM engine per session) live here."""
+"""Shared pytest fixtures. Engine fixtures (one real vLLM engine per session) live here.
+
+Fixtures for everyone (engines are started lazily, once per session, on first use):
+
+- ``tiny_policy_path`` (session): a small test policy on disk (tokenizer, Qwen2 LM, value
+  head). The warm-started ``langrl.tiny.warmstart.ensure_policy("test")`` model where that
+  module exists (it writes the step format), else a random ``build_random_policy`` model.
+  Never modified on disk: weight pushes only change running engines.
+- ``tiny_engine_config`` (session): ``EngineConfig`` for that policy, sized for tests
+  (eager vLLM, 0.5 GiB explicit KV cache: starts in well under a minute on 2 cores).
+- ``vllm_engine`` (session): a ``SyncEngine`` over the real vLLM backend. Skips the test
+  where vLLM is not installed.
+- ``hf_engine`` (session): a ``SyncEngine`` over the plain-transformers backend.
+- ``policy_engine``: parametrized over both of the above, for interface tests.
+- ``preserve_weights`` (function): call ``preserve_weights(engine)`` before pushing weights
+  into a shared session engine; at teardown the weights it had are pushed back (the
+  ``policy_version`` keeps counting up: versions are never rewound).
+- ``tiny_policy_model`` (function): a fresh ``PolicyValueModel`` loaded from
+  ``tiny_policy_path``, i.e. what the learner would start from.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from langrl.engine import EngineConfig, SyncEngine, create_engine
+from langrl.policy_model import PolicyValueModel
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of the small test policy (warm-started if available, else random)."""
+    try:
+        from langrl.tiny.warmstart import ensure_policy
+    except ImportError:
+        ensure_policy = None
+    if ensure_policy is not None:
+        return Path(ensure_policy("test", progress=False))
+    from langrl.tiny.model import build_random_policy
+
+    return build_random_policy(tmp_path_factory.mktemp("tiny_policy"), preset="test", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine_config(tiny_policy_path: Path) -> EngineConfig:
+    """Engine settings for tests: fast start, small KV cache, fixed seed."""
+    return EngineConfig(
+        model=str(tiny_policy_path),
+        backend="vllm",
+        seed=0,
+        enforce_eager=True,  # compiling buys throughput we do not need in tests
+        kv_cache_gib=0.5,  # explicit size: skips vLLM's memory-profiling warm-up
+        use_chat_template=False,
+        startup_timeout_s=300,
+    )
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny_engine_config: EngineConfig) -> Iterator[SyncEngine]:
+    """The session's real vLLM engine (started once, shut down at the end)."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed (run scripts/setup.sh)")
+    engine = create_engine(tiny_engine_config)
+    try:
+        yield engine
+    finally:
+        engine.shutdown()
+
+
+@pytest.fixture(scope="session")
+def hf_engine(tiny_engine_config: EngineConfig) -> Iterator[SyncEngine]:
+    """The session's plain-transformers engine on the same policy."""
+    from dataclasses import replace
+
+    engine = create_engine(replace(tiny_engine_config, backend="hf"))
+    try:
+        yield engine
+    finally:
+        engine.shutdown()
+
+
+@pytest.fixture(params=["vllm", "hf"])
+def policy_engine(request: pytest.FixtureRequest) -> SyncEngine:
+    """Each backend in turn (the engine-interface contract holds for both)."""
+    return request.getfixturevalue(f"{request.param}_engine")
+
+
+@pytest.fixture
+def preserve_weights() -> Iterator[Callable[[SyncEngine], None]]:
+    """``preserve_weights(engine)``: restore ``engine``'s current weights after the test."""
+    saved: list[tuple[SyncEngine, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+
+    def preserve(engine: SyncEngine) -> None:
+        model = engine.engine.model  # the engine's PolicyValueModel copy of what it serves
+        lm = {k: v.detach().clone() for k, v in model.lm.state_dict().items()}
+        head = {k: v.detach().clone() for k, v in model.value_head.state_dict().items()}
+        saved.append((engine, lm, head))
+
+    yield preserve
+    for engine, lm, head in reversed(saved):
+        engine.load_weights(lm, head)
+
+
+@pytest.fixture
+def tiny_policy_model(tiny_policy_path: Path) -> PolicyValueModel:
+    """A fresh learner-side copy of the tiny policy (eval mode, float32)."""
+    return PolicyValueModel.from_pretrained(tiny_policy_path).eval()

@@ -1,0 +1,193 @@
+"""Fast tests of the engine's pieces: config validation, start-up checks, stop strings,
+request coalescing, the weight gate, top-p. No engine is started here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from langrl.engine import EngineConfig, EngineStartError, create_engine
+from langrl.engine.common import (
+    Coalescer,
+    WeightGate,
+    check_model_path,
+    find_stop,
+    token_budget_chunks,
+)
+from langrl.engine.hf_engine import processed_logprobs
+from langrl.engine.worker_extension import decode_weights, encode_weights
+
+# --- config ---
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("backend", "tgi"),
+        ("dtype", "int8"),
+        ("max_model_len", 1),
+        ("gpu_memory_utilization", 1.5),
+        ("gpu_memory_utilization", 0.0),
+        ("kv_cache_gib", -1.0),
+        ("max_num_seqs", 0),
+        ("startup_timeout_s", 0),
+        ("forward_batch_tokens", 0),
+        ("hf_batch_wait_ms", -1),
+    ],
+)
+def test_config_rejects_bad_values_quoting_them(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=f"EngineConfig.{field}.*{value!r}"):
+        EngineConfig(model="m", **{field: value})
+
+
+def test_config_defaults_are_valid() -> None:
+    config = EngineConfig()
+    assert config.backend == "vllm" and config.enable_prefix_caching
+    assert config.tokenizer_path == ""
+    assert EngineConfig(model="m", tokenizer="t").tokenizer_path == "t"
+
+
+# --- start-up checks: clear, one-line, fast ---
+
+
+def test_check_model_path_errors(tmp_path: Path) -> None:
+    with pytest.raises(EngineStartError, match="EngineConfig.model is empty"):
+        check_model_path(EngineConfig())
+    with pytest.raises(EngineStartError, match="does not exist"):
+        check_model_path(EngineConfig(model=str(tmp_path / "missing")))
+    (tmp_path / "file.bin").write_text("x")
+    with pytest.raises(EngineStartError, match="is a file"):
+        check_model_path(EngineConfig(model=str(tmp_path / "file.bin")))
+    with pytest.raises(EngineStartError, match="no config.json"):
+        check_model_path(EngineConfig(model=str(tmp_path)))
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 128}))
+    with pytest.raises(EngineStartError, match="max_model_len=256 exceeds.*128"):
+        check_model_path(EngineConfig(model=str(tmp_path), max_model_len=256))
+    assert check_model_path(EngineConfig(model=str(tmp_path))).max_model_len == 128
+
+
+@pytest.mark.parametrize("backend", ["vllm", "hf"])
+def test_bad_path_fails_fast_with_one_line(tmp_path: Path, backend: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(EngineStartError) as info:
+        create_engine(EngineConfig(model=str(tmp_path / "nope"), backend=backend))
+    assert time.monotonic() - start < 10
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path / "nope") in message
+
+
+def test_missing_vllm_says_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    with pytest.raises(EngineStartError, match="scripts/setup.sh.*backend='hf'"):
+        create_engine(EngineConfig(model=str(tmp_path)))
+
+
+# --- stop strings ---
+
+
+def test_find_stop_semantics() -> None:
+    assert find_stop("abc</step>", ["</step>"], 3) == (10, "</step>")
+    # Only matches ending in the new text count: an old match is not found again.
+    assert find_stop("x</step>yz", ["</step>"], 9) is None
+    # A stop string that straddles the old/new boundary is found.
+    assert find_stop("ab</st" + "ep>", ["</step>"], 6) == (9, "</step>")
+    # The earliest-ending match wins; the text is cut right after it.
+    assert find_stop("12+3=", ["=", "+"], 0) == (3, "+")
+    assert find_stop("abc", [], 0) is None
+
+
+# --- coalescing, gate, chunks ---
+
+
+def test_coalescer_batches_concurrent_calls_and_routes_results() -> None:
+    calls: list[list[int]] = []
+
+    def square(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        time.sleep(0.01)
+        return [x * x for x in items]
+
+    async def main() -> list[list[int]]:
+        coalescer = Coalescer(square, ThreadPoolExecutor(1))
+        return await asyncio.gather(*(coalescer.submit([i, i + 100]) for i in range(20)))
+
+    results = asyncio.run(main())
+    assert results == [[i * i, (i + 100) ** 2] for i in range(20)]
+    assert len(calls) <= 2, f"20 concurrent calls took {len(calls)} batches"
+
+
+def test_coalescer_passes_errors_to_every_caller() -> None:
+    def boom(items: list[int]) -> list[int]:
+        raise RuntimeError("boom")
+
+    async def main() -> list[object]:
+        coalescer = Coalescer(boom, ThreadPoolExecutor(1))
+        return await asyncio.gather(
+            *(coalescer.submit([i]) for i in range(3)), return_exceptions=True
+        )
+
+    assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
+
+
+def test_weight_gate_push_waits_for_readers_and_holds_new_ones() -> None:
+    events: list[str] = []
+
+    async def reader(gate: WeightGate, name: str, delay: float) -> None:
+        async with gate.shared():
+            events.append(f"{name}+")
+            await asyncio.sleep(delay)
+            events.append(f"{name}-")
+
+    async def writer(gate: WeightGate) -> None:
+        async with gate.exclusive():
+            events.append("push")
+
+    async def main() -> None:
+        gate = WeightGate()
+        first = asyncio.create_task(reader(gate, "a", 0.05))
+        await asyncio.sleep(0.01)
+        push = asyncio.create_task(writer(gate))
+        await asyncio.sleep(0.01)
+        late = asyncio.create_task(reader(gate, "b", 0.0))  # arrives while the push waits
+        await asyncio.gather(first, push, late)
+
+    asyncio.run(main())
+    assert events == ["a+", "a-", "push", "b+", "b-"]
+
+
+def test_token_budget_chunks_cover_all_rows_within_budget() -> None:
+    lengths = [5, 50, 7, 30, 2, 100]
+    chunks = token_budget_chunks(lengths, budget=100)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    for chunk in chunks:
+        assert len(chunk) == 1 or len(chunk) * max(lengths[i] for i in chunk) <= 100
+
+
+# --- sampling maths and weight transport ---
+
+
+def test_processed_logprobs_temperature_and_top_p() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 2)
+    t = torch.tensor([1.0, 0.5])
+    logp = processed_logprobs(logits, t, torch.ones(2))
+    torch.testing.assert_close(logp[0], torch.log_softmax(logits[0], -1))
+    torch.testing.assert_close(logp[1], torch.log_softmax(logits[1] / 0.5, -1))
+    # top_p = 0.7 keeps the smallest prefix of tokens reaching 70% (here the top two).
+    nucleus = processed_logprobs(logits[:1], torch.ones(1), torch.tensor([0.7]))[0]
+    assert torch.isfinite(nucleus[:2]).all() and torch.isinf(nucleus[2:]).all()
+    torch.testing.assert_close(nucleus[:2].exp().sum(), torch.tensor(1.0))
+
+
+def test_weight_records_round_trip() -> None:
+    state = {"a": torch.randn(3, 4), "b": torch.randn(5).to(torch.bfloat16), "c": torch.ones(())}
+    decoded = dict(decode_weights(encode_weights(state)))
+    for name, tensor in state.items():
+        assert decoded[name].dtype == tensor.dtype
+        torch.testing.assert_close(decoded[name], tensor)
