@@ -57,7 +57,11 @@ class CISPOConfig:
     std_eps: float = 1e-4
     """Added to the std when ``std_scaling`` is on."""
     min_reward_std: float = 1e-6
-    """Groups whose reward std is at or below this are dropped as zero-variance."""
+    """Groups whose reward std is at or below this count as zero-variance."""
+    filter_zero_variance: bool = True
+    """Drop zero-variance groups (default). False keeps them with zero advantages: no
+    policy gradient, but they still train the value head and count in the learner's token
+    normaliser (useful when a weak policy fails every sample)."""
     num_text_samples: int = 2
     """Transcripts returned for TensorBoard's text tab per ``collect``."""
 
@@ -152,8 +156,10 @@ class CISPOAgent:
             if len(samples) < cfg.num_text_samples and group:
                 samples.append(transcript(ep, max(group, key=lambda g: g.reward)))
             if std <= cfg.min_reward_std:
-                zero_variance += 1  # every A_i would be 0: no gradient signal
-                continue
+                zero_variance += 1  # every A_i is 0: no policy-gradient signal
+                if cfg.filter_zero_variance:
+                    continue
+                advantages = [0.0] * len(group)
             for g, adv in zip(group, advantages, strict=True):
                 ids = list(g.sample.token_ids)
                 if not ids:

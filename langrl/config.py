@@ -89,6 +89,10 @@ class TrainConfig:
     max_staleness: int | None = 1
     """Largest accepted ``policy version at training - version that sampled``; older
     trajectories are dropped (counted in ``perf/dropped_stale``). ``None`` = no bound."""
+    max_empty_rollouts: int = 20
+    """Stop with an error after this many consecutive rollouts that produced no trajectory
+    (CISPO drops zero-variance groups; a policy that always earns the same reward would
+    otherwise spin forever)."""
     buffer_capacity: int = 4096
     """Most trajectories waiting in the buffer; the oldest are dropped beyond it."""
 
@@ -156,6 +160,7 @@ class TrainConfig:
             ("batch_size", 1),
             ("sync_every", 1),
             ("buffer_capacity", 1),
+            ("max_empty_rollouts", 1),
             ("log_every", 1),
             ("eval_every", 0),
             ("text_every", 0),

@@ -294,6 +294,7 @@ def _train(
         return engine.submit(_timed_collect(agent, sampler.next(config.rollout_tasks)))
 
     last_eval: dict[str, float] = {}
+    last_reward = float("nan")
     if config.eval_at_start and resume_from is None:
         last_eval = run_eval(step)
 
@@ -308,6 +309,7 @@ def _train(
             # Collect until the buffer holds a batch of fresh trajectories. In async mode a
             # rollout is always in flight, so generation overlaps the update below.
             wait_start = time.perf_counter()
+            empty = 0
             while not buffer.ready(config.batch_size, version):
                 if pending is None:
                     pending = submit_rollout()
@@ -315,6 +317,13 @@ def _train(
                 pending = None
                 buffer.put(batch.trajectories)
                 rollouts.add(batch, seconds)
+                empty = 0 if batch.trajectories else empty + 1
+                if empty >= config.max_empty_rollouts:
+                    raise RuntimeError(
+                        f"{empty} rollouts in a row gave no trajectories (e.g. every CISPO "
+                        "group had zero reward variance): the policy never varies its reward; "
+                        "warm-start it, raise the group size, or raise max_empty_rollouts"
+                    )
             if config.mode == "async" and pending is None and step + 1 < config.total_steps:
                 pending = submit_rollout()
             wait_s = time.perf_counter() - wait_start
@@ -368,7 +377,8 @@ def _train(
                     texts = rollouts.samples or [trajectory_text(t) for t in trajectories[:2]]
                     tb.log_text(tags.TEXT_TRAIN_SAMPLES, texts[:4], step)
                 rollouts = RolloutStats()
-                postfix = {"reward": scalars.get(tags.TRAIN_REWARD_MEAN, float("nan"))}
+                last_reward = scalars.get(tags.TRAIN_REWARD_MEAN, last_reward)
+                postfix = {"reward": last_reward}
                 if last_eval:
                     postfix["mean@k"] = last_eval[tags.EVAL_MEAN_AT_K]
                 bar.set_postfix({k: f"{v:.3f}" for k, v in postfix.items()})

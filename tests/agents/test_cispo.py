@@ -78,6 +78,15 @@ def test_all_groups_zero_variance_gives_empty_batch():
     assert batch.metrics["gen/zero_variance_groups"] == 1
 
 
+def test_zero_variance_groups_can_be_kept_with_zero_advantages():
+    engine = ScriptedEngine({}, default=[MALFORMED])
+    cfg = CISPOConfig(group_size=3, filter_zero_variance=False)
+    batch = asyncio.run(CISPOAgent(cfg, "Countdown-v0", {}, engine).collect([TASK_A]))
+    assert len(batch.trajectories) == 3
+    assert all(set(t.advantages) == {0.0} for t in batch.trajectories)
+    assert batch.metrics["gen/zero_variance_groups"] == 1
+
+
 @pytest.mark.parametrize(
     "field, value", [("group_size", 1), ("num_prompts", 0), ("temperature", 0.0), ("max_tokens", 0)]
 )
