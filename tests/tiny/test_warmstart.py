@@ -170,7 +170,7 @@ def test_auto_tokenizer_of_a_policy_folder_round_trips(built_policy):
 
 
 def test_build_is_deterministic(tmp_path):
-    config = WarmStartConfig(preset="test", steps=2, warmup_steps=1, batch_size=4)
+    config = WarmStartConfig(preset="test", steps=2, warmup_steps=1, batch_size=4, num_threads=1)
     weights = []
     for name in ("a", "b"):
         model = PolicyValueModel.from_pretrained(
