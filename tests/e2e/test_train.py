@@ -98,8 +98,10 @@ def test_agent_trains_end_to_end(
                 for traj in batch[:2]:
                     assert traj.policy_version == engine.policy_version
                     assert engine.tokenizer.decode(traj.completion_ids) == traj.info["text"]
+                    # vLLM's sampling logprobs and the engine's transformers scorer agree
+                    # to a few hundredths per token on CPU (kernels differ), not exactly.
                     (raw,) = engine.score(traj.prompt_ids, [traj.completion_ids])
-                    assert raw == pytest.approx(traj.behaviour_logprobs, abs=2e-3)
+                    assert raw == pytest.approx(traj.behaviour_logprobs, abs=0.1)
                 checked["n"] += 1
             return original(self, batch, current_version=current_version)
 
@@ -125,6 +127,8 @@ def test_agent_trains_end_to_end(
             assert math.isfinite(m[tag]), (tag, m)
     if agent == "cispo":
         assert checked["n"] == 1
+        # First update is on-policy: the learner's ratio to the behaviour policy is ~1.
+        assert recorded_steps[0]["metrics"]["train/ratio_mean"] == pytest.approx(1.0, abs=0.05)
 
     # Weights changed and reached the engine.
     assert engine.policy_version == result["policy_version"] == version_before + 2
@@ -145,6 +149,7 @@ def test_agent_trains_end_to_end(
     if agent == "cispo":
         expected |= {tags.GEN_ZERO_VAR_GROUPS}
     assert expected <= scalars, expected - scalars
+    assert scalars <= set(tags.TAGS), scalars - set(tags.TAGS)  # every tag is listed
     assert [e.step for e in acc.Scalars(tags.EVAL_MEAN_AT_K)] == [0, 2]
     texts = acc.Tags()["tensors"]
     assert any(t.startswith(tags.TEXT_TRAIN_SAMPLES) for t in texts)
