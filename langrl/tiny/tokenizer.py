@@ -1,52 +1,66 @@
 """A character-level Hugging Face tokenizer built locally (no download).
 
-Every printable ASCII character is one token; the four reasoning tags are single tokens,
-so a stop on ``</step>`` is a stop on one token id. Saved with ``save_pretrained`` it loads
-with ``AutoTokenizer.from_pretrained`` in transformers and in vLLM alike.
+Every byte is one token (GPT-2's byte-to-unicode alphabet, so any Unicode text round-trips),
+and the four reasoning tags are single tokens, so a stop on ``</step>`` is a stop on one id.
+
+It is a byte-level BPE with *no merges*, built through ``Qwen2Tokenizer`` itself: transformers
+5 ignores ``tokenizer_class`` for ``qwen2`` model folders and always rebuilds a
+``Qwen2Tokenizer`` (byte-level pre-tokenizer) from the saved vocabulary. A WordLevel
+character vocabulary lost its spaces and newlines that way; this one reloads to the very same
+ids through ``AutoTokenizer`` in transformers and in vLLM.
 """
 
 from __future__ import annotations
 
 import os
-import string
+from functools import cache
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from tokenizers import AddedToken
+from transformers import PreTrainedTokenizerBase
+from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
 EOS_TOKEN = "<|endoftext|>"
-UNK_TOKEN = "<unk>"
 TAG_TOKENS = ("<step>", "</step>", "<answer>", "</answer>")
-# Printable ASCII minus the vertical whitespace we do not need, plus newline.
-CHARACTERS = tuple(
-    dict.fromkeys(string.digits + string.ascii_letters + string.punctuation + " \n")
-)
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Return the tiny character-level tokenizer (about 100 tokens)."""
-    vocab = {EOS_TOKEN: 0, UNK_TOKEN: 1}
-    for tag in TAG_TOKENS:
-        vocab[tag] = len(vocab)
-    for ch in CHARACTERS:
-        vocab.setdefault(ch, len(vocab))
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
-    # Tags are matched whole before the split into single characters.
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    core.add_special_tokens([EOS_TOKEN, UNK_TOKEN])
-    core.add_tokens(list(TAG_TOKENS))
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
+@cache
+def byte_alphabet() -> tuple[str, ...]:
+    """GPT-2's reversible byte -> printable-unicode map, as a tuple indexed by byte value."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            codes[b] = chr(b)
+        else:
+            codes[b] = chr(256 + extra)
+            extra += 1
+    return tuple(codes[b] for b in range(256))
+
+
+def build_tokenizer() -> PreTrainedTokenizerBase:
+    """Return the tiny byte-level tokenizer (257 base tokens + 4 tags)."""
+    vocab = {EOS_TOKEN: 0}
+    for symbol in byte_alphabet():
+        vocab[symbol] = len(vocab)
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
         eos_token=EOS_TOKEN,
         pad_token=EOS_TOKEN,
-        unk_token=UNK_TOKEN,
+        unk_token=EOS_TOKEN,
         clean_up_tokenization_spaces=False,
     )
+    # Tags are plain (non-special) added tokens: kept in decoded text, matched whole.
+    tok.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAG_TOKENS])
     tok.padding_side = "left"
     return tok
 
 
-def save_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
+def save_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
     """Build the tokenizer and write it to ``path`` in Hugging Face format."""
     tok = build_tokenizer()
     tok.save_pretrained(str(path))

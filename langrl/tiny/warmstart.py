@@ -68,7 +68,7 @@ __all__ = [
 
 #: Bump when the meaning of a cached policy changes without its config changing (tokenizer,
 #: trace format, training code): old cache folders are then ignored, not reused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: byte-level tokenizer that AutoTokenizer reloads faithfully
 #: Written into a built policy's folder: config, loss curve, build time, trace counts.
 RECORD_FILE = "warmstart.json"
 #: Kinds of deliberately imperfect traces (see ``make_trace``).
