@@ -191,6 +191,12 @@ class TrainConfig:
             )
         if self.model is not None:
             _check_model(self.model)
+        chat = getattr(self.agent_config, "use_chat_template", None)
+        if chat is not None and chat != self.eval.use_chat_template:
+            raise ConfigError(
+                f"config: eval.use_chat_template: {self.eval.use_chat_template} differs from "
+                f"{self.agent}.use_chat_template {chat}; train and eval prompts must match"
+            )
         if temperature is not None and abs(temperature - self.learner.temperature) > 1e-9:
             raise ConfigError(
                 f"config: learner.temperature: {self.learner.temperature} differs from "

@@ -102,6 +102,10 @@ def test_paper_preset_has_the_paper_settings():
         ({"model": "./no/such/model"}, "model"),
         ({"overrides": ["total_steps", "3"]}, "--key value"),
         ({"overrides": ["--engine.model", "x"]}, "engine.model"),
+        (
+            {"overrides": ["--cispo.use_chat_template", "true"], "agent": "cispo"},
+            "use_chat_template",
+        ),
         ({"overrides": ["--engine.backend", "tpu"]}, "backend"),
     ],
 )
