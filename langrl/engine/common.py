@@ -426,6 +426,13 @@ class ServedEngine(PolicyEngine):
         known = dict(self.model.lm.named_parameters(remove_duplicate=False))
         known.update(self.model.lm.named_buffers())
         bad = [k for k in lm_state if k not in known]
+        # A full state dict is required: vLLM's in-place reload re-processes whole layers.
+        missing = [k for k, _ in self.model.lm.named_parameters() if k not in lm_state]
+        if missing:
+            raise ValueError(
+                f"load_weights: LM state lacks {missing[:5]} ({len(missing)} missing); "
+                "push the full state_dict"
+            )
         if bad:
             raise ValueError(
                 f"load_weights: unknown LM parameter names {bad[:5]} (HF names expected)"

@@ -37,8 +37,11 @@ class EngineConfig:
             transformers with micro-batching, for machines where vLLM does not install;
             several times slower).
         dtype: Weight/activation dtype for the served model and the value-model copy:
-            ``"auto"`` (default) takes the checkpoint's dtype (``float32`` for the tiny
-            models); ``"bfloat16"`` is the usual choice on GPUs; ``"float16"``; ``"float32"``.
+            ``"auto"`` (default) takes the checkpoint's ``config.json`` dtype (``float32``
+            for the tiny models; unlike vLLM's own "auto", which serves float32 checkpoints
+            in bfloat16 on CPU); ``"bfloat16"`` is the usual choice on GPUs; ``"float16"``;
+            ``"float32"``. Both the served model and the value copy use it, so sampled
+            logprobs agree with the learner's.
         seed: Engine RNG seed: requests without their own ``SamplingConfig.seed`` draw from
             it, so a fresh engine with the same seed replays the same first requests.
         max_model_len: Longest prompt + completion in tokens. ``None`` (default) takes the

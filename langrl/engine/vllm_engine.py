@@ -30,6 +30,7 @@ from langrl.engine.common import (
     ServedEngine,
     check_model_path,
     load_value_model,
+    resolve_dtype,
     start_in_thread,
 )
 from langrl.engine.config import EngineConfig, EngineStartError
@@ -77,7 +78,9 @@ def _start_async_llm(config: EngineConfig) -> Any:
     args = AsyncEngineArgs(
         model=config.model,
         tokenizer=config.tokenizer_path,
-        dtype=config.dtype,
+        # Resolved here, not "auto": vLLM's "auto" serves float32 checkpoints in bfloat16 on
+        # CPU, and the sampled logprobs would then drift from the learner's (0.08 seen).
+        dtype=str(resolve_dtype(config)).removeprefix("torch."),
         seed=config.seed,
         max_model_len=config.max_model_len,
         gpu_memory_utilization=config.gpu_memory_utilization,
@@ -191,4 +194,7 @@ class VLLMEngine(ServedEngine):
         if self._closed:
             return
         self._release_shared()
-        self.llm.shutdown()
+        llm, self.llm = self.llm, None
+        # Drop our reference too: otherwise AsyncLLM.__del__ may run at interpreter exit,
+        # when vLLM's module globals are already gone.
+        llm.shutdown()

@@ -43,9 +43,21 @@ class WeightSyncExtension:
     """Methods added to vLLM's worker (``self.model_runner`` is the worker's)."""
 
     def langrl_load_weights(self, records: list[WeightRecord]) -> int:
-        """Load HF-named weights (vLLM's loader maps and fuses them); return how many."""
+        """Load a full set of HF-named LM weights (vLLM's loader maps and fuses them).
+
+        Goes through the runner's ``reload_weights`` where it exists (vLLM >= 0.32): after
+        the first load, vLLM's CPU backend repacks every linear weight for oneDNN and drops
+        the original parameter, so a bare ``model.load_weights`` fails there (float32:
+        "'Parameter' object has no attribute 'weight_loader'") or leaves the packed copy
+        stale. ``reload_weights`` restores the parameters, loads, and repacks. Older vLLM
+        falls back to ``model.load_weights``. Returns how many tensors arrived.
+        """
         weights = decode_weights(records)
-        self.model_runner.model.load_weights(weights=weights)  # type: ignore[attr-defined]
+        runner = self.model_runner  # type: ignore[attr-defined]
+        if hasattr(runner, "reload_weights"):
+            runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+        else:
+            runner.model.load_weights(weights=weights)
         return len(weights)
 
     def langrl_weight_checksum(self) -> float:

@@ -1,8 +1,10 @@
 """The policy-server contract, checked on the real vLLM engine and on the HF engine.
 
 Each backend is started once per session (``tests/conftest.py``). Tolerances: per-token
-logprobs match the learner's float32 computation within 1e-2 (vLLM's CPU kernels measured
-about 4e-3 at worst; HF is the same code, about 1e-6); values within 1e-4.
+logprobs match the learner's float32 computation within 1e-3 (measured: below 1e-4 for
+vLLM's CPU kernels, about 1e-6 for HF, which runs the learner's own module); values within
+1e-4. Served in bfloat16 (vLLM's "auto" on CPU, before the engine pinned the checkpoint's
+dtype) the same check failed at 0.08: the test guards that too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from langrl.policy_model import PolicyValueModel
 
 pytestmark = pytest.mark.slow
 
-LOGPROB_TOL = 1e-2
+LOGPROB_TOL = 1e-3
 # Single characters hit by random text and the warm-started model's step tag alike.
 STOPS = ("</step>", "a", "e", "1")
 
@@ -232,14 +234,20 @@ def test_push_waits_for_in_flight_requests(
     assert later.policy_version == version + 1
 
 
-def test_load_weights_rejects_unknown_names(
+def test_load_weights_rejects_bad_states_without_pushing(
     policy_engine: SyncEngine, tiny_policy_model: PolicyValueModel
 ) -> None:
     version = policy_engine.policy_version
-    with pytest.raises(ValueError, match="unknown LM parameter names"):
+    lm_state = tiny_policy_model.lm.state_dict()
+    head_state = tiny_policy_model.value_head.state_dict()
+    with pytest.raises(ValueError, match="unknown LM parameter names.*not.a.weight"):
+        policy_engine.load_weights({**lm_state, "not.a.weight": torch.zeros(3)}, head_state)
+    with pytest.raises(ValueError, match="lacks.*model.norm.weight"):
         policy_engine.load_weights(
-            {"not.a.weight": torch.zeros(3)}, tiny_policy_model.value_head.state_dict()
+            {k: v for k, v in lm_state.items() if k != "model.norm.weight"}, head_state
         )
+    with pytest.raises(ValueError, match="value head"):
+        policy_engine.load_weights(lm_state, {})
     assert policy_engine.policy_version == version
 
 
