@@ -97,11 +97,13 @@ def test_agent_trains_end_to_end(
             if checked["n"] == 0:
                 for traj in batch[:2]:
                     assert traj.policy_version == engine.policy_version
-                    assert engine.tokenizer.decode(traj.completion_ids) == traj.info["text"]
-                    # vLLM's sampling logprobs and the engine's transformers scorer agree
-                    # to a few hundredths per token on CPU (kernels differ), not exactly.
+                    # The graded text is the decoded ids (vLLM leaves out a final EOS and
+                    # an incomplete byte-level character).
+                    assert engine.tokenizer.decode(traj.completion_ids).startswith(
+                        traj.info["text"]
+                    )
                     (raw,) = engine.score(traj.prompt_ids, [traj.completion_ids])
-                    assert raw == pytest.approx(traj.behaviour_logprobs, abs=0.1)
+                    assert raw == pytest.approx(traj.behaviour_logprobs, abs=1e-2)
                 checked["n"] += 1
             return original(self, batch, current_version=current_version)
 
