@@ -154,7 +154,7 @@ class TrainConfig:
             )
         if self.engine.model != (self.model or DEFAULT_MODEL):
             self.engine = dataclasses.replace(self.engine, model=self.model or DEFAULT_MODEL)
-        _check_env(self.env_id, self.env_kwargs)
+        check_env(self.env_id, self.env_kwargs)
         for name, low in (
             ("total_steps", 1),
             ("batch_size", 1),
@@ -190,7 +190,7 @@ class TrainConfig:
                 f"batch_size {self.batch_size}"
             )
         if self.model is not None:
-            _check_model(self.model)
+            check_model(self.model)
         chat = getattr(self.agent_config, "use_chat_template", None)
         if chat is not None and chat != self.eval.use_chat_template:
             raise ConfigError(
@@ -340,7 +340,7 @@ def _agent_classes(name: str) -> tuple[type, type]:
         ) from None
 
 
-def _check_env(env_id: str, env_kwargs: Mapping[str, Any]) -> None:
+def check_env(env_id: str, env_kwargs: Mapping[str, Any]) -> None:
     """The env id is registered and its kwargs construct it (cheap: data loads lazily)."""
     import gymnasium as gym
 
@@ -376,7 +376,7 @@ def _looks_like_path(model: str) -> bool:
     )
 
 
-def _check_model(model: str) -> None:
+def check_model(model: str) -> None:
     if not isinstance(model, str) or not model:
         raise ConfigError(f"config: model: must be a path or a Hugging Face name, got {model!r}")
     if _looks_like_path(model):

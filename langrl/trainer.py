@@ -196,6 +196,7 @@ def default_model(preset: str = "default") -> str:
         from langrl.tiny import ensure_policy
     except ImportError:  # older layout: the builder lives in its own module
         from langrl.tiny.warmstart import ensure_policy
+    print(f"model: the tiny {preset} policy (built and cached on first use: minutes)", flush=True)
     return str(ensure_policy(preset))
 
 

@@ -57,7 +57,7 @@ def resolve_model(model: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from langrl.agents.evaluation import EvalConfig, evaluate
-    from langrl.config import ConfigError, _check_env, _check_model
+    from langrl.config import ConfigError, check_env, check_model
 
     try:
         eval_config = EvalConfig(
@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             progress=not args.quiet,
         )
-        _check_env(args.env, {})
+        check_env(args.env, {})
         model = resolve_model(args.model)
-        _check_model(model)
+        check_model(model)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from langrl.engine import EngineConfig, create_engine
 
-    engine_config = replace(EngineConfig(), model=model)
+    engine_config = replace(EngineConfig(), model=model, use_chat_template=args.chat_template)
     if args.engine is not None:
         engine_config = replace(engine_config, backend=args.engine)
     if args.gpu_memory_utilization is not None:

@@ -200,3 +200,20 @@ def test_ctrl_c_saves_and_resume_continues(engine, tiny_policy_path, tmp_path, m
     acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
     acc.Reload()
     assert [e.step for e in acc.Scalars(tags.LOSS_TOTAL)] == [1, 2, 3]
+
+
+def test_evaluate_on_the_real_engine(vllm_engine):
+    from langrl.agents.evaluation import EvalConfig, evaluate
+
+    config = EvalConfig(k=2, num_problems=4, max_tokens=64, progress=False)
+    result = evaluate(vllm_engine, "Countdown-v0", {}, None, config)
+    assert result["eval/num_problems"] == 4
+    for tag in (tags.EVAL_MEAN_AT_K, tags.EVAL_PASS_AT_K, tags.EVAL_FORMAT_OK_FRAC):
+        assert 0.0 <= result[tag] <= 1.0
+    assert result[tags.EVAL_PASS_AT_K] >= result[tags.EVAL_MEAN_AT_K]
+    assert result["samples"]
+    # Seeded per problem: the same weights give the same score.
+    assert (
+        evaluate(vllm_engine, "Countdown-v0", {}, None, config)[tags.EVAL_MEAN_AT_K]
+        == result[tags.EVAL_MEAN_AT_K]
+    )
