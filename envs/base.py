@@ -19,6 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from os import PathLike
 from typing import Any, ClassVar, Generic, TypeVar
 
 import gymnasium as gym
@@ -267,15 +268,30 @@ class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
     REWARD_PRESETS: ClassVar[dict[str, RewardConfig]] = {}
     TASK_OPTION_KEYS: ClassVar[frozenset[str]] = frozenset()
 
+    #: The task dataclass a subclass serves; ``tasks=`` must hold instances of it.
+    TASK_TYPE: ClassVar[type] = object
+
     def __init__(
         self,
         *,
+        split: str = "train",
+        data_path: str | PathLike | None = None,
+        tasks: Sequence[TaskT] | None = None,
         reward: str | RewardConfig = "dense",
         max_steps: int | None = None,
         max_action_chars: int = 2048,
         max_observation_chars: int = 16384,
         render_mode: str | None = None,
     ) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if tasks is not None:
+            tasks = tuple(tasks)
+            if not tasks or not all(isinstance(t, self.TASK_TYPE) for t in tasks):
+                raise ValueError(f"tasks must be a non-empty sequence of {self.TASK_TYPE.__name__}")
+        self.split = split
+        self.data_path = data_path
+        self._tasks: tuple[TaskT, ...] | None = tasks
         if isinstance(reward, str):
             if reward not in self.REWARD_PRESETS:
                 raise ValueError(
@@ -311,6 +327,14 @@ class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
     # --- hooks for subclasses ---
 
     def _dataset(self) -> Sequence[TaskT]:
+        """The task list: ``tasks=`` if given, else the split's data file, loaded once."""
+        if self._tasks is None:
+            self._tasks = self.load_tasks(self.split, self.data_path)
+        return self._tasks
+
+    @staticmethod
+    def load_tasks(split: str, data_path: str | PathLike | None) -> tuple[TaskT, ...]:
+        """Read the tasks of ``split`` (from ``data_path`` or the default data folder)."""
         raise NotImplementedError
 
     def _task_from_options(self, options: dict[str, Any]) -> TaskT:

@@ -504,6 +504,8 @@ class CountdownEnv(ReasoningEnv[CountdownTask]):
         ),
         "sparse": RewardConfig(),
     }
+    TASK_TYPE = CountdownTask
+    load_tasks = staticmethod(load_countdown)
     TASK_OPTION_KEYS = frozenset({"numbers", "target"})
 
     def __init__(
@@ -520,27 +522,16 @@ class CountdownEnv(ReasoningEnv[CountdownTask]):
         render_mode: str | None = None,
     ) -> None:
         super().__init__(
+            split=split,
+            data_path=data_path,
+            tasks=tasks,
             reward=reward,
             max_steps=max_steps,
             max_action_chars=max_action_chars,
             max_observation_chars=max_observation_chars,
             render_mode=render_mode,
         )
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if tasks is not None:
-            tasks = tuple(tasks)
-            if not tasks or not all(isinstance(t, CountdownTask) for t in tasks):
-                raise ValueError("tasks must be a non-empty sequence of CountdownTask")
-        self.split = split
-        self.data_path = data_path
         self.use_all_numbers = bool(use_all_numbers)
-        self._tasks: tuple[CountdownTask, ...] | None = tasks
-
-    def _dataset(self) -> tuple[CountdownTask, ...]:
-        if self._tasks is None:
-            self._tasks = load_countdown(self.split, self.data_path)
-        return self._tasks
 
     def _task_from_options(self, options: dict[str, Any]) -> CountdownTask:
         if set(options) != self.TASK_OPTION_KEYS:

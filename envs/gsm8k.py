@@ -373,6 +373,8 @@ class GSM8KEnv(ReasoningEnv[GSM8KTask]):
         ),
         "sparse": RewardConfig(),
     }
+    TASK_TYPE = GSM8KTask
+    load_tasks = staticmethod(load_gsm8k)
     TASK_OPTION_KEYS = frozenset({"question", "answer"})
 
     def __init__(
@@ -388,26 +390,15 @@ class GSM8KEnv(ReasoningEnv[GSM8KTask]):
         render_mode: str | None = None,
     ) -> None:
         super().__init__(
+            split=split,
+            data_path=data_path,
+            tasks=tasks,
             reward=reward,
             max_steps=max_steps,
             max_action_chars=max_action_chars,
             max_observation_chars=max_observation_chars,
             render_mode=render_mode,
         )
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if tasks is not None:
-            tasks = tuple(tasks)
-            if not tasks or not all(isinstance(t, GSM8KTask) for t in tasks):
-                raise ValueError("tasks must be a non-empty sequence of GSM8KTask")
-        self.split = split
-        self.data_path = data_path
-        self._tasks: tuple[GSM8KTask, ...] | None = tasks
-
-    def _dataset(self) -> tuple[GSM8KTask, ...]:
-        if self._tasks is None:
-            self._tasks = load_gsm8k(self.split, self.data_path)
-        return self._tasks
 
     def _task_from_options(self, options: dict[str, Any]) -> GSM8KTask:
         question, answer = options.get("question"), options.get("answer")
