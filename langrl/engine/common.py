@@ -473,30 +473,34 @@ async def start_in_thread(fn: Callable[[], T], timeout_s: float, what: str) -> T
     executor's, does not hold up interpreter exit if it never returns.
     """
     loop = asyncio.get_running_loop()
-    fut: asyncio.Future[T] = loop.create_future()
+    fut: asyncio.Future[None] = loop.create_future()
+    # The result travels in a box that is emptied on receipt, so that no finished frame or
+    # future keeps the engine alive after its shutdown.
+    box: dict[str, Any] = {}
 
-    def settle(value: Any, error: BaseException | None) -> None:
+    def settle() -> None:
         if fut.done():  # timed out already: do not leak what came up late
-            if value is not None and hasattr(value, "shutdown"):
-                value.shutdown()
+            late = box.pop("value", None)
+            if late is not None and hasattr(late, "shutdown"):
+                late.shutdown()
             return
-        if error is not None:
-            fut.set_exception(error)
-        else:
-            fut.set_result(value)
+        fut.set_result(None)
 
     def target() -> None:
         try:
-            value, error = fn(), None
+            box["value"] = fn()
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-            value, error = None, e
+            box["error"] = e
         with contextlib.suppress(RuntimeError):  # the loop may be closed by now
-            loop.call_soon_threadsafe(settle, value, error)
+            loop.call_soon_threadsafe(settle)
 
     threading.Thread(target=target, name="langrl-engine-start", daemon=True).start()
     try:
-        return await asyncio.wait_for(fut, timeout_s)
+        await asyncio.wait_for(fut, timeout_s)
     except asyncio.TimeoutError:
         raise EngineStartError(
             f"{what} did not start within EngineConfig.startup_timeout_s={timeout_s:g} s"
         ) from None
+    if "error" in box:
+        raise box.pop("error")
+    return box.pop("value")

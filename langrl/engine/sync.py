@@ -148,8 +148,11 @@ class SyncEngine:
             return
 
         async def shutdown_on_loop() -> None:
-            # On the loop thread: vLLM's shutdown cancels tasks that live on this loop.
+            # On the loop thread: vLLM's shutdown cancels tasks that live on this loop;
+            # let them finish cancelling before the loop stops.
             self._engine.shutdown()
+            for _ in range(3):
+                await asyncio.sleep(0)
 
         try:
             if threading.current_thread() is self._thread:

@@ -19,6 +19,7 @@ References: vLLM ``AsyncLLM`` (vllm/v1/engine/async_llm.py); RLHF weight-sync ex
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import math
 import os
@@ -195,6 +196,8 @@ class VLLMEngine(ServedEngine):
             return
         self._release_shared()
         llm, self.llm = self.llm, None
-        # Drop our reference too: otherwise AsyncLLM.__del__ may run at interpreter exit,
-        # when vLLM's module globals are already gone.
         llm.shutdown()
+        # AsyncLLM sits in reference cycles; collect it now, or its __del__ (shutdown again)
+        # runs at interpreter exit when vLLM's module globals are gone, and prints an error.
+        del llm
+        gc.collect()
