@@ -58,7 +58,7 @@ def built_policy(langrl_home: Path) -> tuple[Path, float]:
         {"lr": float("nan")},
         {"imperfect_fraction": 1.5},
         {"wrong_operation_share": -0.1},
-        {"warmup_steps": 300},
+        {"warmup_steps": 10_000},
         {"grad_clip": 0.0},
         {"steps": 2.5},
         {"num_threads": 0},
@@ -130,6 +130,7 @@ def test_second_call_reuses_the_cache(built_policy, langrl_home, monkeypatch):
     monkeypatch.setattr(warmstart, "build_policy", no_rebuild)
     assert ensure_policy("test", progress=False) == path
     assert default_policy_path("test") == path
+    assert path.stat().st_mode & 0o777 == 0o755  # readable by others, unlike mkdtemp's 0o700
     # No temporary build folders are left beside it.
     assert [p.name for p in path.parent.iterdir() if not p.name.endswith(".lock")] == [path.name]
 
@@ -139,10 +140,7 @@ def test_test_policy_loads_and_writes_the_step_format(built_policy):
     model = PolicyValueModel.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(str(path))
     task = load_countdown("test")[0]
-    # Encoded with the tokenizer the policy was trained with: AutoTokenizer's encoding of
-    # this folder drops whitespace (see test_auto_tokenizer_of_a_policy_folder_round_trips).
-    prompt = build_tokenizer()(countdown_prompt(task), add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt])  # (1, T)
+    ids = tok(countdown_prompt(task), return_tensors="pt", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         out = model.lm.generate(
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, do_sample=False
@@ -154,13 +152,9 @@ def test_test_policy_loads_and_writes_the_step_format(built_policy):
     assert torch.equal(values, torch.zeros_like(values))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transformers 5 loads a qwen2 folder's tokenizer as Qwen2Tokenizer (byte-level "
-    "pre-tokenizer), which drops ' ' and '\\n' of the WordLevel vocab: langrl/tiny/tokenizer.py "
-    "needs byte-level names for them (Ġ, Ċ). Remove this mark once fixed.",
-)
 def test_auto_tokenizer_of_a_policy_folder_round_trips(built_policy):
+    """transformers 5 reloads a qwen2 folder's tokenizer as Qwen2Tokenizer whatever its
+    tokenizer_config says: it must give the ids the policy was trained on."""
     path, _ = built_policy
     tok = AutoTokenizer.from_pretrained(str(path))
     text = countdown_prompt(load_countdown("test")[0]) + "<step>7 * 4 = 28</step>"
