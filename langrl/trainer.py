@@ -240,11 +240,8 @@ def _train(
     ckpt_root: Path,
     resume_from: Path | None,
 ) -> dict[str, Any]:
-    agent_config = config.agent_config
-    if config.mode == "sync" and getattr(agent_config, "seed", 0) is None:
-        agent_config = replace(agent_config, seed=config.seed)  # reproducible sampling
     agent = make_agent(
-        config.agent, agent_config, config.env_id, config.train_env_kwargs, engine.engine
+        config.agent, config.agent_config, config.env_id, config.train_env_kwargs, engine.engine
     )
     learner = Learner(model, config.learner)
     buffer = TrajectoryBuffer(config.buffer_capacity, config.max_staleness)

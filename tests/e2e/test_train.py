@@ -212,8 +212,3 @@ def test_evaluate_on_the_real_engine(vllm_engine):
         assert 0.0 <= result[tag] <= 1.0
     assert result[tags.EVAL_PASS_AT_K] >= result[tags.EVAL_MEAN_AT_K]
     assert result["samples"]
-    # Seeded per problem: the same weights give the same score.
-    assert (
-        evaluate(vllm_engine, "Countdown-v0", {}, None, config)[tags.EVAL_MEAN_AT_K]
-        == result[tags.EVAL_MEAN_AT_K]
-    )
