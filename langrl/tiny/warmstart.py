@@ -451,19 +451,19 @@ def default_policy_path(preset: str = "default", config: WarmStartConfig | None 
 
 
 @contextlib.contextmanager
-def _file_lock(lock_path: Path) -> Iterator[None]:
-    """Exclusive advisory lock (``fcntl.flock``) so concurrent processes build once; where
-    ``fcntl`` is missing, the atomic rename in ``ensure_policy`` still keeps the cache
-    consistent (a lost race only costs a duplicate build)."""
+def _file_lock(lock_path: Path) -> Iterator[bool]:
+    """Exclusive advisory lock (``fcntl.flock``) so concurrent processes build once; yields
+    whether it is held. Where ``fcntl`` is missing, the atomic rename in ``ensure_policy``
+    still keeps the cache consistent (a lost race only costs a duplicate build)."""
     try:
         import fcntl
     except ImportError:  # not POSIX
-        yield
+        yield False
         return
     with open(lock_path, "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -495,9 +495,13 @@ def ensure_policy(
         return target
     config = _resolve(preset, config)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f".{target.name}.lock"):
+    with _file_lock(target.parent / f".{target.name}.lock") as exclusive:
         if _is_complete(target):  # built by another process while we waited
             return target
+        if exclusive:  # nobody else builds it now: temp folders left are from killed builds
+            for stale in target.parent.glob(f".{target.name}.*"):
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             build_policy(tmp, config, progress=progress)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,30 @@ def test_build_is_deterministic(tmp_path):
         weights.append(model.lm.state_dict())
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def _fake_build(calls: list[Path]):
+    """Stand-in for ``build_policy``: records the call and writes a complete-looking policy."""
+
+    def build(path, config=None, *, progress=True):
+        calls.append(Path(path))
+        time.sleep(0.2)  # long enough for a second caller to arrive mid-build
+        (Path(path) / RECORD_FILE).write_text("{}")
+        return Path(path)
+
+    return build
+
+
+def test_concurrent_callers_build_once_and_stale_temp_folders_go(tmp_path, monkeypatch):
+    monkeypatch.setenv("LANGRL_HOME", str(tmp_path))
+    calls: list[Path] = []
+    monkeypatch.setattr(warmstart, "build_policy", _fake_build(calls))
+    config = WarmStartConfig(preset="test", steps=3, warmup_steps=1)
+    target = default_policy_path(config=config)
+    stale = target.parent / f".{target.name}.killed"  # a build that was SIGKILLed
+    stale.mkdir(parents=True)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        paths = list(pool.map(lambda _: ensure_policy(config=config, progress=False), range(2)))
+    assert paths == [target, target] and len(calls) == 1
+    assert not stale.exists()
+    assert [p.name for p in target.parent.iterdir() if p.is_dir()] == [target.name]
