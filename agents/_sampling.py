@@ -7,6 +7,7 @@ summarising graded samples as metrics. Sampling and grading themselves are
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,8 @@ import gymnasium as gym
 
 import langrl  # noqa: F401  (registers the envs)
 from langrl.agents.base import encode_prompt
-from langrl.agents.rollout import GradedSample
+from langrl.agents.rollout import GradedSample, sample_and_grade
+from langrl.engine.base import PolicyEngine, SamplingConfig
 
 #: Final reasons of a well-formed, legal answer (right or wrong value).
 FORMAT_OK_REASONS = frozenset({"correct", "wrong_value"})
@@ -53,6 +55,37 @@ def open_episodes(
             )
         )
     return episodes
+
+
+async def sample_groups(
+    engine: PolicyEngine,
+    env: Any,
+    episodes: Sequence[Episode],
+    *,
+    n: int,
+    max_tokens: int,
+    temperature: float,
+    seed: int | None,
+    call: int,
+) -> list[list[GradedSample]]:
+    """``n`` graded completions for every episode, all requested at once so that the engine
+    batches them (continuous batching). With ``seed`` set, request ``i`` of rollout ``call``
+    gets its own reproducible seed."""
+
+    def sampling(i: int) -> SamplingConfig:
+        request_seed = None if seed is None else (seed * 1_000_003 + call) * 100_003 + i
+        return SamplingConfig(
+            n=n, max_tokens=max_tokens, temperature=temperature, seed=request_seed
+        )
+
+    return list(
+        await asyncio.gather(
+            *(
+                sample_and_grade(engine, env, ep.start_state, ep.prefix_ids, sampling(i))
+                for i, ep in enumerate(episodes)
+            )
+        )
+    )
 
 
 def is_correct(g: GradedSample) -> bool:

@@ -17,15 +17,19 @@ arXiv:2402.03300); Dr. GRPO (no std scaling, arXiv:2503.20783). Paper setting: 1
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langrl.agents._sampling import make_env, open_episodes, summarize, transcript
+from langrl.agents._sampling import (
+    make_env,
+    open_episodes,
+    sample_groups,
+    summarize,
+    transcript,
+)
 from langrl.agents.base import RolloutBatch
-from langrl.agents.rollout import sample_and_grade
-from langrl.engine.base import PolicyEngine, SamplingConfig
+from langrl.engine.base import PolicyEngine
 from langrl.trajectory import Trajectory
 
 
@@ -133,18 +137,15 @@ class CISPOAgent:
         call = self._num_calls
         self._num_calls += 1
 
-        def sampling(i: int) -> SamplingConfig:
-            seed = None if cfg.seed is None else (cfg.seed * 1_000_003 + call) * 100_003 + i
-            return SamplingConfig(
-                n=cfg.group_size, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=seed
-            )
-
-        # All groups concurrently: the engine batches them (continuous batching).
-        groups = await asyncio.gather(
-            *(
-                sample_and_grade(self.engine, self.env, ep.start_state, ep.prefix_ids, sampling(i))
-                for i, ep in enumerate(episodes)
-            )
+        groups = await sample_groups(
+            self.engine,
+            self.env,
+            episodes,
+            n=cfg.group_size,
+            max_tokens=cfg.max_tokens,
+            temperature=cfg.temperature,
+            seed=cfg.seed,
+            call=call,
         )
 
         trajectories: list[Trajectory] = []
