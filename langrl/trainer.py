@@ -192,10 +192,8 @@ async def _timed_collect(agent: Any, tasks: list[dict[str, int]]) -> tuple[Any, 
 
 def default_model(preset: str = "default") -> str:
     """Path of the cached warm-started tiny policy (built on first use: minutes on CPU)."""
-    try:
-        from langrl.tiny import ensure_policy
-    except ImportError:  # older layout: the builder lives in its own module
-        from langrl.tiny.warmstart import ensure_policy
+    from langrl.tiny import ensure_policy  # imported late: it pulls in transformers
+
     print(f"model: the tiny {preset} policy (built and cached on first use: minutes)", flush=True)
     return str(ensure_policy(preset))
 
