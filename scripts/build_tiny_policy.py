@@ -4,7 +4,7 @@ Without ``--out`` the policy goes to the shared cache (``$LANGRL_HOME``, default
 ``~/.cache/langrl``) where ``ensure_policy`` and every agent find it; with ``--out`` it is
 written to that folder instead (overwriting model files there). Run from the repo root:
 
-    python scripts/build_tiny_policy.py                       # the default policy, ~5-15 min
+    python scripts/build_tiny_policy.py                       # the default policy, 10-20 min
     python scripts/build_tiny_policy.py --preset test         # the test policy, seconds
     python scripts/build_tiny_policy.py --out /tmp/tiny --steps 400 --imperfect-fraction 0.2
 
