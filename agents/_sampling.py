@@ -18,6 +18,7 @@ import langrl  # noqa: F401  (registers the envs)
 from langrl.agents.base import encode_prompt
 from langrl.agents.rollout import GradedSample, sample_and_grade
 from langrl.engine.base import PolicyEngine, SamplingConfig
+from langrl.trajectory import Trajectory
 
 #: Final reasons of a well-formed, legal answer (right or wrong value).
 FORMAT_OK_REASONS = frozenset({"correct", "wrong_value"})
@@ -86,6 +87,63 @@ async def sample_groups(
             )
         )
     )
+
+
+class GroupSamplingAgent:
+    """Shared body of the agents that sample whole answers in groups (CISPO, best-of-N):
+    they differ only in which samples become Trajectories and with what advantages.
+
+    The config must have ``max_tokens``, ``temperature``, ``seed`` and ``use_chat_template``.
+    """
+
+    name = ""
+
+    def __init__(
+        self, config: Any, env_id: str, env_kwargs: Mapping[str, Any] | None, engine: PolicyEngine
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.env = make_env(env_id, env_kwargs)
+        self._num_calls = 0
+
+    async def sample(
+        self, tasks: Sequence[Mapping[str, Any]], n: int
+    ) -> tuple[list[Episode], list[list[GradedSample]]]:
+        """Open every task and sample ``n`` graded completions of each, all concurrently."""
+        cfg = self.config
+        episodes = open_episodes(self.env, self.engine.tokenizer, tasks, cfg.use_chat_template)
+        call = self._num_calls
+        self._num_calls += 1
+        groups = await sample_groups(
+            self.engine,
+            self.env,
+            episodes,
+            n=n,
+            max_tokens=cfg.max_tokens,
+            temperature=cfg.temperature,
+            seed=cfg.seed,
+            call=call,
+        )
+        return episodes, groups
+
+    def trajectory(
+        self, episode: Episode, g: GradedSample, advantages: list[float] | None
+    ) -> Trajectory:
+        """The training record of one graded sample: exactly the engine's ids and logprobs."""
+        return Trajectory(
+            prompt_ids=list(episode.prefix_ids),
+            completion_ids=list(g.sample.token_ids),
+            behaviour_logprobs=list(g.sample.logprobs),
+            reward=g.reward,
+            advantages=advantages,
+            policy_version=g.policy_version,
+            agent=self.name,
+            info={
+                "task": dict(episode.task),
+                "text": g.sample.text,
+                "reason": g.info.get("reason"),
+            },
+        )
 
 
 def is_correct(g: GradedSample) -> bool:

@@ -13,16 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langrl.agents._sampling import (
-    make_env,
-    open_episodes,
-    sample_groups,
-    summarize,
-    transcript,
-)
+from langrl.agents._sampling import GroupSamplingAgent, summarize, transcript
 from langrl.agents.base import RolloutBatch
 from langrl.agents.rollout import GradedSample
-from langrl.engine.base import PolicyEngine
 from langrl.trajectory import Trajectory
 
 
@@ -82,7 +75,7 @@ def pick_best(group: Sequence[GradedSample]) -> GradedSample | None:
     return best
 
 
-class BestOfNAgent:
+class BestOfNAgent(GroupSamplingAgent):
     """Samples ``n`` answers per task and emits the best one (``advantages=None``).
 
     Args:
@@ -94,34 +87,9 @@ class BestOfNAgent:
 
     name = "bon"
 
-    def __init__(
-        self,
-        config: BestOfNConfig,
-        env_id: str,
-        env_kwargs: Mapping[str, Any] | None,
-        engine: PolicyEngine,
-    ) -> None:
-        self.config = config
-        self.engine = engine
-        self.env = make_env(env_id, env_kwargs)
-        self._num_calls = 0
-
     async def collect(self, tasks: Sequence[Mapping[str, Any]]) -> RolloutBatch:
         cfg = self.config
-        episodes = open_episodes(self.env, self.engine.tokenizer, tasks, cfg.use_chat_template)
-        call = self._num_calls
-        self._num_calls += 1
-
-        groups = await sample_groups(
-            self.engine,
-            self.env,
-            episodes,
-            n=cfg.n,
-            max_tokens=cfg.max_tokens,
-            temperature=cfg.temperature,
-            seed=cfg.seed,
-            call=call,
-        )
+        episodes, groups = await self.sample(tasks, cfg.n)
 
         trajectories: list[Trajectory] = []
         samples: list[str] = []
@@ -135,22 +103,8 @@ class BestOfNAgent:
                 samples.append(transcript(ep, best))
             if cfg.min_reward is not None and best.reward < cfg.min_reward:
                 continue
-            trajectories.append(
-                Trajectory(
-                    prompt_ids=list(ep.prefix_ids),
-                    completion_ids=list(best.sample.token_ids),
-                    behaviour_logprobs=list(best.sample.logprobs),
-                    reward=best.reward,
-                    advantages=None,  # the learner uses r - V_old(s_t), as for MCTS
-                    policy_version=best.policy_version,
-                    agent=self.name,
-                    info={
-                        "task": dict(ep.task),
-                        "text": best.sample.text,
-                        "reason": best.info.get("reason"),
-                    },
-                )
-            )
+            # advantages=None: the learner uses r - V_old(s_t), as for MCTS.
+            trajectories.append(self.trajectory(ep, best, advantages=None))
 
         metrics = summarize([g for group in groups for g in group])
         metrics["gen/trajectories"] = float(len(trajectories))

@@ -21,15 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langrl.agents._sampling import (
-    make_env,
-    open_episodes,
-    sample_groups,
-    summarize,
-    transcript,
-)
+from langrl.agents._sampling import GroupSamplingAgent, summarize, transcript
 from langrl.agents.base import RolloutBatch
-from langrl.engine.base import PolicyEngine
 from langrl.trajectory import Trajectory
 
 
@@ -106,7 +99,7 @@ def group_advantages(
     return centred, std
 
 
-class CISPOAgent:
+class CISPOAgent(GroupSamplingAgent):
     """Samples ``group_size`` answers per task and emits those of informative groups with
     per-token group-relative advantages.
 
@@ -119,34 +112,9 @@ class CISPOAgent:
 
     name = "cispo"
 
-    def __init__(
-        self,
-        config: CISPOConfig,
-        env_id: str,
-        env_kwargs: Mapping[str, Any] | None,
-        engine: PolicyEngine,
-    ) -> None:
-        self.config = config
-        self.engine = engine
-        self.env = make_env(env_id, env_kwargs)
-        self._num_calls = 0
-
     async def collect(self, tasks: Sequence[Mapping[str, Any]]) -> RolloutBatch:
         cfg = self.config
-        episodes = open_episodes(self.env, self.engine.tokenizer, tasks, cfg.use_chat_template)
-        call = self._num_calls
-        self._num_calls += 1
-
-        groups = await sample_groups(
-            self.engine,
-            self.env,
-            episodes,
-            n=cfg.group_size,
-            max_tokens=cfg.max_tokens,
-            temperature=cfg.temperature,
-            seed=cfg.seed,
-            call=call,
-        )
+        episodes, groups = await self.sample(tasks, cfg.group_size)
 
         trajectories: list[Trajectory] = []
         samples: list[str] = []
@@ -163,25 +131,9 @@ class CISPOAgent:
                     continue
                 advantages = [0.0] * len(group)
             for g, adv in zip(group, advantages, strict=True):
-                ids = list(g.sample.token_ids)
-                if not ids:
-                    continue  # nothing sampled, nothing to train on
-                trajectories.append(
-                    Trajectory(
-                        prompt_ids=list(ep.prefix_ids),
-                        completion_ids=ids,
-                        behaviour_logprobs=list(g.sample.logprobs),
-                        reward=g.reward,
-                        advantages=[adv] * len(ids),
-                        policy_version=g.policy_version,
-                        agent=self.name,
-                        info={
-                            "task": dict(ep.task),
-                            "text": g.sample.text,
-                            "reason": g.info.get("reason"),
-                        },
-                    )
-                )
+                if g.sample.token_ids:  # nothing sampled, nothing to train on
+                    n_tokens = len(g.sample.token_ids)
+                    trajectories.append(self.trajectory(ep, g, advantages=[adv] * n_tokens))
 
         metrics = summarize([g for group in groups for g in group])
         metrics["gen/zero_variance_groups"] = float(zero_variance)
