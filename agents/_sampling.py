@@ -17,7 +17,7 @@ import gymnasium as gym
 import langrl  # noqa: F401  (registers the envs)
 from langrl.agents.base import encode_prompt
 from langrl.agents.rollout import GradedSample, sample_and_grade
-from langrl.engine.base import PolicyEngine, SamplingConfig
+from langrl.engine.base import PolicyEngine, PromptTooLongError, SamplingConfig
 from langrl.trajectory import Trajectory
 
 #: Final reasons of a well-formed, legal answer (right or wrong value).
@@ -71,7 +71,8 @@ async def sample_groups(
 ) -> list[list[GradedSample]]:
     """``n`` graded completions for every episode, all requested at once so that the engine
     batches them (continuous batching). With ``seed`` set, request ``i`` of rollout ``call``
-    gets its own reproducible seed."""
+    gets its own reproducible seed. A task whose prompt does not fit the engine's context
+    gets an empty group."""
 
     def sampling(i: int) -> SamplingConfig:
         request_seed = None if seed is None else (seed * 1_000_003 + call) * 100_003 + i
@@ -79,14 +80,13 @@ async def sample_groups(
             n=n, max_tokens=max_tokens, temperature=temperature, seed=request_seed
         )
 
-    return list(
-        await asyncio.gather(
-            *(
-                sample_and_grade(engine, env, ep.start_state, ep.prefix_ids, sampling(i))
-                for i, ep in enumerate(episodes)
-            )
-        )
-    )
+    async def one(i: int, ep: Episode) -> list[GradedSample]:
+        try:
+            return await sample_and_grade(engine, env, ep.start_state, ep.prefix_ids, sampling(i))
+        except PromptTooLongError:
+            return []  # counted by ``summarize_groups``; the rest of the rollout goes on
+
+    return list(await asyncio.gather(*(one(i, ep) for i, ep in enumerate(episodes))))
 
 
 class GroupSamplingAgent:
@@ -154,12 +154,15 @@ def is_format_ok(g: GradedSample) -> bool:
     return g.info.get("reason") in FORMAT_OK_REASONS
 
 
-def summarize(graded: Sequence[GradedSample]) -> dict[str, float]:
-    """Reward / correctness / format / length statistics of graded samples (``train/``,
-    ``gen/`` tags)."""
+def summarize(groups: Sequence[Sequence[GradedSample]]) -> dict[str, float]:
+    """Reward / correctness / format / length statistics of a rollout's groups of graded
+    samples (``train/``, ``gen/`` tags). Empty groups are prompts that did not fit the
+    engine's context (``gen/skipped_prompts``)."""
+    graded = [g for group in groups for g in group]
+    skipped = {"gen/skipped_prompts": float(sum(not group for group in groups))}
     n = len(graded)
     if n == 0:
-        return {"gen/samples": 0.0, "gen/tokens": 0.0}
+        return {"gen/samples": 0.0, "gen/tokens": 0.0, **skipped}
     rewards = [g.reward for g in graded]
     mean = sum(rewards) / n
     lengths = [len(g.sample.token_ids) for g in graded]
@@ -172,6 +175,7 @@ def summarize(graded: Sequence[GradedSample]) -> dict[str, float]:
         "gen/tokens": float(sum(lengths)),
         "gen/completion_len_mean": sum(lengths) / n,
         "gen/truncated_frac": sum(g.sample.finish_reason == "length" for g in graded) / n,
+        **skipped,
     }
 
 

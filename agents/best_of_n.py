@@ -106,7 +106,7 @@ class BestOfNAgent(GroupSamplingAgent):
             # advantages=None: the learner uses r - V_old(s_t), as for MCTS.
             trajectories.append(self.trajectory(ep, best, advantages=None))
 
-        metrics = summarize([g for group in groups for g in group])
+        metrics = summarize(groups)
         metrics["gen/trajectories"] = float(len(trajectories))
         if best_rewards:
             metrics["train/best_reward_mean"] = sum(best_rewards) / len(best_rewards)

@@ -120,6 +120,8 @@ class CISPOAgent(GroupSamplingAgent):
         samples: list[str] = []
         zero_variance = 0
         for ep, group in zip(episodes, groups, strict=True):
+            if not group:
+                continue  # the prompt did not fit the engine's context
             advantages, std = group_advantages(
                 [g.reward for g in group], cfg.std_scaling, cfg.std_eps
             )
@@ -135,7 +137,7 @@ class CISPOAgent(GroupSamplingAgent):
                     n_tokens = len(g.sample.token_ids)
                     trajectories.append(self.trajectory(ep, g, advantages=[adv] * n_tokens))
 
-        metrics = summarize([g for group in groups for g in group])
+        metrics = summarize(groups)
         metrics["gen/zero_variance_groups"] = float(zero_variance)
         metrics["gen/zero_variance_frac"] = zero_variance / max(len(groups), 1)
         metrics["gen/trajectories"] = float(len(trajectories))

@@ -29,7 +29,7 @@ from langrl.agents._sampling import (
     transcript,
 )
 from langrl.agents.rollout import sample_and_grade
-from langrl.engine.base import PolicyEngine, SamplingConfig
+from langrl.engine.base import PolicyEngine, PromptTooLongError, SamplingConfig
 
 
 @dataclass
@@ -125,7 +125,12 @@ async def evaluate_async(
         )
         async with limit:
             ep = episodes[i]
-            graded = await sample_and_grade(engine, env, ep.start_state, ep.prefix_ids, sampling)
+            try:
+                graded = await sample_and_grade(
+                    engine, env, ep.start_state, ep.prefix_ids, sampling
+                )
+            except PromptTooLongError:
+                graded = []  # the model cannot answer: scored as k failures below
         bar.update(1)
         return graded
 
@@ -137,7 +142,9 @@ async def evaluate_async(
     elapsed = time.perf_counter() - start
 
     flat = [g for graded in results for g in graded]
-    mean, passed = mean_at_k([[is_correct(g) for g in graded] for graded in results])
+    mean, passed = mean_at_k(
+        [[is_correct(g) for g in graded] or [False] * config.k for graded in results]
+    )
     n = max(len(flat), 1)
     samples = [
         transcript(ep, graded[0])

@@ -70,7 +70,7 @@ import numpy as np
 
 from langrl.agents.base import RolloutBatch, encode_prompt
 from langrl.agents.rollout import sample_and_grade
-from langrl.engine.base import PolicyEngine, SamplingConfig
+from langrl.engine.base import PolicyEngine, PromptTooLongError, SamplingConfig
 from langrl.envs.base import ANSWER_CLOSE, STEP_CLOSE
 from langrl.trajectory import Trajectory
 
@@ -371,13 +371,19 @@ class MCTSAgent:
         """Search every task concurrently (the engine batches across all of their workers)
         and return one trajectory per task, with search statistics as ``search/`` metrics."""
         seeds = [self._draw_seed() for _ in tasks]  # drawn in task order: reproducible
-        results = await asyncio.gather(
-            *(self.search(task, seed=s) for task, s in zip(tasks, seeds, strict=True))
+        outcomes = await asyncio.gather(
+            *(self.search(task, seed=s) for task, s in zip(tasks, seeds, strict=True)),
+            return_exceptions=True,
         )
+        # A prompt longer than the engine's context skips its task, not the whole rollout.
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, PromptTooLongError):
+                raise outcome
+        results = [r for r in outcomes if not isinstance(r, BaseException)]
         # --- logging ---
         # Per-task statistics are averaged over the batch (best_reward_in_tree over the
         # trees that reached an end); times are totals for the whole call.
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = {"gen/skipped_prompts": float(len(tasks) - len(results))}
         for key in sorted({k for r in results for k in r.stats}):
             values = [r.stats[key] for r in results if key in r.stats]
             total_or_mean = sum if key.endswith("_time_s") else np.mean

@@ -83,6 +83,7 @@ GEN_TRUNCATED_FRAC = "gen/truncated_frac"
 GEN_ZERO_VAR_GROUPS = "gen/zero_variance_groups"
 GEN_ZERO_VAR_FRAC = "gen/zero_variance_frac"
 GEN_TRAJECTORIES = "gen/trajectories"
+GEN_SKIPPED_PROMPTS = "gen/skipped_prompts"
 
 # --- perf/ ---
 PERF_TOKENS_PER_S = "perf/tokens_per_s"
@@ -151,6 +152,7 @@ TAGS: dict[str, str] = {
     GEN_ZERO_VAR_GROUPS: "CISPO: groups dropped because every sample had the same reward",
     GEN_ZERO_VAR_FRAC: "CISPO: fraction of groups dropped for zero reward variance",
     GEN_TRAJECTORIES: "trajectories the rollout handed to the buffer",
+    GEN_SKIPPED_PROMPTS: "tasks skipped because the prompt did not fit the engine's context",
     PERF_TOKENS_PER_S: "generated tokens per second of rollout wall time",
     PERF_SAMPLES_PER_S: "sampled completions per second of rollout wall time",
     PERF_STALENESS: "mean (learner version - trajectory policy version) in the batch",

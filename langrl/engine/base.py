@@ -22,6 +22,14 @@ from dataclasses import dataclass
 import torch
 
 
+class PromptTooLongError(ValueError):
+    """A prompt leaves no room to generate within the engine's ``max_model_len``.
+
+    Agents skip such a task (and count it) instead of failing a whole rollout: a data set
+    can hold a few prompts longer than a small model's context.
+    """
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How to sample one request.

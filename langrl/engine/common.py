@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-from langrl.engine.base import PolicyEngine
+from langrl.engine.base import PolicyEngine, PromptTooLongError
 from langrl.engine.config import EngineConfig, EngineStartError
 from langrl.policy_model import PolicyValueModel
 
@@ -325,7 +325,7 @@ class ServedEngine(PolicyEngine):
         if not ids:
             raise ValueError("generate() got an empty prompt")
         if len(ids) >= self.config.max_model_len:
-            raise ValueError(
+            raise PromptTooLongError(
                 f"prompt has {len(ids)} tokens, EngineConfig.max_model_len="
                 f"{self.config.max_model_len} leaves no room to generate"
             )

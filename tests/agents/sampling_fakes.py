@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from langrl.engine.base import Generation, PolicyEngine, Sample, SamplingConfig
+from langrl.engine.base import (
+    Generation,
+    PolicyEngine,
+    PromptTooLongError,
+    Sample,
+    SamplingConfig,
+)
 
 
 class CharTokenizer:
@@ -28,7 +34,13 @@ class ScriptedEngine(PolicyEngine):
     check that trajectories carry exactly the sampled ids and logprobs.
     """
 
-    def __init__(self, script: Mapping[str, Sequence[str]], default: Sequence[str] = ("",)):
+    def __init__(
+        self,
+        script: Mapping[str, Sequence[str]],
+        default: Sequence[str] = ("",),
+        max_prompt_len: int | None = None,
+    ):
+        self.max_prompt_len = max_prompt_len
         self.tokenizer = CharTokenizer()
         self.script = dict(script)
         self.default = list(default)
@@ -37,6 +49,8 @@ class ScriptedEngine(PolicyEngine):
 
     async def generate(self, prompt, sampling: SamplingConfig) -> Generation:
         ids = list(prompt) if not isinstance(prompt, str) else self.tokenizer(prompt)["input_ids"]
+        if self.max_prompt_len is not None and len(ids) > self.max_prompt_len:
+            raise PromptTooLongError(f"prompt has {len(ids)} tokens")  # as the real engines
         text = self.tokenizer.decode(ids)
         self.requests.append((text, sampling))
         texts = self.script.get(text, self.default)
