@@ -46,9 +46,9 @@ def encode_prompt(tokenizer: Any, info: Mapping[str, Any], use_chat_template: bo
     asked for and available, else the compact plain prompt. Encoded once per episode; every
     later token id comes from the engine, so text is never re-tokenized."""
     if use_chat_template and getattr(tokenizer, "chat_template", None):
-        return list(
-            tokenizer.apply_chat_template(
-                list(info["messages"]), add_generation_prompt=True, tokenize=True
-            )
+        # return_dict=False: transformers 5 returns a BatchEncoding dict by default.
+        ids = tokenizer.apply_chat_template(
+            list(info["messages"]), add_generation_prompt=True, tokenize=True, return_dict=False
         )
+        return [int(t) for t in ids]
     return list(tokenizer(info["prompt"], add_special_tokens=False)["input_ids"])

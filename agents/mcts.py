@@ -465,7 +465,15 @@ class TreeSearch:
     # --- search ---
 
     async def run(self) -> SearchResult:
-        await asyncio.gather(*(self._worker() for _ in range(self.config.num_workers)))
+        workers = [asyncio.ensure_future(self._worker()) for _ in range(self.config.num_workers)]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            # One worker failed: stop its siblings instead of leaving them calling the engine.
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
         trajectory, transcript = await self._extract()
         stats = tree_stats(self.root, self.stats)
         stats["chosen_reward"] = trajectory.reward
@@ -499,7 +507,7 @@ class TreeSearch:
                     # than sampling the same step twice, then keep descending below it.
                     self.stats.collisions += 1
                     await node.expanding.wait()
-                    if not node.children:
+                    if not node.children and not node.terminal:
                         raise RuntimeError("a concurrent expansion of this node failed")
                     continue
                 # --- expansion and evaluation ---
@@ -543,10 +551,21 @@ class TreeSearch:
                 seed=self._request_seed(),
             )
             # V(node) only needs the node's own ids: ask for it alongside the samples.
-            generation, values = await asyncio.gather(
-                self._engine(self.engine.generate(prefix, sampling)),
-                self._engine(self.engine.values([prefix])),
-            )
+            try:
+                generation, values = await asyncio.gather(
+                    self._engine(self.engine.generate(prefix, sampling)),
+                    self._engine(self.engine.values([prefix])),
+                )
+            except PromptTooLongError:
+                if node is self.root:
+                    raise  # the task itself does not fit: collect() skips it
+                # The path filled the context: the episode ends here without an answer.
+                with self._cpu():
+                    self.env.set_state(node.state)
+                    _, reward, _, _, info = self.env.step("")
+                    node.terminal, node.reward = True, float(reward)
+                    node.outcome = {**info, "reason": "context_limit"}
+                return node.reward
             with self._cpu():
                 groups: dict[Any, list[Any]] = {}
                 for i, sample in enumerate(generation.samples):

@@ -53,3 +53,19 @@ def test_mcts_skips_the_task_and_counts_it():
     assert len(batch.trajectories) == 1
     assert batch.trajectories[0].reward == 1.0
     assert batch.metrics["gen/skipped_prompts"] == 1.0
+
+
+def test_mcts_node_that_fills_the_context_ends_without_an_answer():
+    from langrl.agents.mcts import MCTSAgent, MCTSConfig
+
+    # The root fits; its step child's prefix does not, so expanding it hits the limit.
+    fake = ScriptedEngine({PROMPT_A: ["<step>3 * 7 = 21</step>", WRONG_A]})
+    fake.max_prompt_len = len(PROMPT_A)
+    config = MCTSConfig(num_workers=2, iterations_per_worker=4, temperature=1.0)
+    agent = MCTSAgent(config, "Countdown-v0", {"reward": "dense"}, fake)
+    result = asyncio.run(asyncio.wait_for(agent.search(TASK_A), timeout=30))
+    step_child = next(c for c in result.root.children if c.text.startswith("<step>"))
+    assert step_child.terminal and not step_child.children
+    assert step_child.outcome["reason"] == "context_limit"
+    assert step_child.reward == -1.0  # the dense no-answer reward
+    assert result.trajectory.reward in (-1.0, -1 / 3)  # WRONG_A scores 1 - 2 * 16/24
