@@ -111,7 +111,10 @@ def load_value_model(config: EngineConfig) -> tuple[PolicyValueModel, Any]:
             f"cannot load the tokenizer from {config.tokenizer_path!r}: {type(e).__name__}: {e}"
         ) from e
     try:
-        model = PolicyValueModel.from_pretrained(config.model, dtype=resolve_dtype(config))
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = PolicyValueModel.from_pretrained(
+            config.model, dtype=resolve_dtype(config), device=device
+        )
     except Exception as e:  # noqa: BLE001
         raise EngineStartError(
             f"cannot load the model from EngineConfig.model={config.model!r}: "

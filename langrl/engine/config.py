@@ -79,6 +79,10 @@ class EngineConfig:
             ``EngineStartError`` instead of waiting forever (default 600; > 0).
 
     Value/score model (both backends):
+        device: Where the transformers copy that serves ``values()``/``score()`` (and the
+            HF backend's generation) runs. ``None`` (default): ``"cuda"`` when a GPU is
+            visible, else ``"cpu"``. On a GPU leave vLLM room for it
+            (``gpu_memory_utilization`` below 1).
         forward_batch_tokens: Token budget (rows x padded length) of one batched forward of
             the value-model copy that serves ``values()`` and ``score()`` (default 16384).
             Bounds memory: ``score`` materialises ``tokens x vocab`` logits.
@@ -108,6 +112,7 @@ class EngineConfig:
     startup_timeout_s: float = 600.0
 
     # --- value / score model ---
+    device: str | None = None
     forward_batch_tokens: int = 16384
 
     # --- HF backend ---

@@ -194,7 +194,13 @@ class VLLMEngine(ServedEngine):
 
     async def _push_served_weights(self, lm: dict[str, Any]) -> None:
         await self.llm.collective_rpc("langrl_load_weights", args=(encode_weights(lm),))
-        await self.llm.reset_prefix_cache()
+        # vLLM refuses to reset while KV blocks are still held (e.g. an abort not yet
+        # processed); a cache kept across a push would serve KV of the old weights.
+        for _ in range(100):
+            if await self.llm.reset_prefix_cache() is not False:
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError("vLLM did not reset its prefix cache after a weight push")
 
     async def weight_checksum(self) -> float:
         """Sum of the served model's parameters (diagnostics: did a push arrive?)."""
