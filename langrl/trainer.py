@@ -56,7 +56,9 @@ class TaskSampler:
 
     ``next(k)`` returns the next ``k`` tasks (``{"index": i}``), crossing into a fresh
     shuffle (seed + epoch) at the end of the split. ``state_dict`` / ``load_state_dict``
-    hold (epoch, position), so a resumed run sees exactly the tasks it would have seen.
+    hold (epoch, position), so a resumed run continues the same order. The position counts
+    tasks handed to the agent: in async mode the tasks of a rollout still in flight (or
+    buffered, untrained) at a checkpoint are not replayed on resume; sync mode resumes exactly.
     """
 
     def __init__(self, size: int, seed: int) -> None:
