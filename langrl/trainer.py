@@ -57,8 +57,8 @@ class TaskSampler:
     ``next(k)`` returns the next ``k`` tasks (``{"index": i}``), crossing into a fresh
     shuffle (seed + epoch) at the end of the split. ``state_dict`` / ``load_state_dict``
     hold (epoch, position), so a resumed run continues the same order. The position counts
-    tasks handed to the agent: in async mode the tasks of a rollout still in flight (or
-    buffered, untrained) at a checkpoint are not replayed on resume; sync mode resumes exactly.
+    tasks handed to the agent, so tasks handed out but not yet trained at a checkpoint (a
+    rollout in flight in async mode, trajectories still buffered) are not replayed on resume.
     """
 
     def __init__(self, size: int, seed: int) -> None:
