@@ -90,19 +90,25 @@ class PolicyValueModel(nn.Module):
         values = self.value_head(hidden.to(self.value_head.fc1.weight.dtype)).float()  # (B, T)
         return out.logits, values
 
+    def right_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)`` of right-padded ``seqs`` on the model's device."""
+        device = next(self.parameters()).device
+        width = max(len(s) for s in seqs)
+        pad = self.lm.config.pad_token_id or 0
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long, device=device)  # (B, T)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        return ids, mask
+
     @torch.no_grad()
     def state_values(self, states: list[list[int]]) -> list[float]:
         """V(s) for each state = value at its last token. Right-pads; one batched forward."""
         if not states:
             return []
-        device = next(self.parameters()).device
-        width = max(len(s) for s in states)
-        pad = self.lm.config.pad_token_id or 0
-        ids = torch.full((len(states), width), pad, dtype=torch.long, device=device)  # (B, T)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(states):
-            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[i, : len(s)] = 1
+        ids, mask = self.right_pad(states)
+        device = ids.device
         _, values = self(ids, mask)  # (B, T)
         last = torch.tensor([len(s) - 1 for s in states], device=device)
         return values[torch.arange(len(states), device=device), last].tolist()  # sync point

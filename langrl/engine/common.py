@@ -31,6 +31,7 @@ import torch
 
 from langrl.engine.base import PolicyEngine, PromptTooLongError
 from langrl.engine.config import EngineConfig, EngineStartError
+from langrl.learner.losses import logprobs_from_logits
 from langrl.policy_model import PolicyValueModel
 
 T = TypeVar("T")
@@ -266,17 +267,9 @@ def completion_logprobs(
     Exactly the learner's computation: ``log_softmax(logits)`` of ``PolicyValueModel.forward``
     gathered at the next token.
     """
-    device = next(model.parameters()).device
-    seqs = [list(p) + list(c) for p, c in pairs]
-    width = max(len(s) for s in seqs)
-    ids = torch.zeros((len(seqs), width), dtype=torch.long, device=device)  # (B, T)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
+    ids, mask = model.right_pad([list(p) + list(c) for p, c in pairs])  # (B, T)
     logits, _ = model(ids, mask)  # (B, T, V)
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    tok_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+    tok_logp = logprobs_from_logits(logits[:, :-1], ids[:, 1:])  # (B, T-1)
     out = []
     for i, (p, c) in enumerate(pairs):
         # Token at position j is predicted from position j-1.
