@@ -1,9 +1,12 @@
 """The trajectory buffer: the boundary between generation (agents) and learning (learner).
 
-Agents ``put`` Trajectories as rollouts finish; the trainer ``get``s fixed-size batches.
-The buffer is bounded (oldest trajectories are dropped first when full) and enforces
-off-policyness: a trajectory sampled by policy version ``v`` is dropped when the learner's
-version is more than ``max_staleness`` ahead of ``v``. Both kinds of drop are counted.
+Agents ``put`` Trajectories as rollouts finish; the trainer ``get``s fixed-size batches,
+freshest first: the highest ``policy_version`` first and, within a version, in arrival
+order. A batch is therefore as on-policy as what is held allows. The buffer is bounded (the
+earliest arrivals are dropped first when full) and enforces off-policyness: a trajectory
+sampled by policy version ``v`` is dropped when the learner's version is more than
+``max_staleness`` ahead of ``v``. Both kinds of drop are counted. (How much to generate so
+that nothing goes stale is the trainer's job: ``count`` tells it what is held.)
 
 It is one of the three boundaries DESIGN.md keeps clean (engine client, buffer, learner):
 thread-safe with a ``threading.Condition`` so producers on the engine's event-loop thread and
@@ -22,7 +25,7 @@ from langrl.trajectory import Trajectory
 
 
 class TrajectoryBuffer:
-    """Bounded FIFO of Trajectories with a staleness bound.
+    """Bounded store of Trajectories handing out the freshest first, with a staleness bound.
 
     Args:
         capacity: Most trajectories held; ``put`` beyond it drops the oldest (counted in
@@ -85,6 +88,13 @@ class TrajectoryBuffer:
             self.dropped_stale += dropped
         return dropped
 
+    def count(self, min_version: int | None = None) -> int:
+        """Trajectories held whose ``policy_version >= min_version`` (``None``: all)."""
+        with self._cond:
+            if min_version is None:
+                return len(self._items)
+            return sum(t.policy_version >= min_version for t in self._items)
+
     def ready(self, batch_size: int, current_version: int) -> bool:
         """Whether ``get(batch_size, current_version)`` would return at once (stale ones dropped)."""
         with self._cond:
@@ -94,8 +104,9 @@ class TrajectoryBuffer:
     def get(
         self, batch_size: int, current_version: int, timeout: float | None = 0.0
     ) -> list[Trajectory] | None:
-        """The ``batch_size`` oldest fresh trajectories, or ``None`` if that many did not
-        arrive within ``timeout`` seconds (``0`` = do not wait, ``None`` = wait forever)."""
+        """The ``batch_size`` freshest trajectories (highest ``policy_version``; within a
+        version, the earliest arrivals), stale ones dropped first; ``None`` if that many did
+        not arrive within ``timeout`` seconds (``0`` = do not wait, ``None`` = wait forever)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -103,7 +114,15 @@ class TrajectoryBuffer:
             while True:
                 self._drop_stale_locked(current_version)
                 if len(self._items) >= batch_size:
-                    batch = [self._items.popleft() for _ in range(batch_size)]
+                    # A stable sort keeps arrival order within a version.
+                    order = sorted(
+                        range(len(self._items)), key=lambda i: -self._items[i].policy_version
+                    )
+                    taken = set(order[:batch_size])
+                    batch = [self._items[i] for i in order[:batch_size]]
+                    self._items = deque(
+                        t for i, t in enumerate(self._items) if i not in taken
+                    )
                     self.num_got += batch_size
                     return batch
                 remaining = None if deadline is None else deadline - time.monotonic()

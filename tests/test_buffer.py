@@ -1,4 +1,4 @@
-"""TrajectoryBuffer: FIFO batches, capacity, staleness bound, thread-safe hand-off."""
+"""TrajectoryBuffer: freshest-first batches, capacity, staleness bound, thread-safe hand-off."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def traj(version: int = 0, reward: float = 0.0) -> Trajectory:
     return Trajectory([1], [2, 3], [-0.1, -0.2], reward, policy_version=version)
 
 
-def test_get_returns_oldest_first_in_batches():
+def test_get_returns_oldest_first_within_a_version():
     buf = TrajectoryBuffer(capacity=10)
     buf.put(traj(reward=r) for r in range(5))
     assert len(buf) == 5
@@ -35,11 +35,29 @@ def test_stale_trajectories_are_dropped_and_counted():
     buf = TrajectoryBuffer(capacity=10, max_staleness=1)
     buf.put([traj(0), traj(1), traj(2), traj(2)])
     batch = buf.get(2, current_version=2)
-    assert [t.policy_version for t in batch] == [1, 2]
+    assert [t.policy_version for t in batch] == [2, 2]
     assert buf.dropped_stale == 1
     assert not buf.ready(2, current_version=2)
-    assert buf.ready(1, current_version=3)
-    assert buf.ready(1, current_version=4) is False and buf.dropped_stale == 2
+    assert buf.ready(1, current_version=2)  # the version-1 one, still within the bound
+    assert buf.ready(1, current_version=3) is False and buf.dropped_stale == 2
+
+
+def test_get_hands_out_the_freshest_first_then_by_arrival():
+    buf = TrajectoryBuffer(capacity=10)
+    buf.put([traj(0, reward=0), traj(1, reward=1), traj(0, reward=2), traj(2, reward=3),
+             traj(1, reward=4)])  # fmt: skip
+    assert [t.reward for t in buf.get(3, current_version=2)] == [3, 1, 4]
+    assert [t.reward for t in buf.get(2, current_version=2)] == [0, 2]
+    assert len(buf) == 0
+
+
+def test_count_by_version():
+    buf = TrajectoryBuffer(capacity=10)
+    buf.put([traj(0), traj(1), traj(2), traj(2)])
+    assert buf.count() == 4
+    assert buf.count(min_version=2) == 2
+    assert buf.count(min_version=1) == 3
+    assert buf.count(min_version=3) == 0
 
 
 def test_no_staleness_bound_keeps_everything():
