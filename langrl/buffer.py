@@ -120,9 +120,7 @@ class TrajectoryBuffer:
                     )
                     taken = set(order[:batch_size])
                     batch = [self._items[i] for i in order[:batch_size]]
-                    self._items = deque(
-                        t for i, t in enumerate(self._items) if i not in taken
-                    )
+                    self._items = deque(t for i, t in enumerate(self._items) if i not in taken)
                     self.num_got += batch_size
                     return batch
                 remaining = None if deadline is None else deadline - time.monotonic()
