@@ -35,3 +35,42 @@ def test_evaluate_rejects_bad_arguments_before_starting(argv, field, capsys, mon
     assert _main("evaluate")(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and field in err
+
+
+def _sampling_fakes():
+    spec = importlib.util.spec_from_file_location(
+        "sampling_fakes", ROOT / "tests" / "agents" / "sampling_fakes.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_writes_the_whole_result_as_json(tmp_path, capsys, monkeypatch):
+    import json
+
+    import langrl.engine
+
+    fakes = _sampling_fakes()
+    engine = fakes.ScriptedEngine({}, default=[fakes.MALFORMED])
+    monkeypatch.setattr(langrl.engine, "create_engine", lambda config: engine)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    out = tmp_path / "out" / "eval.json"
+    argv = ["--model", str(model), "--k", "2", "--first-problem", "-3", "--quiet"]
+    assert _main("evaluate")([*argv, "--json-out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["task_indices"] == [817, 818, 819]  # the last 3 of the 820 test problems
+    assert record["per_problem_correct"] == [0, 0, 0]
+    assert (record["k"], record["temperature"], record["seed"]) == (2, 0.2, 0)
+    assert record["model"] == str(model) and record["wall_s"] > 0
+    assert record["scalars"]["eval/mean_at_k"] == 0.0
+    assert record["scalars"]["eval/mean_at_k_ci95"] == 0.0
+    # Seeded by default: each problem's requests carry a seed.
+    assert all(sampling.seed is not None for _, sampling in engine.requests)
+    printed = capsys.readouterr().out
+    assert "mean@2" in printed and "+-" in printed and "3 problems" in printed
+    # One problem has no interval: strict JSON gets null, not NaN.
+    assert _main("evaluate")([*argv, "--num-problems", "1", "--json-out", str(out)]) == 0
+    assert json.loads(out.read_text())["scalars"]["eval/mean_at_k_ci95"] is None
