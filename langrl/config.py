@@ -74,15 +74,27 @@ class TrainConfig:
 
     # --- loop ---
     total_steps: int = 20
-    """Gradient steps to train for (the step counter survives ``resume``)."""
+    """Gradient steps to train for (the step counter survives ``resume``); with
+    ``max_gen_tokens`` an upper bound."""
+    max_gen_tokens: int | None = None
+    """Generation budget: stop (final sync, evaluation and checkpoint, as at ``total_steps``)
+    after the first gradient step at which the tokens generated so far reach it, and submit
+    no rollout once they have, so agents can be compared at matched generation cost. Tokens
+    are counted as the agent reports them (``gen/tokens``: every sampled token, search
+    included), else the trained completions' lengths; the count survives ``resume``
+    (``perf/gen_tokens_total``). ``None`` (default) = no budget, only ``total_steps``."""
     batch_size: int = 16
     """Trajectories per gradient step (paper: 32)."""
     tasks_per_rollout: int | None = None
-    """Tasks handed to one ``agent.collect``; ``None`` = the agent config's ``num_prompts``
-    when it has one (CISPO, best-of-N), else ``batch_size`` (MCTS: one trajectory per task)."""
+    """Tasks handed to one ``agent.collect`` (async mode: at most this many, fewer when fewer
+    are needed); ``None`` = the agent config's ``num_prompts`` when it has one (CISPO,
+    best-of-N), else ``batch_size`` (MCTS: one trajectory per task)."""
     mode: str = "async"
     """``async``: the next rollout is generated while the learner trains on the current batch
-    (off by at most ``max_staleness`` versions). ``sync``: generate, then train, in turn
+    (off by at most ``max_staleness`` versions), sized to what the steps up to the end of the
+    NEXT sync window still need beyond what is buffered (``tasks_per_rollout`` at most), so
+    nothing is generated that would go stale. ``sync``: generate a full rollout whenever the
+    buffer cannot fill a batch, then train, in turn
     (debugging; for exact reproducibility also set the agent's ``seed``, which gives every
     engine request its own seed; on CPU the engine turns chunked prefill off for this, see
     ``EngineConfig.enable_chunked_prefill``)."""
@@ -103,6 +115,13 @@ class TrainConfig:
     """Evaluate mean@k every N steps (and always at the start and the end); 0 = only then."""
     eval_at_start: bool = True
     """Evaluate the initial policy before the first step."""
+    holdout: int = 0
+    """Hold out the LAST ``holdout`` problems of the train split: the agent never sees them
+    (the task sampler covers the first ``size - holdout``), so ``eval.split: train`` with
+    ``eval.first_problem: -holdout`` measures a validation score on problems the policy never
+    trained on (choose settings there, not on the test set). 0 (default) = train on the
+    whole split. Must be smaller than the split. Every evaluation is also appended to
+    ``run_dir/eval_history.csv`` (step, generated tokens, wall time, scores)."""
     log_every: int = 1
     """Write scalars every N steps."""
     text_every: int = 10
@@ -168,10 +187,20 @@ class TrainConfig:
             ("eval_every", 0),
             ("text_every", 0),
             ("checkpoint_every", 0),
+            ("holdout", 0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"config: {name}: must be an int >= {low}, got {value!r}")
+        if self.max_gen_tokens is not None and (
+            isinstance(self.max_gen_tokens, bool)
+            or not isinstance(self.max_gen_tokens, int)
+            or self.max_gen_tokens < 1
+        ):
+            raise ConfigError(
+                f"config: max_gen_tokens: must be None or an int >= 1, got {self.max_gen_tokens!r}"
+            )
+        self._check_holdout()
         if self.tasks_per_rollout is not None and self.tasks_per_rollout < 1:
             raise ConfigError(
                 f"config: tasks_per_rollout: must be None or >= 1, got {self.tasks_per_rollout}"
@@ -207,7 +236,42 @@ class TrainConfig:
                 "sampling temperature (set both, or only the agent's)"
             )
 
+    def _check_holdout(self) -> None:
+        """``holdout`` leaves problems to train on, and a train-split evaluation reads only
+        held-out ones (loads the train split when either is in play: small and local)."""
+        if not self.holdout and self.eval.split != "train":
+            return
+        size = self.train_split_size()
+        trained = size - self.holdout
+        if trained < 1:
+            raise ConfigError(
+                f"config: holdout: {self.holdout} leaves nothing to train on in the "
+                f"{size}-problem train split"
+            )
+        if self.eval.split == "train":
+            # Until EvalConfig.first_problem exists everywhere, absent means 0.
+            first = getattr(self.eval, "first_problem", 0)
+            if not -size <= first < size:
+                raise ConfigError(
+                    f"config: eval.first_problem: must be in [{-size}, {size}) for the "
+                    f"{size}-problem train split, got {first}"
+                )
+            start = first % size
+            if start < trained:
+                hint = f" (e.g. {-self.holdout})" if self.holdout else ""
+                raise ConfigError(
+                    f"config: eval.first_problem: evaluating train problems from {start} on "
+                    f"overlaps the trained ones [0, {trained}); evaluate held-out problems, "
+                    f"eval.first_problem >= {trained}{hint}, or set holdout >= {size - start}"
+                )
+
     # --- derived ---
+
+    def train_split_size(self) -> int:
+        """Problems in the training env's split (the env loads it: small and local)."""
+        from langrl.agents._sampling import make_env
+
+        return len(make_env(self.env_id, self.train_env_kwargs)._dataset())
 
     @property
     def rollout_tasks(self) -> int:
