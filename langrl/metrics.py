@@ -104,6 +104,12 @@ PERF_SYNC_S = "perf/sync_s"
 PERF_EVAL_S = "perf/eval_s"
 PERF_WAIT_S = "perf/wait_s"
 PERF_LEARNER_TOKENS_PER_S = "perf/learner_tokens_per_s"
+PERF_GEN_TOKENS_TOTAL = "perf/gen_tokens_total"
+PERF_GEN_SAMPLES_TOTAL = "perf/gen_samples_total"
+PERF_GENERATED_TRAJECTORIES_TOTAL = "perf/generated_trajectories_total"
+PERF_TRAINED_TRAJECTORIES_TOTAL = "perf/trained_trajectories_total"
+PERF_TRAIN_WALL_S = "perf/train_wall_s"
+PERF_ROLLOUT_TASKS = "perf/rollout_tasks"
 
 # --- text (TensorBoard's text tab) ---
 TEXT_TRAIN_SAMPLES = "train/samples"
@@ -177,6 +183,13 @@ TAGS: dict[str, str] = {
     PERF_EVAL_S: "wall seconds of the evaluation",
     PERF_WAIT_S: "wall seconds the learner waited for rollouts",
     PERF_LEARNER_TOKENS_PER_S: "tokens (prompt + completion) the learner processed per second",
+    PERF_GEN_TOKENS_TOTAL: "tokens generated since the run began (the max_gen_tokens budget)",
+    PERF_GEN_SAMPLES_TOTAL: "completions sampled since the run began",
+    PERF_GENERATED_TRAJECTORIES_TOTAL: "trajectories rollouts handed to the buffer, run total",
+    PERF_TRAINED_TRAJECTORIES_TOTAL: "trajectories the learner trained on, run total "
+    "(generated - trained = waste: dropped, still buffered or never used)",
+    PERF_TRAIN_WALL_S: "wall seconds of the training loop since the run began, evaluation excluded",
+    PERF_ROLLOUT_TASKS: "mean tasks per rollout (async mode sizes rollouts to need)",
     TEXT_TRAIN_SAMPLES: "text: a few training transcripts with their rewards",
     TEXT_EVAL_SAMPLES: "text: a few evaluation transcripts",
 }
