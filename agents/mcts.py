@@ -48,6 +48,19 @@ expansion to finish instead of revisiting it at once; see ``TreeSearch._simulate
 ``search/overhead_time_s`` (seconds of search code between awaits: selection, env steps,
 backup), ``train/reward_mean`` and ``train/correct_frac`` of the emitted trajectories.
 
+What shows whether the search helps: ``search/best_minus_chosen`` (best terminal reward in
+the tree minus the chosen trajectory's, over trees that have a terminal node; negative
+when a finishing sample beat the tree), ``search/finished_by_sampling_frac`` (chosen paths
+that stopped before the episode ended and were finished by a policy sample: a high share
+means the trajectories are mostly plain samples), and the value head's calibration on the
+chosen paths, pooled over the batch (``value_calibration``): ``search/value_reward_corr``
+(Pearson r of V(s) of each expanded node on the path with the trajectory's final reward;
+left out below 3 pairs or without variance) and ``search/value_abs_err`` (mean
+|V(s) - reward|). ``gen/tokens`` and ``gen/samples`` count everything the engine sampled
+for the batch (every expansion's K completions, merged duplicates included, and the
+finishing samples), not just the emitted trajectories, so that agents compared at equal
+generated tokens and ``perf/tokens_per_s`` are fair to MCTS.
+
 Usage (the training loop drives this on the engine's event loop)::
 
     agent = MCTSAgent(MCTSConfig(num_workers=16), "Countdown-v0", {"reward": "dense"}, engine)
@@ -83,6 +96,7 @@ __all__ = [
     "backup",
     "puct_score",
     "select_child",
+    "value_calibration",
 ]
 
 #: One expansion samples a single action: generation stops after its closing tag.
@@ -295,6 +309,11 @@ def iter_nodes(root: Node) -> Iterator[Node]:
 class SearchStats:
     """Counters of one search; ``tree_stats`` adds what the finished tree shows."""
 
+    sampled_tokens: int = 0
+    """Tokens the engine sampled: all K completions of every expansion (merged duplicates
+    included) and the finishing sample (``gen/tokens``)."""
+    sampled_completions: int = 0
+    """Completions the engine sampled, counted like ``sampled_tokens`` (``gen/samples``)."""
     expansions: int = 0
     unique_children: int = 0
     collisions: int = 0
@@ -325,6 +344,22 @@ def tree_stats(root: Node, stats: SearchStats) -> dict[str, float]:
     return out
 
 
+def value_calibration(values: Sequence[float], rewards: Sequence[float]) -> dict[str, float]:
+    """How well V(s) predicted the episode's reward, over paired ``(V(s), final reward)``:
+    ``value_abs_err`` (mean absolute error; left out without pairs) and ``value_reward_corr``
+    (Pearson correlation; left out below 3 pairs or when either side is constant, where it
+    is undefined or meaningless)."""
+    if len(values) != len(rewards):
+        raise ValueError(f"value_calibration: {len(values)} values for {len(rewards)} rewards")
+    if not values:
+        return {}
+    v, r = np.asarray(values, dtype=float), np.asarray(rewards, dtype=float)
+    out = {"value_abs_err": float(np.mean(np.abs(v - r)))}
+    if len(v) >= 3 and np.std(v) > 0 and np.std(r) > 0:
+        out["value_reward_corr"] = float(np.corrcoef(v, r)[0, 1])
+    return out
+
+
 @dataclass
 class SearchResult:
     """One task's search: the tree, the emitted trajectory and the search statistics."""
@@ -333,6 +368,11 @@ class SearchResult:
     trajectory: Trajectory
     stats: dict[str, float]
     transcript: str
+    counters: SearchStats = field(default_factory=SearchStats)
+    """The search's raw counters (``sampled_tokens`` and ``sampled_completions`` are
+    summed over a batch as ``gen/tokens`` and ``gen/samples``)."""
+    path_values: list[float] = field(default_factory=list)
+    """V(s) of the expanded nodes on the chosen path, root first (value calibration)."""
 
 
 # --- the agent ---
@@ -381,13 +421,23 @@ class MCTSAgent:
                 raise outcome
         results = [r for r in outcomes if not isinstance(r, BaseException)]
         # --- logging ---
-        # Per-task statistics are averaged over the batch (best_reward_in_tree over the
-        # trees that reached an end); times are totals for the whole call.
-        metrics: dict[str, float] = {"gen/skipped_prompts": float(len(tasks) - len(results))}
+        # Per-task statistics are averaged over the batch (best_reward_in_tree and
+        # best_minus_chosen over the trees that reached an end); times are totals for the
+        # whole call.
+        metrics: dict[str, float] = {
+            "gen/skipped_prompts": float(len(tasks) - len(results)),
+            # Totals, like the sampling agents': what the engine generated for this batch.
+            "gen/tokens": float(sum(r.counters.sampled_tokens for r in results)),
+            "gen/samples": float(sum(r.counters.sampled_completions for r in results)),
+        }
         for key in sorted({k for r in results for k in r.stats}):
             values = [r.stats[key] for r in results if key in r.stats]
             total_or_mean = sum if key.endswith("_time_s") else np.mean
             metrics[f"search/{key}"] = float(total_or_mean(values))
+        # Pooled over the batch: one tree's path has too few nodes for a correlation.
+        pairs = [(v, r.trajectory.reward) for r in results for v in r.path_values]
+        calibration = value_calibration([v for v, _ in pairs], [rw for _, rw in pairs])
+        metrics.update({f"search/{k}": v for k, v in calibration.items()})
         if results:
             trajectories = [r.trajectory for r in results]
             metrics["train/reward_mean"] = float(np.mean([t.reward for t in trajectories]))
@@ -474,13 +524,18 @@ class TreeSearch:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             raise
-        trajectory, transcript = await self._extract()
+        trajectory, transcript, last = await self._extract()
         stats = tree_stats(self.root, self.stats)
         stats["chosen_reward"] = trajectory.reward
         stats["depth"] = float(trajectory.info["num_tree_steps"])
         stats["root_value"] = self.root.value_sum / max(1, self.root.visits)
+        # 0 or 1 per search: its batch mean is the share finished by sampling.
+        stats["finished_by_sampling_frac"] = float(trajectory.info["finished_by_sampling"])
+        if "best_reward_in_tree" in stats:
+            stats["best_minus_chosen"] = stats["best_reward_in_tree"] - trajectory.reward
         trajectory.info["search"] = dict(stats)
-        return SearchResult(self.root, trajectory, stats, transcript)
+        path_values = [n.value_estimate for n in last.path() if n.value_estimate is not None]
+        return SearchResult(self.root, trajectory, stats, transcript, self.stats, path_values)
 
     async def _worker(self) -> None:
         for _ in range(self.config.iterations_per_worker):
@@ -567,6 +622,8 @@ class TreeSearch:
                     node.outcome = {**info, "reason": "context_limit"}
                 return node.reward
             with self._cpu():
+                self.stats.sampled_completions += len(generation.samples)
+                self.stats.sampled_tokens += sum(len(s.token_ids) for s in generation.samples)
                 groups: dict[Any, list[Any]] = {}
                 for i, sample in enumerate(generation.samples):
                     key = tuple(sample.token_ids) if cfg.merge_identical else i
@@ -622,10 +679,11 @@ class TreeSearch:
 
     # --- trajectory extraction ---
 
-    async def _extract(self) -> tuple[Trajectory, str]:
+    async def _extract(self) -> tuple[Trajectory, str, Node]:
         """Follow max visit count from the root (ties: higher Q, then higher prior, so below
         a node whose children were never visited it takes the likeliest sampled step); finish
-        a path that stops before the episode ends with one policy sample."""
+        a path that stops before the episode ends with one policy sample. Returns the
+        trajectory, its transcript and the last tree node of the path."""
         cfg = self.config
         node = self.root
         while node.children:
@@ -653,6 +711,8 @@ class TreeSearch:
             (graded,) = await self._engine(
                 sample_and_grade(self.engine, self.env, node.state, prefix, sampling)
             )
+            self.stats.sampled_completions += 1
+            self.stats.sampled_tokens += len(graded.sample.token_ids)
             ids += graded.sample.token_ids
             logprobs += graded.sample.logprobs
             text += graded.sample.text
@@ -680,4 +740,4 @@ class TreeSearch:
             f"{self.info['prompt']}{text}\n\n[reward {reward:.3f} ({outcome.get('reason')}); "
             f"{len(path)} steps from the tree{', finished by sampling' if finished_by_sampling else ''}]"
         )
-        return trajectory, transcript
+        return trajectory, transcript, node

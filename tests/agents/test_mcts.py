@@ -26,9 +26,11 @@ from langrl.agents.mcts import (
     puct_score,
     select_child,
     softmax,
+    value_calibration,
 )
 from langrl.agents.rollout import grade_completion
 from langrl.engine.base import Generation, PolicyEngine, Sample, SamplingConfig
+from langrl.metrics import TAGS
 
 TASK = {"numbers": [3, 5, 7, 2], "target": 24}
 PROMPT = "Numbers: 3 5 7 2\nTarget: 24\n"
@@ -498,4 +500,103 @@ def test_collect_searches_all_tasks_and_reports_search_metrics():
     assert (
         batch.trajectories[1].prompt_ids
         == engine.tokenizer("Numbers: 1 2 3 4\nTarget: 10\n")["input_ids"]
+    )
+
+
+def test_collect_metrics_are_documented_tags():
+    agent, _ = make_agent(num_workers=3, iterations_per_worker=4)
+    batch = asyncio.run(agent.collect([TASK, {"numbers": [1, 2, 3, 4], "target": 10}]))
+    assert set(batch.metrics) <= set(TAGS)
+
+
+# --- diagnostics: generated tokens, finishing, value calibration ---
+
+
+def test_gen_tokens_count_every_sampled_completion_of_the_batch():
+    # Only the root is expanded (every child is terminal), K = 4 samples of 3 scripted
+    # answers: samples 0, 1, 2, 0. Nothing is finished by sampling.
+    answers = ["<answer>3 * 7 + 5 - 2</answer>", "<answer>3 + 5</answer>", "<step>cut"]
+    agent, engine = make_agent(
+        FakeEngine(lambda done: answers), num_workers=3, iterations_per_worker=5
+    )
+    per_tree = 2 * len(answers[0]) + len(answers[1]) + len(answers[2])  # one token a char
+    batch = asyncio.run(agent.collect([TASK, {"numbers": [1, 2, 3, 4], "target": 10}]))
+    assert batch.metrics["gen/tokens"] == 2 * per_tree
+    assert batch.metrics["gen/samples"] == 2 * 4
+    # More than the emitted trajectories hold: the trainer's budget must see all of it.
+    assert batch.metrics["gen/tokens"] > sum(len(t.completion_ids) for t in batch.trajectories)
+    assert batch.metrics["search/finished_by_sampling_frac"] == 0.0
+
+
+def test_gen_tokens_include_merged_duplicates_and_the_finishing_sample():
+    steps = ["<step>3 * 7 = 21</step>", "<step>5 - 2 = 3</step>"]
+    finish = "<step>21 + 3 = 24</step><answer>3 * 7 + 5 - 2</answer>"
+    agent, engine = make_agent(
+        FakeEngine(lambda done: steps, finish=finish), num_workers=1, iterations_per_worker=1
+    )
+    result = search(agent)
+    assert len(result.root.children) == 2  # samples 0, 1, 0, 1 merged into two children
+    assert result.trajectory.info["finished_by_sampling"]
+    assert result.counters.sampled_tokens == 2 * len(steps[0]) + 2 * len(steps[1]) + len(finish)
+    assert result.counters.sampled_completions == 4 + 1
+
+
+def test_paths_that_cannot_terminate_are_all_finished_by_sampling():
+    def steps_only(done: str) -> list[str]:
+        return ["<step>3 * 7 = 21</step>", "<step>5 - 2 = 3</step>"]
+
+    agent, _ = make_agent(FakeEngine(steps_only), num_workers=2, iterations_per_worker=6)
+    batch = asyncio.run(agent.collect([TASK, {"numbers": [1, 2, 3, 4], "target": 10}]))
+    assert batch.metrics["search/finished_by_sampling_frac"] == 1.0
+    # No terminal node in any tree: nothing to compare the chosen reward with.
+    assert "search/best_minus_chosen" not in batch.metrics
+    # Searches whose max-visit paths reach an answer are not finished by sampling.
+    agent, _ = make_agent(num_workers=4, iterations_per_worker=10)
+    batch = asyncio.run(agent.collect([TASK, TASK]))
+    assert batch.metrics["search/finished_by_sampling_frac"] == 0.0
+
+
+def test_best_minus_chosen_is_the_gap_to_the_best_terminal_in_the_tree():
+    agent, _ = make_agent(num_workers=3, iterations_per_worker=4)
+    result = search(agent)
+    best = max(n.reward for n in iter_nodes(result.root) if n.terminal)
+    assert result.stats["best_minus_chosen"] == pytest.approx(best - result.trajectory.reward)
+
+
+def test_value_calibration_arithmetic():
+    up = value_calibration([0.1, 0.5, 0.9], [-1.0, 0.0, 1.0])
+    assert up["value_reward_corr"] == pytest.approx(1.0)
+    assert up["value_abs_err"] == pytest.approx((1.1 + 0.5 + 0.1) / 3)
+    down = value_calibration([0.9, 0.5, 0.2], [-1.0, 0.0, 1.0])
+    assert down["value_reward_corr"] < -0.9
+    # Undefined correlations are left out, the error is kept.
+    assert set(value_calibration([0.1, 0.5], [0.0, 1.0])) == {"value_abs_err"}
+    assert set(value_calibration([0.1, 0.5, 0.9], [1.0, 1.0, 1.0])) == {"value_abs_err"}
+    assert value_calibration([], []) == {}
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_value_reward_correlation_is_pooled_over_the_batch(sign):
+    # Each tree: the root is expanded into one terminal answer, so its path holds one
+    # expanded node (the root) and each search gives one (V(root), reward) pair; only the
+    # pool of the three has a correlation. V is scripted per prompt, in the rewards' order
+    # (sign 1) or against it (sign -1).
+    answer = "<answer>3 * 7 + 5 - 2</answer>"
+    tasks = [TASK, {"numbers": [3, 5, 7, 2], "target": 30}, {"numbers": [3, 5, 7, 2], "target": 48}]
+    prompts = [f"Numbers: 3 5 7 2\nTarget: {t['target']}\n" for t in tasks]
+    scripted_v = dict(zip(prompts, [sign * 0.8, 0.0, -sign * 0.8], strict=True))
+
+    class Valued(FakeEngine):
+        async def values(self, states):
+            return [scripted_v[self.tokenizer.decode(s)] for s in states]
+
+    agent, _ = make_agent(Valued(lambda done: [answer]), num_workers=1, iterations_per_worker=2)
+    batch = asyncio.run(agent.collect(tasks))
+    rewards = [t.reward for t in batch.trajectories]
+    # 24 is right for the first task, 6/30 off for the second, 24/48 for the third.
+    assert rewards == pytest.approx([1.0, 1 - 2 * 6 / 30, 1 - 2 * 24 / 48])
+    assert math.copysign(1.0, batch.metrics["search/value_reward_corr"]) == sign
+    values = [scripted_v[p] for p in prompts]
+    assert batch.metrics["search/value_abs_err"] == pytest.approx(
+        sum(abs(v - r) for v, r in zip(values, rewards, strict=True)) / 3
     )
