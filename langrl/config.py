@@ -148,7 +148,10 @@ class TrainConfig:
     ``model`` (``DEFAULT_MODEL`` stands for the tiny policy until it is built)."""
     learner: LearnerConfig | None = None
     """The shared learner (``langrl.learner.LearnerConfig``): lr, eps_high, c_value, c_kl.
-    ``None`` = its defaults with ``temperature`` set to the agent's sampling temperature."""
+    ``None`` = its defaults adapted to the agent (``learner_defaults``): ``temperature`` = the
+    agent's sampling temperature, and ``c_value = 0`` for ``cispo`` (CISPO supplies its own
+    group advantages, so the value head is unused and its gradient would only disturb the
+    trunk). ``load_config`` applies the same defaults to every key the user did not set."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation (``langrl.agents.evaluation.EvalConfig``): mean@k, temperature, problems."""
     agent_config: Any = None
@@ -171,9 +174,7 @@ class TrainConfig:
             )
         temperature = getattr(self.agent_config, "temperature", None)
         if self.learner is None:
-            self.learner = LearnerConfig(
-                **({} if temperature is None else {"temperature": temperature})
-            )
+            self.learner = LearnerConfig(**learner_defaults(self.agent, self.agent_config))
         if self.engine.model != (self.model or DEFAULT_MODEL):
             self.engine = dataclasses.replace(self.engine, model=self.model or DEFAULT_MODEL)
         check_env(self.env_id, self.env_kwargs)
@@ -338,11 +339,29 @@ def load_config(
     return build_config(data, explicit)
 
 
+def learner_defaults(agent: str, agent_config: Any) -> dict[str, Any]:
+    """``LearnerConfig`` fields that follow the agent unless the user sets them.
+
+    - ``temperature``: the agent's sampling temperature, so the learner's logprobs are
+      comparable with the behaviour logprobs in the importance ratio.
+    - ``c_value = 0.0`` for ``cispo``: its trajectories carry group advantages, so the learner
+      never uses V; training the head anyway only sends its gradient into the shared trunk.
+    """
+    defaults: dict[str, Any] = {}
+    temperature = getattr(agent_config, "temperature", None)
+    if temperature is not None:
+        defaults["temperature"] = temperature
+    if agent == "cispo":
+        defaults["c_value"] = 0.0
+    return defaults
+
+
 def build_config(data: Mapping[str, Any], explicit: set[str] | None = None) -> TrainConfig:
     """``TrainConfig`` from a nested mapping (a parsed preset with overrides applied).
 
-    ``explicit`` lists the dotted keys the user set; the learner's temperature follows the
-    agent's sampling temperature unless ``learner.temperature`` is among them.
+    ``explicit`` lists the dotted keys the user set; every learner key of
+    ``learner_defaults`` (the sampling temperature; ``c_value = 0`` for cispo) applies unless
+    ``learner.<key>`` is among them.
     """
     data = dict(data)
     explicit = set(_dotted_keys(data)) if explicit is None else explicit
@@ -377,9 +396,9 @@ def build_config(data: Mapping[str, Any], explicit: set[str] | None = None) -> T
     agent_section = dict(_section(agent, data.get(agent)))
     run["agent_config"] = _build_section(agent, config_cls, agent_section)
     learner_section = dict(_section("learner", data.get("learner")))
-    temperature = getattr(run["agent_config"], "temperature", None)
-    if temperature is not None and "learner.temperature" not in explicit:
-        learner_section["temperature"] = temperature  # score with the sampling temperature
+    for key, value in learner_defaults(agent, run["agent_config"]).items():
+        if f"learner.{key}" not in explicit:
+            learner_section[key] = value
     run["learner"] = _build_section("learner", LearnerConfig, learner_section)
     engine_section = dict(_section("engine", data.get("engine")))
     if "model" in engine_section:

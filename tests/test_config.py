@@ -59,6 +59,16 @@ def test_learner_temperature_follows_the_agent():
     )
 
 
+def test_cispo_turns_the_unused_value_loss_off_unless_told_otherwise():
+    # CISPO supplies its own advantages: the value head is unused, its loss only moves the trunk.
+    assert load_config(TINY, agent="cispo").learner.c_value == 0.0
+    assert TrainConfig(agent="cispo").learner.c_value == 0.0
+    assert load_config(TINY, agent="mcts").learner.c_value == 1.0  # MCTS needs V
+    assert load_config(TINY, agent="bon").learner.c_value == 1.0  # baseline r - V
+    told = load_config(TINY, ["--learner.c_value", "0.5"], agent="cispo")
+    assert told.learner.c_value == 0.5
+
+
 @pytest.mark.parametrize("agent", ["mcts", "cispo", "bon"])
 @pytest.mark.parametrize("preset", [TINY, PAPER])
 def test_presets_load_for_every_agent(preset, agent):
