@@ -9,6 +9,7 @@ code's search used a different function (it skipped a LayerNorm), which we do no
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -24,16 +25,28 @@ VALUE_HEAD_CONFIG_FILE = f"{VALUE_HEAD_DIR}/config.json"
 
 
 class ValueHead(nn.Module):
-    """``tanh(W2 gelu(W1 h))``: per-token state value in [-1, 1]."""
+    """``tanh(W2 gelu(W1 h))``: per-token state value in [-1, 1].
 
-    def __init__(self, hidden_size: int, inner_size: int | None = None) -> None:
+    Args:
+        hidden_size: Width of the LM's hidden states.
+        inner_size: Width of the MLP (default ``hidden_size``).
+        init_value: V(s) of every state at initialisation, in (-1, 1): ``W2 = 0`` and
+            ``b2 = atanh(init_value)``. 0.0 (default) makes early advantages the raw reward;
+            a typical reward (e.g. the initial policy's mean) makes them centred from step 0.
+    """
+
+    def __init__(
+        self, hidden_size: int, inner_size: int | None = None, init_value: float = 0.0
+    ) -> None:
         super().__init__()
+        if not -1.0 < init_value < 1.0:
+            raise ValueError(f"ValueHead: init_value must be in (-1, 1) (tanh), got {init_value}")
         inner = inner_size or hidden_size
         self.fc1 = nn.Linear(hidden_size, inner)
         self.fc2 = nn.Linear(inner, 1)
-        # Start near V = 0 so early advantages are close to the raw reward.
+        # W2 = 0: every state starts at exactly V = init_value, whatever the hidden state.
         nn.init.zeros_(self.fc2.weight)
-        nn.init.zeros_(self.fc2.bias)
+        nn.init.constant_(self.fc2.bias, math.atanh(init_value))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T)
         return torch.tanh(self.fc2(nn.functional.gelu(self.fc1(hidden)))).squeeze(-1)
@@ -55,11 +68,20 @@ class PolicyValueModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str = "cpu"
+        cls,
+        path: str | os.PathLike,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
+        value_init: float = 0.0,
     ) -> PolicyValueModel:
-        """Load the LM with ``from_pretrained`` and the value head if ``path`` has one."""
+        """Load the LM with ``from_pretrained`` and the value head if ``path`` has one.
+
+        A saved head wins; otherwise a new head starts at ``V = value_init`` everywhere (see
+        ``ValueHead``) with ``fc1`` drawn from torch's global RNG.
+        """
         lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
-        head = ValueHead(lm.config.hidden_size)
+        head = ValueHead(lm.config.hidden_size, init_value=value_init)
         head_file = Path(path) / VALUE_HEAD_FILE
         if head_file.is_file():
             head.load_state_dict(load_file(str(head_file)))
@@ -78,17 +100,38 @@ class PolicyValueModel(nn.Module):
         )
 
     def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        detach_trunk: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits (B, T, V), values (B, T))``: ``values_from_hidden`` on ``trunk``'s output.
+
+        ``detach_trunk=True`` feeds the value head detached hidden states: the values (and so
+        the value loss's gradient) are unchanged for the head, but nothing reaches the LM.
+        """
+        logits, hidden = self.trunk(input_ids, attention_mask)
+        return logits, self.values_from_hidden(hidden.detach() if detach_trunk else hidden)
+
+    def trunk(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LM alone: ``(logits (B, T, V), final hidden states (B, T, H))``.
+
+        The hidden states are those after the model's final norm, the value head's input.
+        """
         out = self.lm(
             input_ids=input_ids,
             attention_mask=attention_mask,
             output_hidden_states=True,
             use_cache=False,
         )
-        hidden = out.hidden_states[-1]  # (B, T, H), after the final norm
-        values = self.value_head(hidden.to(self.value_head.fc1.weight.dtype)).float()  # (B, T)
-        return out.logits, values
+        return out.logits, out.hidden_states[-1]  # (B, T, V), (B, T, H)
+
+    def values_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The value head on ``trunk``'s hidden states (B, T, H) -> float32 values (B, T)."""
+        return self.value_head(hidden.to(self.value_head.fc1.weight.dtype)).float()  # (B, T)
 
     def right_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input_ids, attention_mask)`` of right-padded ``seqs`` on the model's device."""

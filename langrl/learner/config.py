@@ -41,8 +41,10 @@ class LearnerConfig:
     1.5B-parameter policies; the tiny CPU policy tolerates about 1e-4."""
 
     warmup_steps: int = 0
-    """Optimiser steps over which the learning rate rises linearly from ``lr / warmup_steps``
-    to ``lr``; constant afterwards. 0 (default) = no warm-up. Must be >= 0."""
+    """Optimiser steps over which the policy (LM) learning rate rises linearly from
+    ``lr / warmup_steps`` to ``lr``; constant afterwards. Counted from the first step that
+    trains the policy, i.e. after ``value_warmup_steps``. The value head is not warmed up (it
+    runs at ``value_lr`` from its first step). 0 (default) = no warm-up. Must be >= 0."""
 
     weight_decay: float = 0.0
     """AdamW decoupled weight decay (Loshchilov & Hutter, 2019). 0.0 (default) = none, the
@@ -97,7 +99,8 @@ class LearnerConfig:
 
     c_value: float = 1.0
     """Weight of the value loss ``MSE(V(s_t), reward)``. 1.0 (default) is the paper's value;
-    0 stops training the value head (agents that supply advantages do not need it).
+    0 stops training the value head (agents that supply advantages do not need it; the
+    training CLI sets 0 for ``cispo`` unless told otherwise, see ``langrl.config``).
     Must be >= 0."""
 
     c_kl: float = 0.05
@@ -116,6 +119,33 @@ class LearnerConfig:
     logprobs and the behaviour logprobs (taken under the sampling distribution) are compared
     like with like in the importance ratio; the KL and entropy also use the scaled
     distribution (as TRL does). 1.0 (default) = raw policy. Must be > 0."""
+
+    # --- value head ---------------------------------------------------------------------------
+
+    value_lr: float | None = None
+    """Learning rate of the value head's own AdamW parameter group (constant, no warm-up).
+    ``None`` (default) = ``lr``. A policy lr (1e-6 to 1e-5) barely moves a freshly initialised
+    head (its output moves by about ``lr * hidden_size`` per Adam step), so ``V`` stays near its
+    initial value and ``A = r - V`` is the raw reward; 1e-4 to 1e-3 lets ``train/value_mean``
+    track the mean reward within a few steps. Must be > 0 or None."""
+
+    value_init: float = 0.0
+    """V(s) of every state when ``model_path`` has no saved value head: the head's output bias
+    becomes ``atanh(value_init)`` (its output weights stay 0). A saved head wins (a warning
+    says so when this is not 0). 0.0 (default) = advantages start as the raw reward; the
+    initial policy's mean reward centres them from step 0. Must be in (-1, 1) (tanh range)."""
+
+    value_warmup_steps: int = 0
+    """The first N optimiser steps train ONLY the value head: the policy and KL terms are left
+    out and the LM runs without gradient (the head reads its hidden states detached), so LM
+    weights stay bit-identical, the served policy is unchanged and rollouts stay on-policy
+    while the baseline is fitted. ``train/lr`` (the policy's) reads 0 meanwhile. 0 (default) =
+    train everything from step 0 (the paper). Needs ``c_value > 0``. Must be >= 0."""
+
+    value_detach_trunk: bool = False
+    """True = the value loss never reaches the LM (the head reads detached hidden states) even
+    after ``value_warmup_steps``: the value head is a probe on the policy's features and cannot
+    disturb them. False (default) = the paper's shared trunk, trained by both losses."""
 
     # --- numerics -----------------------------------------------------------------------------
 
@@ -136,6 +166,18 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(
+            self.value_lr is None or self.value_lr > 0,
+            f"value_lr must be > 0 or None (= lr), got {self.value_lr}",
+        )
+        _check(
+            -1 < self.value_init < 1,
+            f"value_init must be in (-1, 1) (the head ends in tanh), got {self.value_init}",
+        )
+        _check(
+            self.value_warmup_steps >= 0,
+            f"value_warmup_steps must be >= 0, got {self.value_warmup_steps}",
+        )
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         for name in ("adam_beta1", "adam_beta2"):
             value = getattr(self, name)
@@ -170,6 +212,11 @@ class LearnerConfig:
             self.c_policy + self.c_value + self.c_kl > 0,
             f"at least one of c_policy, c_value, c_kl must be > 0 (got {self.c_policy}, "
             f"{self.c_value}, {self.c_kl}): the loss would be identically zero",
+        )
+        _check(
+            self.value_warmup_steps == 0 or self.c_value > 0,
+            f"value_warmup_steps={self.value_warmup_steps} trains only the value head, which "
+            f"needs c_value > 0 (got {self.c_value})",
         )
         _check(
             self.loss_normalization in NORMALIZATION_MODES,

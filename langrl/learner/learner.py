@@ -10,6 +10,11 @@ where ``policy`` is CISPO (MiniMax-M1) or PPO-clip against the engine's behaviou
 of ``KL(pi || pi_ref)`` against the frozen initial policy, all from ``losses``. Missing
 advantages are ``A_t = reward - sg(V_old(s_t))`` (tree-search-distillation paper; no GAE).
 
+The value head has its own AdamW parameter group (``value_lr``; no lr warm-up), and the first
+``value_warmup_steps`` steps train it alone on frozen LM features, so the baseline is fitted
+before the policy moves. At a policy lr (1e-5) one shared lr left a zero-initialised V near 0
+for a whole run, which made ``A_t`` the raw reward: REINFORCE without a baseline.
+
 Alignment (one convention, used for logprobs, values and masks): a sequence is
 ``prompt + completion`` (length ``P + C``). Completion token ``i`` sits at position ``P + i``;
 its logprob comes from the logits at position ``P + i - 1``, and its state value
@@ -55,7 +60,7 @@ from langrl.learner.losses import (
     masked_mean,
     value_loss,
 )
-from langrl.policy_model import PolicyValueModel
+from langrl.policy_model import VALUE_HEAD_FILE, PolicyValueModel
 from langrl.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -74,10 +79,17 @@ METRIC_TAGS: tuple[str, ...] = (
     "train/ratio_mean",
     "train/advantage_mean",
     "train/value_mean",
+    "train/value_reward_corr",
+    "train/reward_mean_batch",
     "train/staleness_mean",
     "train/skipped_steps",
     "perf/learner_tokens_per_s",
 )
+
+#: Names of the optimiser's parameter groups (``param_groups[i]["name"]``), in order: the LM
+#: (trunk and output layer), then the value head (its own lr, ``LearnerConfig.value_lr``).
+POLICY_GROUP = "policy"
+VALUE_GROUP = "value_head"
 
 CHECKPOINT_PREFIX = "step_"
 LATEST_FILE = "latest"
@@ -179,6 +191,21 @@ def _non_finite_reason(batch: Sequence[Trajectory]) -> str | None:
     return None
 
 
+def _pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Pearson correlation of two equal-length samples; None when either side is (nearly)
+    constant, where the correlation is undefined (0/0) or float noise."""
+    n = len(xs)
+    if n < 2:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    dx, dy = [x - mx for x in xs], [y - my for y in ys]
+    sxx, syy = sum(d * d for d in dx), sum(d * d for d in dy)
+    # std below 1e-6: e.g. a zero-initialised head, whose per-row means differ only by rounding.
+    if min(sxx, syy) / n < 1e-12:
+        return None
+    return sum(a * b for a, b in zip(dx, dy, strict=True)) / math.sqrt(sxx * syy)
+
+
 def _embeddings_tied(lm: PreTrainedModel) -> bool:
     """True if the output projection shares storage with the input embedding."""
     out = lm.get_output_embeddings()
@@ -261,7 +288,16 @@ class Learner:
             torch.manual_seed(self.config.seed)
             # Master weights stay float32 whatever the compute dtype (see config.dtype).
             self.model = PolicyValueModel.from_pretrained(
-                self.model_path, dtype=torch.float32, device=str(self.device)
+                self.model_path,
+                dtype=torch.float32,
+                device=str(self.device),
+                value_init=self.config.value_init,
+            )
+        if self.config.value_init != 0 and (self.model_path / VALUE_HEAD_FILE).is_file():
+            logger.warning(
+                "value_init=%s ignored: %s has a saved value head, which wins",
+                self.config.value_init,
+                self.model_path,
             )
         # Dropout off: the learner's logprobs must be the engine's function of the weights,
         # and V_old = the current forward's values (no second no-grad pass needed).
@@ -271,9 +307,23 @@ class Learner:
             # Same dtype and autocast as the policy, so the KL is exactly 0 at step 0.
             ref = AutoModelForCausalLM.from_pretrained(str(self.model_path), dtype=torch.float32)
             self.ref_model = ref.to(self.device).eval().requires_grad_(False)
+        # Two groups so the value head can learn at its own rate (a policy lr leaves a fresh
+        # head near its initial value for hundreds of steps). Parameter order = the order of
+        # model.parameters(), so a one-group optimizer state maps onto these by index.
+        lrs = self._lrs_at(0)
         self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad],
-            lr=self._lr_at(0),
+            [
+                {
+                    "name": name,
+                    "params": [p for p in module.parameters() if p.requires_grad],
+                    "lr": lrs[name],
+                }
+                for name, module in (
+                    (POLICY_GROUP, self.model.lm),
+                    (VALUE_GROUP, self.model.value_head),
+                )
+            ],
+            lr=lrs[POLICY_GROUP],
             betas=(self.config.adam_beta1, self.config.adam_beta2),
             eps=self.config.adam_eps,
             weight_decay=self.config.weight_decay,
@@ -323,12 +373,17 @@ class Learner:
             value_norm = max(sum(int(mb.completion_mask.any(-1).sum()) for mb in micro), 1)
 
         # --- forward / backward per micro-batch ---
+        value_only = self.global_step < cfg.value_warmup_steps  # value warm-up: head only
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
+        row_values: list[torch.Tensor] = []  # per trajectory, in `order`
         for mb in micro:
-            parts = self._forward_backward(mb.to(self.device), policy_norm, value_norm)
+            parts, mb_row_values = self._forward_backward(
+                mb.to(self.device), policy_norm, value_norm, value_only
+            )
             for name, value in parts.items():
                 sums[name] = sums[name] + value if name in sums else value
+            row_values.append(mb_row_values)
 
         # --- optimiser step, unless anything is non-finite ---
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -340,16 +395,17 @@ class Learner:
             return self._skip(
                 f"non-finite loss {float(sums['loss/total'])} or gradient norm {float(grad_norm)}"
             )
-        lr = self._lr_at(self.global_step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lrs = self._set_lrs(self.global_step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
 
         # --- metrics: one device->host transfer for all of them ---
-        stacked = torch.stack([sums[k].float() for k in sorted(sums)] + [grad_norm.float()])
-        values = dict(zip([*sorted(sums), "grad_norm"], stacked.tolist(), strict=True))  # sync
+        names = [*sorted(sums), "grad_norm"]
+        scalars = torch.stack([sums[k].float() for k in sorted(sums)] + [grad_norm.float()])
+        flat = torch.cat([scalars, *row_values]).tolist()  # sync
+        values = dict(zip(names, flat[: len(names)], strict=True))
+        rewards = [float(batch[i].reward) for i in order]
         per_policy_token = 1.0 / max(n_policy_tokens, 1)
         metrics = {
             "loss/policy": values["loss/policy"],
@@ -361,10 +417,14 @@ class Learner:
             "train/entropy": values["sum/entropy"] * per_policy_token,
             "train/advantage_mean": values["sum/advantage"] * per_policy_token,
             "train/value_mean": values["sum/value"] / max(n_value_tokens, 1),
+            "train/reward_mean_batch": sum(rewards) / len(rewards),
             "train/grad_norm": values["grad_norm"],
-            "train/lr": lr,
+            "train/lr": lrs[POLICY_GROUP],
             "train/skipped_steps": float(self.skipped_steps),
         }
+        corr = _pearson(flat[len(names) :], rewards)
+        if corr is not None:
+            metrics["train/value_reward_corr"] = corr
         if self.ref_model is not None:
             metrics["train/kl"] = values["sum/kl"] * per_policy_token
         version = current_version if current_version is not None else self.current_version
@@ -376,14 +436,20 @@ class Learner:
         return metrics
 
     def _forward_backward(
-        self, mb: _MicroBatch, policy_norm: int, value_norm: int
-    ) -> dict[str, torch.Tensor]:
-        """Loss of one micro-batch (normalised by whole-batch counts), backward, detached sums."""
+        self, mb: _MicroBatch, policy_norm: int, value_norm: int, value_only: bool
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Loss of one micro-batch (normalised by whole-batch counts), backward.
+
+        Returns detached sums for the metrics and each row's mean V_old over its completion
+        tokens (B,). ``value_only`` (value warm-up): the loss is the value term alone and the LM
+        runs without gradient, so only the value head gets gradients; the KL is reported as 0
+        (the LM is still the reference then) without running the reference model.
+        """
         cfg = self.config
         temperature = cfg.temperature
         kl_tokens: torch.Tensor | None = None
         ref_logprobs: torch.Tensor | None = None
-        if self.ref_model is not None:
+        if self.ref_model is not None and not value_only:
             # Reference first, so its logits are freed before the trained forward peaks.
             with torch.no_grad(), self._autocast():
                 ref_logits = self.ref_model(
@@ -393,7 +459,15 @@ class Learner:
             del ref_logits
 
         with self._autocast():
-            logits, values = self.model(mb.input_ids, mb.attention_mask)  # (B, T, V), (B, T)
+            if value_only:
+                # No LM graph at all (saves its activations); the head trains on constants.
+                with torch.no_grad():
+                    logits, hidden = self.model.trunk(mb.input_ids, mb.attention_mask)
+                values = self.model.values_from_hidden(hidden)  # (B, T)
+            else:
+                logits, values = self.model(
+                    mb.input_ids, mb.attention_mask, detach_trunk=cfg.value_detach_trunk
+                )  # (B, T, V), (B, T)
         logits = logits[:, :-1]  # (B, T-1, V): position j predicts token j+1
         values = values[:, :-1].float()  # (B, T-1): V of the prefix ending at position j
         logprobs = logprobs_from_logits(logits, mb.targets, temperature)  # (B, T-1)
@@ -424,7 +498,10 @@ class Learner:
             kl = masked_mean(kl_tokens, mb.policy_mask, cfg.loss_normalization, policy_norm)
         else:
             kl = torch.zeros((), device=logprobs.device)
-        total = cfg.c_policy * policy + cfg.c_value * value + cfg.c_kl * kl
+        if value_only:
+            total = cfg.c_value * value
+        else:
+            total = cfg.c_policy * policy + cfg.c_value * value + cfg.c_kl * kl
         total.backward()
 
         # Diagnostics as sums over tokens; the caller divides by whole-batch counts.
@@ -448,7 +525,11 @@ class Learner:
             }
             if kl_tokens is not None:
                 parts["sum/kl"] = token_sum(kl_tokens.detach(), mb.policy_mask)
-        return parts
+            elif self.ref_model is not None:  # value warm-up: the LM is the reference
+                parts["sum/kl"] = torch.zeros((), device=logprobs.device)
+            row_values = torch.where(mb.completion_mask, values.detach(), 0.0).sum(-1)  # (B,)
+            row_values = row_values / mb.completion_mask.sum(-1).clamp(min=1)  # (B,)
+        return parts, row_values
 
     def _check_structure(self, batch: Sequence[Trajectory]) -> None:
         """Programming errors raise (unlike bad numbers, which skip the step)."""
@@ -476,14 +557,34 @@ class Learner:
         )
         return {
             "train/skipped_steps": float(self.skipped_steps),
-            "train/lr": self._lr_at(self.global_step),
+            "train/lr": self._lrs_at(self.global_step)[POLICY_GROUP],
         }
 
-    def _lr_at(self, step: int) -> float:
-        warmup = self.config.warmup_steps
-        if warmup == 0:
-            return self.config.lr
-        return self.config.lr * min(1.0, (step + 1) / warmup)
+    def _lrs_at(self, step: int) -> dict[str, float]:
+        """Learning rate of each parameter group for optimiser step ``step`` (0-based).
+
+        The policy group is 0 during the value warm-up, then warms up linearly over
+        ``warmup_steps`` counted from its first trained step; the value head runs at
+        ``value_lr`` (else ``lr``) throughout.
+        """
+        cfg = self.config
+        policy_step = step - cfg.value_warmup_steps  # policy updates taken before this one
+        if policy_step < 0:
+            policy_lr = 0.0
+        elif cfg.warmup_steps == 0:
+            policy_lr = cfg.lr
+        else:
+            policy_lr = cfg.lr * min(1.0, (policy_step + 1) / cfg.warmup_steps)
+        value_lr = cfg.value_lr if cfg.value_lr is not None else cfg.lr
+        return {POLICY_GROUP: policy_lr, VALUE_GROUP: value_lr}
+
+    def _set_lrs(self, step: int) -> dict[str, float]:
+        """Set every group's lr from the CURRENT config (a loaded optimizer state carries the
+        saved run's lrs; the current config wins, as for every other setting)."""
+        lrs = self._lrs_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lrs[group["name"]]
+        return lrs
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.config.dtype == "float32":
@@ -607,8 +708,9 @@ class Learner:
         optimizer_state = torch.load(
             path / OPTIMIZER_FILE, map_location=self.device, weights_only=True
         )
-        self.optimizer.load_state_dict(optimizer_state)
+        self.optimizer.load_state_dict(self._split_single_group(optimizer_state))
         self.global_step = int(state["global_step"])
+        self._set_lrs(self.global_step)  # the saved groups carry the saved run's lrs
         self.skipped_steps = int(state.get("skipped_steps", 0))
         changed = {
             key: (old, getattr(self.config, key, None))
@@ -618,6 +720,25 @@ class Learner:
         if changed:
             logger.warning("config differs from checkpoint %s (saved, now): %s", path, changed)
         return int(state["step"]), dict(state["extra"])
+
+    def _split_single_group(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Map a one-group optimizer state (checkpoints written before the value head had
+        its own group) onto the current groups. Parameters are numbered in
+        ``model.parameters()`` order in both, so the per-parameter state carries over as is."""
+        saved = state["param_groups"]
+        if len(saved) != 1 or len(self.optimizer.param_groups) == 1:
+            return state
+        ids = list(saved[0]["params"])
+        groups, start = [], 0
+        for group in self.optimizer.param_groups:
+            size = len(group["params"])
+            groups.append({**saved[0], "name": group["name"], "params": ids[start : start + size]})
+            start += size
+        if start != len(ids):
+            raise ValueError(
+                f"checkpoint optimizer state has {len(ids)} parameters, the model {start}"
+            )
+        return {"state": state["state"], "param_groups": groups}
 
 
 def _jsonable(value: Any) -> Any:

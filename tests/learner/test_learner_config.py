@@ -32,6 +32,10 @@ def test_defaults_are_the_papers_values():
         ({"device": "gpu0"}, "'gpu0'"),
         ({"max_grad_norm": 0.0}, "got 0.0"),
         ({"adam_beta2": 1.0}, "got 1.0"),
+        ({"value_lr": 0.0}, "got 0.0"),
+        ({"value_init": -1.0}, "got -1.0"),
+        ({"value_warmup_steps": -1}, "got -1"),
+        ({"value_warmup_steps": 2, "c_value": 0.0}, "c_value > 0 (got 0.0)"),
     ],
 )
 def test_invalid_values_raise_value_error_quoting_them(kwargs, quoted):
