@@ -43,6 +43,8 @@ TRAIN_ENTROPY = "train/entropy"
 TRAIN_RATIO_MEAN = "train/ratio_mean"
 TRAIN_ADVANTAGE_MEAN = "train/advantage_mean"
 TRAIN_VALUE_MEAN = "train/value_mean"
+TRAIN_VALUE_REWARD_CORR = "train/value_reward_corr"
+TRAIN_REWARD_MEAN_BATCH = "train/reward_mean_batch"
 TRAIN_STALENESS_MEAN = "train/staleness_mean"
 TRAIN_SKIPPED_STEPS = "train/skipped_steps"
 
@@ -132,6 +134,11 @@ TAGS: dict[str, str] = {
     TRAIN_RATIO_MEAN: "mean importance ratio pi / pi_behaviour (learner)",
     TRAIN_ADVANTAGE_MEAN: "mean advantage over the loss tokens (learner)",
     TRAIN_VALUE_MEAN: "mean V(s_t) over the completion tokens (learner)",
+    TRAIN_VALUE_REWARD_CORR: "Pearson correlation over the trained batch of each trajectory's "
+    "mean V_old over its completion tokens with its reward; absent when either is constant "
+    "(learner)",
+    TRAIN_REWARD_MEAN_BATCH: "mean reward of the trajectories trained on, to compare with "
+    "train/value_mean (learner)",
     TRAIN_STALENESS_MEAN: "mean staleness as the learner saw it (learner)",
     TRAIN_SKIPPED_STEPS: "optimizer steps skipped for NaN/inf so far (learner)",
     EVAL_MEAN_AT_K: "mean@k on the test split: mean over problems of the fraction of k correct",
