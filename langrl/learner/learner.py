@@ -726,7 +726,7 @@ class Learner:
         its own group) onto the current groups. Parameters are numbered in
         ``model.parameters()`` order in both, so the per-parameter state carries over as is."""
         saved = state["param_groups"]
-        if len(saved) != 1 or len(self.optimizer.param_groups) == 1:
+        if len(saved) != 1:
             return state
         ids = list(saved[0]["params"])
         groups, start = [], 0
