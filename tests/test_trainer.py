@@ -1,20 +1,33 @@
 """The training loop on a fake engine (fast; the real engine runs in tests/e2e): tags,
-checkpoints, resume, Ctrl-C, the deterministic task sampler."""
+checkpoints, resume, Ctrl-C, the deterministic task sampler, async generation sized to
+need, the generation budget, held-out validation and the evaluation history."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from trainer_fakes import FakeSyncEngine
+from trainer_fakes import COMPLETIONS, FakeSyncEngine
 
 from langrl import metrics as tags
-from langrl.config import load_config
+from langrl.buffer import TrajectoryBuffer
+from langrl.config import ConfigError, load_config
 from langrl.learner import Learner, latest_checkpoint
 from langrl.tiny.model import build_random_policy
-from langrl.trainer import TaskSampler, train
+from langrl.trainer import (
+    EVAL_HISTORY_COLUMNS,
+    EVAL_HISTORY_FILE,
+    EvalHistory,
+    SyncSchedule,
+    TaskSampler,
+    YieldEstimate,
+    train,
+    trajectories_needed,
+)
+from langrl.trajectory import Trajectory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,3 +149,203 @@ def test_task_sampler_is_deterministic_and_resumable():
     assert b.next(8) == rest
     assert TaskSampler(10, seed=3).next(7) == first
     assert TaskSampler(10, seed=4).next(7) != first
+
+
+# --- async generation sized to need ---
+
+
+def _train(config, policy) -> dict:
+    engine = FakeSyncEngine(policy)
+    try:
+        return train(config, engine)
+    finally:
+        engine.shutdown()
+
+
+def _values(run_dir: Path, tag: str) -> list[float]:
+    return [e.value for e in _scalars(run_dir).Scalars(tag)]
+
+
+def _fixed_yield_cispo(policy, run_dir, *overrides):
+    """CISPO keeping every group: exactly 2 tasks x 4 = 8 trajectories per full rollout."""
+    return _config(
+        policy, run_dir, "cispo", "--total_steps", "12", "--eval_every", "0",
+        "--checkpoint_every", "0", "--text_every", "0", "--cispo.filter_zero_variance", "false",
+        *overrides,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sync_every", "eval_every", "max_staleness"), [(2, 0, 1), (4, 6, 2)]
+)  # (4, 6): an evaluation at step 6 cuts a window short
+def test_async_generates_only_what_the_next_window_needs(
+    policy, tmp_path, sync_every, eval_every, max_staleness
+):
+    config = _fixed_yield_cispo(
+        policy, tmp_path, "--sync_every", str(sync_every), "--eval_every", str(eval_every),
+        "--max_staleness", str(max_staleness),
+    )  # fmt: skip
+    result = _train(config, policy)
+    assert result["step"] == 12
+    assert result["trained_trajectories_total"] == 12 * 4
+    # (a) nothing went stale; (b) at most one rollout's worth generated beyond what was
+    # trained (a rollout every step, as before, made 8 per step for 4 trained);
+    # (c) every batch within the bound, and generation did overlap training (staleness 1).
+    assert _values(tmp_path, tags.PERF_DROPPED_STALE)[-1] == 0
+    waste = result["generated_trajectories_total"] - result["trained_trajectories_total"]
+    assert 0 <= waste <= 2 * 4
+    staleness = _values(tmp_path, tags.PERF_STALENESS_MAX)
+    assert len(staleness) == 12 and max(staleness) <= max_staleness
+    assert 1 in staleness
+    assert (
+        _values(tmp_path, tags.PERF_GENERATED_TRAJECTORIES_TOTAL)[-1]
+        == result["generated_trajectories_total"]
+    )
+    assert _values(tmp_path, tags.PERF_TRAINED_TRAJECTORIES_TOTAL) == [
+        4.0 * s for s in range(1, 13)
+    ]
+
+
+def test_sync_mode_generates_a_full_rollout_per_empty_buffer(policy, tmp_path):
+    config = _fixed_yield_cispo(policy, tmp_path, "--mode", "sync", "--sync_every", "2")
+    result = _train(config, policy)
+    assert result["step"] == 12 and result["policy_version"] == 6
+    # Each 8-trajectory rollout is trained in the two steps after it, on-policy.
+    assert result["generated_trajectories_total"] == result["trained_trajectories_total"] == 48
+    assert _values(tmp_path, tags.PERF_STALENESS_MAX) == [0.0] * 12
+    assert set(_values(tmp_path, tags.PERF_ROLLOUT_TASKS)) == {2.0}  # full rollouts only
+    state = json.loads(
+        (latest_checkpoint(tmp_path / "checkpoints") / "learner_state.json").read_text()
+    )
+    assert state["extra"]["sampler"]["position"] == 6 * 2
+
+
+def test_yield_estimate_sizes_rollouts():
+    est = YieldEstimate(decay=0.5)
+    assert est.per_task is None and est.tasks_for(10, max_tasks=8) == 8
+    est.update(num_tasks=8, num_trajectories=16)  # CISPO: half the groups of 4 kept
+    assert est.per_task == pytest.approx(2.0)
+    assert est.tasks_for(10, max_tasks=8) == 5
+    assert est.tasks_for(1, max_tasks=8) == 1
+    assert est.tasks_for(100, max_tasks=8) == 8
+    est.update(num_tasks=8, num_trajectories=0)  # recent rollouts weigh more
+    assert est.per_task == pytest.approx(8 / 12)
+    with pytest.raises(ValueError, match="YieldEstimate.decay"):
+        YieldEstimate(decay=1.0)
+
+
+def _traj(version: int) -> Trajectory:
+    return Trajectory([1], [2], [-0.1], 0.0, policy_version=version)
+
+
+def test_trajectories_needed_counts_only_what_can_still_be_trained():
+    schedule = SyncSchedule(total_steps=12, sync_every=2, eval_every=0)
+    assert [schedule.window_end(t) for t in (1, 2, 3, 11, 12)] == [2, 2, 4, 12, 12]
+    buffer = TrajectoryBuffer(capacity=64, max_staleness=1)
+    kwargs = {"version": 3, "batch_size": 4, "max_staleness": 1}
+    # Having taken step 3's batch (window 3..4): step 4 and steps 5..6 of the next window.
+    assert trajectories_needed(schedule, buffer, current_step=3, first_step=4, **kwargs) == 12
+    buffer.put([_traj(3)] * 5 + [_traj(2)] * 6)
+    # Version 3 lasts into the next window; version 2 only covers step 4 (4 of its 6).
+    assert trajectories_needed(schedule, buffer, current_step=3, first_step=4, **kwargs) == 3
+    # At a window's last step the version-2 ones cannot be trained any more.
+    assert trajectories_needed(schedule, buffer, current_step=4, first_step=5, **kwargs) == 3
+    # The last window: nothing beyond the last step.
+    assert trajectories_needed(schedule, buffer, current_step=12, first_step=13, **kwargs) == -5
+
+
+# --- generation budget ---
+
+
+def _request_tokens(engine) -> int:
+    """Tokens of one fake engine request with n = len(COMPLETIONS) (every completion once)."""
+    return sum(len(engine.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in COMPLETIONS)
+
+
+@pytest.mark.parametrize(
+    ("agent", "sync_every", "budget_rollouts", "stop_step", "pushes"),
+    [
+        # The budget is crossed by the rollout collected at the step-2 push; step 3 trains
+        # what it brought, then the run ends.
+        ("cispo", 2, 1, 3, 2),
+        # Crossed at the step-1 push by a rollout too small for a batch: step 1 was the last.
+        ("bon", 1, 2, 1, 1),
+    ],
+)
+def test_generation_budget_stops_the_run_with_a_final_eval_and_checkpoint(
+    policy, tmp_path, agent, sync_every, budget_rollouts, stop_step, pushes
+):
+    engine = FakeSyncEngine(policy)
+    rollout_tokens = 2 * _request_tokens(engine)  # 2 tasks, 4 samples each
+    budget = budget_rollouts * rollout_tokens + 1
+    config = _config(
+        policy, tmp_path, agent, "--total_steps", "12", "--eval_every", "0", "--checkpoint_every",
+        "0", "--sync_every", str(sync_every), "--max_gen_tokens", str(budget),
+        "--cispo.filter_zero_variance", "false",  # fixed yields: 8 trajectories per rollout
+    )  # fmt: skip
+    try:
+        result = train(config, engine)
+    finally:
+        engine.shutdown()
+    assert result["step"] == stop_step
+    assert result["gen_tokens_total"] == (budget_rollouts + 1) * rollout_tokens >= budget
+    assert latest_checkpoint(tmp_path / "checkpoints").name == f"step_{stop_step:08d}"
+    assert result["policy_version"] == engine.policy_version == pushes
+    assert {e.step for e in _scalars(tmp_path).Scalars(tags.EVAL_MEAN_AT_K)} == {0, stop_step}
+    assert _values(tmp_path, tags.PERF_GEN_TOKENS_TOTAL)[-1] == result["gen_tokens_total"]
+    rows = EvalHistory(tmp_path / EVAL_HISTORY_FILE, keep_through=10**9).rows()
+    assert [int(r["step"]) for r in rows] == [0, stop_step]
+    assert float(rows[-1]["gen_tokens_total"]) == result["gen_tokens_total"]
+
+
+# --- held-out validation and the evaluation history ---
+
+
+def test_eval_history_holdout_and_resume(policy, tmp_path):
+    holdout = ["--holdout", "8", "--eval.split", "train", "--eval.first_problem", "-8",
+               "--eval.num_problems", "8"]  # fmt: skip
+    first = _train(_config(policy, tmp_path, "cispo", *holdout), policy)  # evals at 0, 2, 3
+    path = tmp_path / EVAL_HISTORY_FILE
+    rows = EvalHistory(path, keep_through=10**9).rows()
+    assert list(rows[0])[: len(EVAL_HISTORY_COLUMNS)] == list(EVAL_HISTORY_COLUMNS)
+    assert "mean_at_k_ci95" in rows[0]
+    assert [int(r["step"]) for r in rows] == [0, 2, 3]
+    assert {(r["eval_split"], r["num_problems"], r["k"]) for r in rows} == {("train", "8", "2")}
+    assert float(rows[-1]["mean_at_k"]) == pytest.approx(first[tags.EVAL_MEAN_AT_K])
+    tokens = [float(r["gen_tokens_total"]) for r in rows]
+    assert tokens[0] == 0 and tokens == sorted(tokens) and tokens[-1] == first["gen_tokens_total"]
+    ckpt = latest_checkpoint(tmp_path / "checkpoints")
+    extra = json.loads((ckpt / "learner_state.json").read_text())["extra"]
+    assert extra["sampler"]["size"] == 20_000 - 8  # the last 8 are never handed out
+    assert extra["totals"]["gen_tokens_total"] == first["gen_tokens_total"]
+    assert extra["totals"]["train_wall_s"] > 0 and extra["totals"]["eval_wall_s"] > 0
+
+    # A crash after the step-3 evaluation, before its checkpoint: resume from step 2.
+    shutil.rmtree(ckpt)
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step_00000002"
+    second = _train(
+        _config(policy, tmp_path, "cispo", *holdout, "--total_steps", "5", resume=True), policy
+    )
+    rows = EvalHistory(path, keep_through=10**9).rows()
+    assert [int(r["step"]) for r in rows] == [0, 2, 4, 5]  # step 3's row went with its session
+    tokens = [float(r["gen_tokens_total"]) for r in rows]
+    assert tokens == sorted(tokens) and tokens[-1] == second["gen_tokens_total"]
+    assert second["train_wall_s"] > extra["totals"]["train_wall_s"]  # counted on, not reset
+
+
+def test_holdout_and_train_split_eval_are_validated(policy, tmp_path):
+    def error(*overrides) -> str:
+        with pytest.raises(ConfigError) as err:
+            _config(policy, tmp_path, "cispo", *overrides)
+        assert "\n" not in str(err.value)
+        return str(err.value)
+
+    assert "holdout" in error("--holdout", "20000")
+    assert "eval.first_problem" in error("--eval.split", "train")  # every problem is trained
+    assert "[0, 19992)" in error(
+        "--holdout", "8", "--eval.split", "train", "--eval.first_problem", "-9"
+    )
+    assert "max_gen_tokens" in error("--max_gen_tokens", "0")
+    config = _config(policy, tmp_path, "cispo", "--holdout", "8", "--eval.split", "train",
+                     "--eval.first_problem", "19992")  # fmt: skip
+    assert config.holdout == 8 and config.train_split_size() == 20_000
