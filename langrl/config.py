@@ -113,6 +113,10 @@ class TrainConfig:
     # --- evaluation, logging, checkpoints ---
     eval_every: int = 10
     """Evaluate mean@k every N steps (and always at the start and the end); 0 = only then."""
+    eval_every_tokens: int | None = None
+    """Also evaluate (and checkpoint) each time the generated tokens cross a multiple of
+    this, so that runs of agents that spend very different tokens per step (CISPO vs MCTS)
+    get curves with points at the same costs. ``None`` (default) = by steps only."""
     eval_at_start: bool = True
     """Evaluate the initial policy before the first step."""
     holdout: int = 0
@@ -193,6 +197,15 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"config: {name}: must be an int >= {low}, got {value!r}")
+        if self.eval_every_tokens is not None and (
+            isinstance(self.eval_every_tokens, bool)
+            or not isinstance(self.eval_every_tokens, int)
+            or self.eval_every_tokens < 1
+        ):
+            raise ConfigError(
+                f"config: eval_every_tokens: must be None or an int >= 1, "
+                f"got {self.eval_every_tokens!r}"
+            )
         if self.max_gen_tokens is not None and (
             isinstance(self.max_gen_tokens, bool)
             or not isinstance(self.max_gen_tokens, int)

@@ -551,6 +551,12 @@ def _train(
         last_save_step = at_step
         return learner.save_checkpoint(ckpt_root, at_step, extra)
 
+    def token_evals_done() -> int:
+        # How many multiples of eval_every_tokens the generated tokens have crossed.
+        return int(totals.gen_tokens_total // config.eval_every_tokens)
+
+    token_evals = token_evals_done() if config.eval_every_tokens else 0
+
     def budget_left() -> bool:
         return config.max_gen_tokens is None or totals.gen_tokens_total < config.max_gen_tokens
 
@@ -643,6 +649,9 @@ def _train(
             # two versions); its trajectories wait in the buffer, one version stale.
             sync_s = 0.0
             eval_due = final or schedule.eval_due(step)
+            if config.eval_every_tokens and token_evals_done() > token_evals:
+                # Not foreseen by the schedule: it ends the sync window here.
+                token_evals, eval_due = token_evals_done(), True
             if unsynced and (schedule.sync_due(step) or eval_due):
                 if pending is not None:
                     harvest()
@@ -682,7 +691,8 @@ def _train(
             bar.update(1)
 
             # --- checkpoint ---
-            if final or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            periodic = config.checkpoint_every and step % config.checkpoint_every == 0
+            if final or periodic or (eval_due and config.eval_every_tokens):
                 save(step)
             if final:
                 break

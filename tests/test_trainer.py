@@ -298,6 +298,28 @@ def test_generation_budget_stops_the_run_with_a_final_eval_and_checkpoint(
     assert float(rows[-1]["gen_tokens_total"]) == result["gen_tokens_total"]
 
 
+def test_eval_every_tokens_evaluates_and_checkpoints_at_token_multiples(policy, tmp_path):
+    engine = FakeSyncEngine(policy)
+    rollout_tokens = 2 * _request_tokens(engine)  # a full rollout: 2 tasks, 4 samples each
+    config = _fixed_yield_cispo(
+        policy, tmp_path, "--total_steps", "8", "--sync_every", "1", "--mode", "sync",
+        "--batch_size", "8", "--eval_every_tokens", str(2 * rollout_tokens),
+    )  # fmt: skip
+    try:
+        result = train(config, engine)
+    finally:
+        engine.shutdown()
+    rows = EvalHistory(tmp_path / EVAL_HISTORY_FILE, keep_through=10**9).rows()
+    # One rollout per step: every second step crosses a multiple of 2 rollouts' tokens.
+    assert [int(r["step"]) for r in rows] == [0, 2, 4, 6, 8]
+    assert [float(r["gen_tokens_total"]) for r in rows] == [
+        i * 2 * rollout_tokens for i in range(5)
+    ]
+    steps = sorted(int(p.name.split("_")[1]) for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert steps == [2, 4, 6, 8]  # checkpoint_every is 0: these come with the token evals
+    assert result["step"] == 8
+
+
 # --- held-out validation and the evaluation history ---
 
 

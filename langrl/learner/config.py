@@ -142,7 +142,8 @@ class LearnerConfig:
     out and the LM runs without gradient (the head reads its hidden states detached), so LM
     weights stay bit-identical, the served policy is unchanged and rollouts stay on-policy
     while the baseline is fitted. ``train/lr`` (the policy's) reads 0 meanwhile. 0 (default) =
-    train everything from step 0 (the paper). Needs ``c_value > 0``. Must be >= 0."""
+    train everything from step 0 (the paper). Ignored when ``c_value`` is 0 (no value head to
+    fit, e.g. CISPO), so one preset serves every agent; see ``value_warmup``. Must be >= 0."""
 
     value_detach_trunk: bool = False
     """True = the value loss never reaches the LM (the head reads detached hidden states) even
@@ -216,11 +217,6 @@ class LearnerConfig:
             f"{self.c_value}, {self.c_kl}): the loss would be identically zero",
         )
         _check(
-            self.value_warmup_steps == 0 or self.c_value > 0,
-            f"value_warmup_steps={self.value_warmup_steps} trains only the value head, which "
-            f"needs c_value > 0 (got {self.c_value})",
-        )
-        _check(
             self.loss_normalization in NORMALIZATION_MODES,
             f"loss_normalization must be one of {NORMALIZATION_MODES}, "
             f"got {self.loss_normalization!r}",
@@ -235,6 +231,12 @@ class LearnerConfig:
             not (self.dtype == "bfloat16" and device.type == "mps"),
             f"dtype='bfloat16' is not supported with device={self.device!r}; use 'float32'",
         )
+
+    @property
+    def value_warmup(self) -> int:
+        """Steps that train only the value head: ``value_warmup_steps``, or 0 when
+        ``c_value`` is 0 (nothing to fit)."""
+        return self.value_warmup_steps if self.c_value > 0 else 0
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -373,7 +373,7 @@ class Learner:
             value_norm = max(sum(int(mb.completion_mask.any(-1).sum()) for mb in micro), 1)
 
         # --- forward / backward per micro-batch ---
-        value_only = self.global_step < cfg.value_warmup_steps  # value warm-up: head only
+        value_only = self.global_step < cfg.value_warmup  # value warm-up: head only
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
         row_values: list[torch.Tensor] = []  # per trajectory, in `order`
@@ -568,7 +568,7 @@ class Learner:
         ``value_lr`` (else ``lr``) throughout.
         """
         cfg = self.config
-        policy_step = step - cfg.value_warmup_steps  # policy updates taken before this one
+        policy_step = step - cfg.value_warmup  # policy updates taken before this one
         if policy_step < 0:
             policy_lr = 0.0
         elif cfg.warmup_steps == 0:
