@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
 from os import PathLike
 from typing import Any, ClassVar, Generic, TypeVar
@@ -299,8 +299,19 @@ class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
                     f"got {reward!r}"
                 )
             reward = self.REWARD_PRESETS[reward]
+        elif isinstance(reward, Mapping):
+            # Named fields, as a YAML preset or `--env_kwargs.reward '{...}'` gives them.
+            known = {f.name for f in fields(RewardConfig)}
+            unknown = sorted(set(reward) - known)
+            if unknown:
+                raise ValueError(
+                    f"reward: unknown RewardConfig fields {unknown}; known: {sorted(known)}"
+                )
+            reward = RewardConfig(**reward)
         elif not isinstance(reward, RewardConfig):
-            raise ValueError(f"reward must be a preset name or a RewardConfig, got {reward!r}")
+            raise ValueError(
+                f"reward must be a preset name, a RewardConfig or a mapping of its fields, got {reward!r}"
+            )
         if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
             raise ValueError(f"max_steps must be a positive int or None, got {max_steps!r}")
         for name, value in (

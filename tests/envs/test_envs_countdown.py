@@ -122,6 +122,17 @@ def test_custom_reward_config_and_process_signal():
         RewardConfig(wrong_reward=float("nan"))
 
 
+def test_reward_fields_as_a_mapping_from_a_preset():
+    # YAML presets and --env_kwargs.reward give named fields, not a RewardConfig instance.
+    env = gym.make("Countdown-v0", reward={"wrong_reward": 0.0, "format_failure_reward": -1.0})
+    env.reset(options=COUNTDOWN_TASK)
+    assert env.step("<answer>7 * 3 + 5</answer>")[1] == 0.0  # wrong value, no shaping
+    env.reset(options=COUNTDOWN_TASK)
+    assert env.step("<answer>nope</answer>")[1] == -1.0
+    with pytest.raises(ValueError, match=r"unknown RewardConfig fields \['wrong'\]"):
+        CountdownEnv(reward={"wrong": 0.0})
+
+
 def test_default_step_reward_unchanged_by_step_checks(countdown):
     countdown.reset(options=COUNTDOWN_TASK)
     for step, verdict in [

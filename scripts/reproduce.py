@@ -1,0 +1,256 @@
+"""Reproduce the seed paper's comparison at toy scale: MCTS-distill, CISPO and best-of-N
+trained from the same tiny policy under one generation budget, all evaluated on the test set.
+
+    python scripts/reproduce.py                       # every stage; run it again to resume
+    python scripts/reproduce.py --agents cispo bon    # only these agents (and the start policy)
+    python scripts/reproduce.py --report-only         # rebuild table and plot from what exists
+
+Stages, each skipped when its output already exists (so the table can be built across
+sessions; a training run that was cut off continues from its last checkpoint):
+
+1. ``results/evals/start.json``: the starting policy, seeded mean@16 on all 820 test problems.
+2. per agent, ``scripts/train_agent.py --config configs/reproduce.yaml --agent X`` in
+   ``runs/reproduce/X`` (``--resume`` when it holds a checkpoint). The preset gives every agent
+   the same budget of generated tokens (``max_gen_tokens``) and the same learner settings, and
+   evaluates on a held-out slice of the *train* split for the learning curves (hyperparameters
+   were chosen on that slice, never on the test set). Its ``eval_history.csv`` is copied to
+   ``results/curves/X.csv``.
+3. per agent, ``results/evals/X.json``: the final checkpoint, evaluated as in stage 1.
+4. ``results/table.md``, ``results/table.csv`` and ``results/curves.png``: mean@16 with its
+   95% interval, the paired difference against the start policy with its 95% interval,
+   pass@16, format-ok rate, generated tokens, gradient steps and wall time; curves of the
+   validation mean@k against generated tokens and against training wall time.
+
+Each stage runs in its own process (one vLLM engine at a time); the small outputs under
+``results/`` are meant to be committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENTS = ("mcts", "cispo", "bon")
+LABELS = {"start": "start policy", "mcts": "MCTS-distill", "cispo": "CISPO", "bon": "best-of-N"}
+COLORS = {"mcts": "tab:red", "cispo": "tab:blue", "bon": "tab:green"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Train MCTS-distill, CISPO and best-of-N under one budget; table and plot.",
+        allow_abbrev=False,
+    )
+    p.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
+    p.add_argument("--config", default=str(ROOT / "configs" / "reproduce.yaml"))
+    p.add_argument("--results", default=str(ROOT / "results"), help="small outputs (commit)")
+    p.add_argument("--runs", default=str(ROOT / "runs" / "reproduce"), help="run dirs")
+    p.add_argument("--k", type=int, default=16, help="samples per test problem (paper: 16)")
+    p.add_argument("--num-problems", type=int, default=None, help="test problems (all: 820)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of the test evaluations")
+    p.add_argument("--report-only", action="store_true", help="only rebuild table and plot")
+    p.add_argument("--retrain", action="store_true", help="discard finished runs of --agents")
+    p.add_argument("train_overrides", nargs="*", help="extra --key value for train_agent.py")
+    return p.parse_args(argv)
+
+
+def run(cmd: list[str]) -> float:
+    """Run a stage's command in its own process; return its wall seconds (raise on failure)."""
+    print("+ " + " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def evaluate(model: str | None, out: Path, args: argparse.Namespace) -> None:
+    if out.is_file():
+        print(f"have {out}", flush=True)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "scripts/evaluate.py", "--k", str(args.k), "--seed", str(args.seed),
+           "--json-out", str(out), "--quiet"]  # fmt: skip
+    if model is not None:
+        cmd += ["--model", model]
+    if args.num_problems is not None:
+        cmd += ["--num-problems", str(args.num_problems)]
+    run(cmd)
+
+
+def train(agent: str, args: argparse.Namespace) -> Path:
+    """Train (or resume) one agent; return its run dir. A ``done.json`` marks a finished run."""
+    run_dir = Path(args.runs) / agent
+    done = run_dir / "done.json"
+    if args.retrain and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if done.is_file():
+        print(f"have {run_dir} (finished)", flush=True)
+        return run_dir
+    from langrl.learner import latest_checkpoint
+
+    cmd = [sys.executable, "scripts/train_agent.py", "--config", args.config, "--agent", agent,
+           "--run_dir", str(run_dir), *args.train_overrides]  # fmt: skip
+    if latest_checkpoint(run_dir / "checkpoints") is not None:
+        cmd.append("--resume")
+    seconds = run(cmd)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                "last_session_s": seconds}))  # fmt: skip
+    return run_dir
+
+
+# --- report ---
+
+
+def read_curve(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        return [
+            {k: float(v) for k, v in row.items() if v not in ("", None) and _is_number(v)}
+            for row in csv.DictReader(f)
+        ]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def report(results: Path) -> None:
+    """Write table.md / table.csv / curves.png from results/evals and results/curves."""
+    from langrl.agents.evaluation import paired_diff_ci95
+
+    evals = {}
+    for path in sorted((results / "evals").glob("*.json")):
+        raw = json.loads(path.read_text())  # scripts/evaluate.py --json-out
+        evals[path.stem] = {**raw, **raw["scalars"]}
+    if "start" not in evals:
+        print("no results/evals/start.json yet: nothing to report", flush=True)
+        return
+    curves = {p.stem: read_curve(p) for p in sorted((results / "curves").glob("*.csv"))}
+    start = evals["start"]
+    k = int(start["k"])
+    rows = []
+    for name in ["start", *[a for a in AGENTS if a in evals]]:
+        ev = evals[name]
+        if ev["task_indices"] != start["task_indices"] or int(ev["k"]) != k:
+            raise SystemExit(f"results/evals/{name}.json is not on the start policy's problems")
+        if name == "start":
+            diff, diff_ci = 0.0, 0.0
+        else:
+            diff, diff_ci = paired_diff_ci95(
+                [c / k for c in ev["per_problem_correct"]],
+                [c / k for c in start["per_problem_correct"]],
+            )
+        last = curves.get(name, [{}])[-1]
+        rows.append({
+            "policy": LABELS[name],
+            "mean_at_k": ev["eval/mean_at_k"],
+            "mean_at_k_ci95": ev["eval/mean_at_k_ci95"],
+            "diff_vs_start": diff,
+            "diff_ci95": diff_ci,
+            "pass_at_k": ev["eval/pass_at_k"],
+            "format_ok_frac": ev["eval/format_ok_frac"],
+            "gen_tokens": last.get("gen_tokens_total", 0.0),
+            "steps": last.get("step", 0.0),
+            "train_wall_min": last.get("train_wall_s", 0.0) / 60,
+        })  # fmt: skip
+    with open(results / "table.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    n = int(start["eval/num_problems"])
+    lines = [
+        f"mean@{k} and pass@{k} on {n} Countdown test problems (T={start.get('temperature', 0.2)}, "
+        f"seeded, sparse reward); +- is a 95% interval over problems; the difference is paired "
+        "per problem against the start policy.",
+        "",
+        f"| policy | mean@{k} | vs start | pass@{k} | format ok | generated tokens | "
+        "gradient steps | train wall time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        pct = 100.0
+        vs = "" if r["policy"] == LABELS["start"] else (
+            f"{pct * r['diff_vs_start']:+.2f} +- {pct * r['diff_ci95']:.2f}"
+        )  # fmt: skip
+        tokens = f"{r['gen_tokens'] / 1e6:.2f}M" if r["gen_tokens"] else ""
+        steps = f"{r['steps']:.0f}" if r["steps"] else ""
+        wall = f"{r['train_wall_min']:.1f} min" if r["train_wall_min"] else ""
+        lines.append(
+            f"| {r['policy']} | {pct * r['mean_at_k']:.2f}% +- {pct * r['mean_at_k_ci95']:.2f} "
+            f"| {vs} | {pct * r['pass_at_k']:.1f}% | {pct * r['format_ok_frac']:.1f}% | "
+            f"{tokens} | {steps} | {wall} |"
+        )
+    (results / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    plot(curves, evals, results / "curves.png")
+
+
+def plot(curves: dict, evals: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for name, rows in curves.items():
+        if name not in COLORS or not rows:
+            continue
+        mean = [100 * r["mean_at_k"] for r in rows]
+        half = [100 * r.get("mean_at_k_ci95", 0.0) for r in rows]
+        for ax, x in (
+            (axes[0], [r["gen_tokens_total"] / 1e6 for r in rows]),
+            (axes[1], [r["train_wall_s"] / 60 for r in rows]),
+        ):
+            ax.plot(x, mean, marker="o", color=COLORS[name], label=LABELS[name])
+            ax.fill_between(x, [m - h for m, h in zip(mean, half, strict=True)],
+                            [m + h for m, h in zip(mean, half, strict=True)],
+                            color=COLORS[name], alpha=0.12)  # fmt: skip
+    k_val = next((int(r[0]["k"]) for r in curves.values() if r and "k" in r[0]), None)
+    ylabel = f"validation mean@{k_val} (%)" if k_val else "validation mean@k (%)"
+    axes[0].set(xlabel="generated tokens (millions)", ylabel=ylabel,
+                title="held-out train problems vs generated tokens")  # fmt: skip
+    axes[1].set(xlabel="training wall time (minutes, 2 CPU cores)", ylabel=ylabel,
+                title="held-out train problems vs wall time")  # fmt: skip
+    names = ["start", *[a for a in AGENTS if a in evals]]
+    k = int(evals["start"]["k"])
+    means = [100 * evals[n]["eval/mean_at_k"] for n in names]
+    errs = [100 * evals[n]["eval/mean_at_k_ci95"] for n in names]
+    axes[2].bar([LABELS[n] for n in names], means, yerr=errs, capsize=6,
+                color=["tab:gray", *[COLORS[n] for n in names[1:]]])  # fmt: skip
+    axes[2].set(ylabel=f"test mean@{k} (%)",
+                title=f"test set ({int(evals['start']['eval/num_problems'])} problems), 95% CI")  # fmt: skip
+    for ax in axes[:2]:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = Path(args.results)
+    if not args.report_only:
+        evaluate(None, results / "evals" / "start.json", args)
+        for agent in args.agents:
+            run_dir = train(agent, args)
+            (results / "curves").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(run_dir / "eval_history.csv", results / "curves" / f"{agent}.csv")
+            if args.retrain:
+                (results / "evals" / f"{agent}.json").unlink(missing_ok=True)
+            evaluate(str(run_dir / "checkpoints"), results / "evals" / f"{agent}.json", args)
+    report(results)
+    return 0
+
+
+if __name__ == "__main__":  # vLLM spawns processes: keep the guard
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""scripts/reproduce.py: its preset is valid for every agent, stages resume from what exists,
+and the report (table + plot) is computed from evaluation files with paired intervals."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from langrl.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("agent", ["mcts", "cispo", "bon"])
+def test_preset_builds_for_every_agent_with_one_budget(agent, tmp_path):
+    config = load_config(ROOT / "configs" / "reproduce.yaml", [], agent=agent, model=None)
+    assert config.max_gen_tokens and config.eval_every_tokens
+    # The curves are validation scores on held-out train problems, never the test set.
+    assert config.eval.split == "train" and config.eval.first_problem == -config.holdout
+    assert config.learner.c_value == (0.0 if agent == "cispo" else 1.0)
+
+
+def _write_eval(path: Path, correct: list[int], k: int = 4) -> None:
+    n = len(correct)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "k": k, "temperature": 0.2, "task_indices": list(range(n)),
+        "per_problem_correct": correct,
+        "scalars": {"eval/mean_at_k": sum(correct) / (k * n), "eval/mean_at_k_ci95": 0.01,
+                    "eval/pass_at_k": sum(c > 0 for c in correct) / n,
+                    "eval/format_ok_frac": 0.5, "eval/num_problems": float(n)},
+    }))  # fmt: skip
+
+
+def test_report_writes_table_with_paired_differences_and_a_plot(tmp_path):
+    reproduce = _module()
+    _write_eval(tmp_path / "evals" / "start.json", [0, 1, 0, 2, 0, 0])
+    _write_eval(tmp_path / "evals" / "cispo.json", [1, 1, 1, 2, 0, 1])  # +1/4 on 4 problems
+    (tmp_path / "curves").mkdir()
+    with open(tmp_path / "curves" / "cispo.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "gen_tokens_total", "train_wall_s", "k", "mean_at_k", "mean_at_k_ci95"])
+        w.writerows([[0, 0, 0, 4, 0.05, 0.01], [10, 300000, 120, 4, 0.07, 0.01]])
+    reproduce.report(tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "table.csv")))
+    assert [r["policy"] for r in rows] == ["start policy", "CISPO"]
+    diff = [1 / 4, 0, 1 / 4, 0, 0, 1 / 4]
+    assert float(rows[1]["diff_vs_start"]) == pytest.approx(sum(diff) / 6)
+    assert float(rows[1]["diff_ci95"]) > 0
+    assert float(rows[1]["gen_tokens"]) == 300000 and float(rows[1]["steps"]) == 10
+    assert "| CISPO | 25.00% +- 1.00 | +12.50 +-" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_report_refuses_evaluations_on_other_problems(tmp_path):
+    reproduce = _module()
+    _write_eval(tmp_path / "evals" / "start.json", [0, 1, 0])
+    _write_eval(tmp_path / "evals" / "bon.json", [0, 1, 0, 1])
+    with pytest.raises(SystemExit, match="bon.json"):
+        reproduce.report(tmp_path)
+
+
+def test_stages_resume_from_what_exists(tmp_path, monkeypatch):
+    reproduce = _module()
+    calls: list[list[str]] = []
+    monkeypatch.setattr(reproduce, "run", lambda cmd: calls.append(cmd) or 1.0)
+    args = reproduce.parse_args(
+        ["--results", str(tmp_path / "r"), "--runs", str(tmp_path / "runs")]
+    )
+    out = tmp_path / "r" / "evals" / "start.json"
+    reproduce.evaluate(None, out, args)
+    assert calls and "--json-out" in calls[0]
+    out.write_text("{}")
+    reproduce.evaluate(None, out, args)  # exists: skipped
+    assert len(calls) == 1
+
+    run_dir = reproduce.train("cispo", args)  # no checkpoint yet: a fresh run
+    assert "--resume" not in calls[-1] and (run_dir / "done.json").is_file()
+    reproduce.train("cispo", args)  # finished: skipped
+    assert len(calls) == 2
+    (run_dir / "done.json").unlink()
+    ckpt = run_dir / "checkpoints" / "step_00000004"
+    ckpt.mkdir(parents=True)
+    (ckpt / "learner_state.json").write_text("{}")
+    reproduce.train("cispo", args)  # cut off after a checkpoint: resumed
+    assert calls[-1][-1] == "--resume"
