@@ -37,6 +37,7 @@ import yaml
 from langrl.agents import AGENT_SPECS, agent_classes
 from langrl.agents.evaluation import EvalConfig
 from langrl.engine import EngineConfig
+from langrl.engine.config import model_source_error
 from langrl.learner import LearnerConfig
 
 #: Sections of a config file besides the agents' (``AGENT_SPECS`` keys).
@@ -69,7 +70,8 @@ class TrainConfig:
     ``reward`` defaults to ``dense``). Evaluation uses ``eval.split`` / ``eval.reward``."""
     model: str | None = None
     """Initial policy: a local directory (``from_pretrained``-loadable, e.g. a checkpoint) or
-    a Hugging Face name such as ``Qwen/Qwen2.5-1.5B-Instruct``. ``None`` = the cached tiny
+    a Hugging Face name such as ``Qwen/Qwen2.5-1.5B-Instruct`` (in the local cache, or on the
+    hub when online: ``check_model`` refuses others up front). ``None`` = the cached tiny
     default policy (``langrl.tiny.ensure_policy()``, built once, several minutes on CPU)."""
 
     # --- loop ---
@@ -464,28 +466,13 @@ def check_env(env_id: str, env_kwargs: Mapping[str, Any]) -> None:
         ) from None
 
 
-def _looks_like_path(model: str) -> bool:
-    # A Hugging Face name is "name" or "org/name"; anything else is meant as a local path.
-    return (
-        model.startswith(("/", ".", "~"))
-        or model.count("/") > 1
-        or os.sep != "/"
-        and os.sep in model
-        or Path(model).exists()
-    )
-
-
 def check_model(model: str) -> None:
-    if not isinstance(model, str) or not model:
-        raise ConfigError(f"config: model: must be a path or a Hugging Face name, got {model!r}")
-    if _looks_like_path(model):
-        path = Path(model).expanduser()
-        if not path.is_dir():
-            raise ConfigError(f"config: model: path {model!r} does not exist or is not a directory")
-        if not (path / "config.json").is_file():
-            raise ConfigError(
-                f"config: model: {model!r} has no config.json (not a from_pretrained directory)"
-            )
+    """``model`` is loadable: a local ``from_pretrained`` directory, or a Hugging Face name in
+    the local cache or (online) on the hub. One line, before any engine or download starts;
+    the engines make the same check (``langrl.engine.config.model_source_error``)."""
+    problem = model_source_error(model)
+    if problem is not None:
+        raise ConfigError(f"config: model: {problem}")
 
 
 def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:

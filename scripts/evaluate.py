@@ -27,7 +27,10 @@ from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Evaluate mean@k of a policy on a langrl env.")
+    # allow_abbrev=False: no prefix matching (``--mod x`` must not mean ``--model x``).
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, description="Evaluate mean@k of a policy on a langrl env."
+    )
     p.add_argument("--model", help="model directory, checkpoint, or HF name (default: tiny)")
     p.add_argument("--env", default="Countdown-v0", help="env id (default: Countdown-v0)")
     p.add_argument("--split", default="test", choices=["train", "test"])

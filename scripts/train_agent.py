@@ -18,17 +18,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from langrl.config import DEFAULT_PRESET, ConfigError, load_config
+# langrl imports wait inside main(): the config path loads torch and the agents (seconds),
+# which --help and argument errors must not pay for.
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    """Known flags, and the rest as config overrides. Prefix matching is off: with it,
+    ``--mode sync`` was taken as ``--model sync`` (any unique prefix of a flag matched)."""
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description="Train an agent (mcts, cispo, bon) with langrl.",
         epilog="Any config field: --key value or --section.key value "
         "(sections: engine, learner, eval, mcts, cispo, bon).",
     )
     parser.add_argument("--agent", help="mcts | cispo | bon (default: the preset's)")
-    parser.add_argument("--config", default=str(DEFAULT_PRESET), help="YAML preset")
+    parser.add_argument("--config", help="YAML preset (default: configs/tiny_cpu.yaml)")
     parser.add_argument("--env", dest="env_id", help="env id, e.g. Countdown-v0 or GSM8K-v0")
     parser.add_argument("--model", help="local model directory or Hugging Face name")
     parser.add_argument("--resume", action="store_true", default=None,
@@ -38,9 +42,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
+    from langrl.config import DEFAULT_PRESET, ConfigError, load_config
+
     try:
         config = load_config(
-            args.config,
+            args.config or DEFAULT_PRESET,
             overrides,
             agent=args.agent,
             env_id=args.env_id,

@@ -110,3 +110,27 @@ def preserve_weights() -> Iterator[Callable[[SyncEngine], None]]:
 def tiny_policy_model(tiny_policy_path: Path) -> PolicyValueModel:
     """A fresh learner-side copy of the tiny policy (eval mode, float32)."""
     return PolicyValueModel.from_pretrained(tiny_policy_path).eval()
+
+
+@pytest.fixture
+def offline_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Path]:
+    """An empty local Hugging Face cache, offline (``HF_HUB_OFFLINE=1``), as on machines
+    without a hub; ``offline_hub_cache("org/name")`` puts a model's ``config.json`` in it
+    (the layout ``huggingface_hub`` downloads into) and returns the snapshot directory."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def add(repo_id: str) -> Path:
+        repo = cache / f"models--{repo_id.replace('/', '--')}"
+        snapshot = repo / "snapshots" / ("0" * 40)
+        snapshot.mkdir(parents=True)
+        (snapshot / "config.json").write_text("{}")
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text("0" * 40)
+        return snapshot
+
+    return add

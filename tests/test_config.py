@@ -69,9 +69,15 @@ def test_cispo_turns_the_unused_value_loss_off_unless_told_otherwise():
     assert told.learner.c_value == 0.5
 
 
+@pytest.fixture
+def paper_model_cached(offline_hub_cache):
+    """The paper preset's model in the local HF cache (validation looks there, offline)."""
+    offline_hub_cache("Qwen/Qwen2.5-1.5B-Instruct")
+
+
 @pytest.mark.parametrize("agent", ["mcts", "cispo", "bon"])
 @pytest.mark.parametrize("preset", [TINY, PAPER])
-def test_presets_load_for_every_agent(preset, agent):
+def test_presets_load_for_every_agent(preset, agent, paper_model_cached):
     config = load_config(preset, agent=agent)
     assert config.agent == agent
     assert (
@@ -81,7 +87,7 @@ def test_presets_load_for_every_agent(preset, agent):
     )
 
 
-def test_paper_preset_has_the_paper_settings():
+def test_paper_preset_has_the_paper_settings(paper_model_cached):
     mcts = load_config(PAPER, agent="mcts")
     assert (mcts.batch_size, mcts.sync_every) == (32, 8)
     assert (mcts.learner.eps_high, mcts.learner.c_value, mcts.learner.c_kl) == (5.0, 1.0, 0.05)
@@ -133,10 +139,45 @@ def test_missing_preset_file():
     assert "does-not-exist.yaml" in _error(path="does-not-exist.yaml")
 
 
-def test_model_directory_is_accepted(tmp_path):
+def test_model_directory_is_accepted(tmp_path, paper_model_cached):
     (tmp_path / "config.json").write_text("{}")
     assert load_config(TINY, model=str(tmp_path)).model == str(tmp_path)
     assert load_config(TINY, model="Qwen/Qwen2.5-1.5B-Instruct").model.startswith("Qwen/")
+
+
+@pytest.mark.parametrize(
+    "model, says",
+    [
+        ("sync", "nor in the local Hugging Face cache"),  # no slash: a typo, not a model
+        ("nosuchorg/nosuchmodel", "HF_HUB_OFFLINE is set"),
+        ("./no/such/model", "does not exist"),
+        ("a--b", "does not exist"),  # no valid hub name either
+    ],
+)
+def test_model_missing_locally_and_offline_is_refused_in_one_line(model, says, offline_hub_cache):
+    message = _error(path=TINY, model=model)
+    assert message.startswith("config: model:") and says in message and repr(model) in message
+
+
+def test_model_file_or_directory_without_config_json_is_refused(tmp_path):
+    assert "no config.json" in _error(path=TINY, model=str(tmp_path))
+    (tmp_path / "weights.bin").write_text("x")
+    assert "is a file" in _error(path=TINY, model=str(tmp_path / "weights.bin"))
+
+
+def test_unreachable_hub_is_refused_without_a_long_wait(offline_hub_cache, monkeypatch):
+    # Online mode on a machine with no network: one quick query, then a one-line refusal.
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    start = time.monotonic()
+    message = _error(path=TINY, model="nosuchorg/nosuchmodel")
+    assert "cannot be reached" in message or "no such model" in message
+    assert time.monotonic() - start < 15
 
 
 def test_engine_serves_the_run_model(tmp_path):

@@ -74,3 +74,42 @@ def test_evaluate_writes_the_whole_result_as_json(tmp_path, capsys, monkeypatch)
     # One problem has no interval: strict JSON gets null, not NaN.
     assert _main("evaluate")([*argv, "--num-problems", "1", "--json-out", str(out)]) == 0
     assert json.loads(out.read_text())["scalars"]["eval/mean_at_k_ci95"] is None
+
+
+def test_train_agent_takes_no_flag_prefixes():
+    # argparse's prefix matching took "--mode sync" as "--model sync".
+    spec = importlib.util.spec_from_file_location(
+        "train_agent", ROOT / "scripts" / "train_agent.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args, overrides = module.parse_args(["--mode", "sync", "--mod", "x"])
+    assert args.model is None
+    assert overrides == ["--mode", "sync", "--mod", "x"]
+
+
+def test_evaluate_takes_no_flag_prefixes(capsys):
+    with pytest.raises(SystemExit):
+        _main("evaluate")(["--mod", "x"])  # not --model x
+    assert "unrecognized arguments: --mod" in capsys.readouterr().err
+
+
+def test_train_agent_help_imports_nothing_heavy():
+    # --help used to take 6-10 s: the config path imports torch, transformers and the learner.
+    import subprocess
+    import sys
+
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['train_agent.py', '--help']\n"
+        "try:\n"
+        f"    runpy.run_path({str(ROOT / 'scripts' / 'train_agent.py')!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'langrl.learner', 'langrl.config')"
+        " if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "--agent" in out.stdout
+    assert "HEAVY []" in out.stdout

