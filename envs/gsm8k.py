@@ -190,7 +190,10 @@ def check_step(content: str) -> tuple[str, str]:
     Returns ``(verdict, detail)``: ``ok`` (at least one equation, all right), ``arith_error``
     (one is wrong; a result written with k decimals may be rounded to k decimals) or
     ``unchecked`` (nothing checkable). Equations whose sides visibly continue (a variable,
-    ``x`` as times, ``%``, a chained ``= 14 / 2 = 7``) are skipped rather than guessed.
+    ``x`` as times, ``%``, a chained ``= 14 / 2 = 7``) or whose left operand is a word or
+    variable (``He works M + 4 + 2 = 8 hours``, ``y + 5 + 2 = 12``) are skipped rather than
+    guessed. A tight fraction counts as one number too (``25 / 1/3 = 75`` is ok: either the
+    precedence reading or this one must fit the written result).
     Cost is O(len(content)): each ``=`` looks at most ``EQUATION_LIMITS.max_chars``
     characters to its left and 64 to its right, and at most 16 equations are checked (64 ``=`` examined).
     """
@@ -214,6 +217,9 @@ def check_step(content: str) -> tuple[str, str]:
             # Drop unmatched leading "(" such as "(so 3 * 4 = 12)".
             while left.count("(") > left.count(")") and left.startswith("("):
                 left = left[1:].lstrip()
+            if _operand_missing(left, content[:start]):
+                pos = content.find("=", pos + 1)
+                continue
             try:
                 lhs = parse_expression(left, EQUATION_LIMITS)
             except SafeArithmeticError:
@@ -221,10 +227,36 @@ def check_step(content: str) -> tuple[str, str]:
             if lhs is not None and isinstance(lhs.root, BinOp):
                 checked += 1
                 value, text = right
-                if not _matches(lhs.value, value, text):
+                if not _matches(lhs.value, value, text) and not _matches_grouped(left, value, text):
                     return "arith_error", f"{left} = {format_number(lhs.value)}, not {text}"
         pos = content.find("=", pos + 1)
     return ("ok", "") if checked else ("unchecked", "")
+
+
+def _operand_missing(left: str, before: str) -> bool:
+    """The left side starts with a binary operator whose left operand is a word we cannot
+    read: ``M + 4 + 2`` (from ``He works M + 4 + 2 = 8 hours``), ``y + 5 + 2``, ``3M - 4``.
+    After a non-word (``Total: -3 + 5``, GSM8K's ``<<+30+46=76>>``) it is a sign, checked."""
+    previous = before.rstrip(" \t$")[-1:]
+    return left[:1] in ("+", "-", "*", "/") and (previous.isalnum() or previous == ")")
+
+
+# A fraction written tight (``1/3``) inside an expression: writers mean it as one number,
+# ``25 / 1/3 = 75`` is ``25 / (1/3)``, although precedence reads ``(25 / 1) / 3``.
+_TIGHT_FRACTION = re.compile(r"(?<![0-9.)/])([0-9]+(?:\.[0-9]+)?/[0-9]+(?:\.[0-9]+)?)(?![0-9./(])")
+
+
+def _matches_grouped(left: str, written: Number, text: str) -> bool:
+    """``written`` is the value of ``left`` with each tight fraction taken as one number
+    (``25 / 1/3`` = 75), a reading that differs from precedence's only after ``/`` (or a
+    power); ``check_step`` accepts either reading and flags a value that fits neither."""
+    grouped = _TIGHT_FRACTION.sub(r"(\1)", left)
+    if grouped == left:
+        return False
+    try:
+        return _matches(parse_expression(grouped, EQUATION_LIMITS).value, written, text)
+    except SafeArithmeticError:
+        return False
 
 
 def _rhs_number(content: str, start: int) -> tuple[Number, str] | None:

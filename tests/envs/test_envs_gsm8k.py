@@ -117,6 +117,25 @@ def test_step_check_verdicts(gsm8k):
         assert (reward, terminated, info["step_check"]) == (0.0, False, verdict), step
 
 
+@pytest.mark.parametrize(
+    "line, verdict",
+    [
+        # The left operand is a variable or a word: the equation cannot be checked.
+        ("He works M + 4 + 2 = 8 hours", "unchecked"),
+        ("y + 5 + 2 = 12", "unchecked"),
+        ("So M - 4 = 8", "unchecked"),
+        ("Total: -3 + 5 = 3", "arith_error"),  # a sign after a colon is still checked
+        ("He has 3 + 4 = 8 apples", "arith_error"),  # words before a full expression
+        # A tight fraction is one number ("25 / 1/3" is 25 / (1/3)); either reading fits.
+        ("25 / 1/3 = 75", "ok"),
+        ("25 / 1/3 = 25/3", "ok"),
+        ("25 / 1/3 = 80", "arith_error"),
+    ],
+)
+def test_step_check_has_no_false_alarms_on_variables_or_mixed_fractions(line, verdict):
+    assert check_step(line)[0] == verdict
+
+
 def test_step_check_agrees_with_gold_solutions():
     """The checker is nearly silent on human-written gold steps (few false alarms)."""
     verdicts = [
