@@ -146,7 +146,7 @@ def default_tasks(
     """``[{"index": i}]`` for ``config.num_problems`` problems of the split from
     ``config.first_problem`` on (negative: from the end)."""
     env = make_env(env_id, {**dict(env_kwargs or {}), "split": config.split})
-    size = len(env._dataset())  # the env loads its split lazily
+    size = env.num_tasks()  # the env loads its split lazily
     if not -size <= config.first_problem < size:
         raise ValueError(
             f"EvalConfig.first_problem must be in [{-size}, {size}) for the {size} problems "

@@ -29,6 +29,7 @@ from langrl.envs.text_space import UnicodeText
 __all__ = [
     "ANSWER_CLOSE",
     "ANSWER_OPEN",
+    "CONTRACT_MEMBERS",
     "FORMAT_FAILURE_REASONS",
     "Grade",
     "NO_ANSWER_REASONS",
@@ -38,6 +39,7 @@ __all__ = [
     "STEP_CLOSE",
     "STEP_OPEN",
     "SyncStepLimit",
+    "contract_problems",
     "parse_action",
     "split_actions",
 ]
@@ -343,6 +345,11 @@ class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
             self._tasks = self.load_tasks(self.split, self.data_path)
         return self._tasks
 
+    def num_tasks(self) -> int:
+        """How many tasks the split holds: ``reset(options={"index": i})`` takes
+        ``0 <= i < num_tasks()``. Loads the split on first use (small, local files)."""
+        return len(self._dataset())
+
     @staticmethod
     def load_tasks(split: str, data_path: str | PathLike | None) -> tuple[TaskT, ...]:
         """Read the tasks of ``split`` (from ``data_path`` or the default data folder)."""
@@ -558,7 +565,7 @@ class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
         the transcript (the next observation continues from ``state.transcript``)."""
         if not isinstance(state, ReasoningState):
             raise TypeError(f"set_state expects a ReasoningState, got {type(state).__name__}")
-        expected = self._task_type()
+        expected = self.TASK_TYPE
         if not isinstance(state.task, expected):
             raise TypeError(
                 f"{type(self).__name__}.set_state got a state for a "
@@ -586,9 +593,51 @@ class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
             "index": state.index,
         }
 
-    @classmethod
-    def _task_type(cls) -> type:
-        raise NotImplementedError
+
+# --- the contract agents rely on ---
+
+#: What langrl's agents, evaluation and trainer call on ``env.unwrapped``, by use. Every
+#: ``ReasoningEnv`` has all of it; an env of your own needs only these members (see
+#: ``contract_problems``), plus ``reset`` info with ``prompt`` (str) and ``messages``
+#: (chat list), ``info["reason"]``/``info["is_correct"]`` when an episode ends, and the
+#: ``split`` (``train``/``test``) and ``reward`` (``dense``/``sparse``) keyword arguments.
+CONTRACT_MEMBERS: dict[str, tuple[str, ...]] = {
+    # every agent and evaluation: tasks by index, grading a completion from a snapshot
+    "rollouts": ("reset", "step", "num_tasks", "get_state", "set_state"),
+    # tree search (MCTS): the root's reset info without a second reset
+    "search": ("task_info",),
+}
+
+
+def contract_problems(env: Any, uses: Sequence[str] = ("rollouts",)) -> list[str]:
+    """What ``env`` (a ``gym.make`` result or its ``.unwrapped``) lacks for ``uses`` (keys of
+    ``CONTRACT_MEMBERS``), as short phrases; empty when it fits. Resets the env once, to
+    task 0, to check the reset info."""
+    inner = getattr(env, "unwrapped", env)
+    missing = [
+        name
+        for use in uses
+        for name in CONTRACT_MEMBERS[use]
+        if not callable(getattr(inner, name, None))
+    ]
+    if missing:
+        return [f"no {', '.join(missing)}"]
+    problems = []
+    try:
+        size = inner.num_tasks()
+    except Exception as err:  # noqa: BLE001  (any failure is reported, not raised)
+        return [f"num_tasks() failed: {type(err).__name__}: {' '.join(str(err).split())}"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return [f"num_tasks() returned {size!r}, not a positive int"]
+    try:
+        _, info = inner.reset(options={"index": 0})
+    except Exception as err:  # noqa: BLE001
+        return [f"reset(options={{'index': 0}}) failed: {type(err).__name__}: {err}"]
+    if not isinstance(info, Mapping) or not isinstance(info.get("prompt"), str):
+        problems.append("no str 'prompt' in reset info")
+    if not isinstance(info, Mapping) or not isinstance(info.get("messages"), list):
+        problems.append("no 'messages' list in reset info")
+    return problems
 
 
 def _describe_malformed(text: str) -> str:

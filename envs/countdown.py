@@ -544,10 +544,6 @@ class CountdownEnv(ReasoningEnv[CountdownTask]):
         return CountdownTask(tuple(int(n) if _is_int(n) else n for n in numbers),
                              int(options["target"]) if _is_int(options["target"]) else options["target"])  # fmt: skip
 
-    @classmethod
-    def _task_type(cls) -> type:
-        return CountdownTask
-
     def format_prompt(self, task: CountdownTask) -> str:
         return format_prompt(task)
 

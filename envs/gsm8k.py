@@ -449,10 +449,6 @@ class GSM8KEnv(ReasoningEnv[GSM8KTask]):
             raise ValueError(f"cannot read a gold number from options['answer']: {exc}") from exc
         return GSM8KTask(question, answer, gold)
 
-    @classmethod
-    def _task_type(cls) -> type:
-        return GSM8KTask
-
     def format_prompt(self, task: GSM8KTask) -> str:
         return format_prompt(task)
 

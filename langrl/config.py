@@ -64,7 +64,9 @@ class TrainConfig:
     agent: str = "mcts"
     """Agent name: ``mcts`` (tree-search distillation), ``cispo`` or ``bon`` (best-of-N)."""
     env_id: str = "Countdown-v0"
-    """Registered langrl env: ``Countdown-v0`` or ``GSM8K-v0``."""
+    """Env id: langrl's ``Countdown-v0`` or ``GSM8K-v0``, an id registered by a module
+    imported before, or Gymnasium's ``module:EnvId-v0`` (imports ``module``, which registers
+    it). Checked for the agent's needs before anything starts (``check_env``)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """``gym.make`` keyword arguments of the TRAINING env (``split`` is forced to ``train``;
     ``reward`` defaults to ``dense``). Evaluation uses ``eval.split`` / ``eval.reward``."""
@@ -183,7 +185,13 @@ class TrainConfig:
             self.learner = LearnerConfig(**learner_defaults(self.agent, self.agent_config))
         if self.engine.model != (self.model or DEFAULT_MODEL):
             self.engine = dataclasses.replace(self.engine, model=self.model or DEFAULT_MODEL)
-        check_env(self.env_id, self.env_kwargs)
+        check_env(
+            self.env_id,
+            self.env_kwargs,
+            agent=self.agent,
+            eval_split=self.eval.split,
+            eval_reward=self.eval.reward,
+        )
         for name, low in (
             ("total_steps", 1),
             ("batch_size", 1),
@@ -287,7 +295,7 @@ class TrainConfig:
         """Problems in the training env's split (the env loads it: small and local)."""
         from langrl.agents._sampling import make_env
 
-        return len(make_env(self.env_id, self.train_env_kwargs)._dataset())
+        return make_env(self.env_id, self.train_env_kwargs).num_tasks()
 
     @property
     def rollout_tasks(self) -> int:
@@ -441,29 +449,85 @@ def _agent_classes(name: str) -> tuple[type, type]:
         ) from None
 
 
-def check_env(env_id: str, env_kwargs: Mapping[str, Any]) -> None:
-    """The env id is registered and its kwargs construct it (cheap: data loads lazily)."""
+def check_env(
+    env_id: str,
+    env_kwargs: Mapping[str, Any],
+    *,
+    agent: str | None = None,
+    eval_split: str | None = None,
+    eval_reward: Any = None,
+) -> None:
+    """The env exists, its kwargs construct it, and it fits its use; one line otherwise.
+
+    ``env_id`` is a registered id (langrl's, or one registered by a module imported before)
+    or Gymnasium's ``module:EnvId-v0``, which imports ``module`` first (it registers the
+    env). The training env (``split="train"``) must have the members of
+    ``langrl.envs.base.CONTRACT_MEMBERS`` that ``agent`` uses (every agent: tasks by index
+    and state snapshots; ``mcts`` also ``task_info``) and reset info with ``prompt`` and
+    ``messages``; with ``eval_split``, the env must also construct for evaluation
+    (``split=eval_split, reward=eval_reward``, e.g. the ``sparse`` preset). Cheap: the
+    envs load small local data on first use.
+    """
+    import importlib
+
     import gymnasium as gym
 
     import langrl  # noqa: F401  (registers the envs)
+    from langrl.envs.base import contract_problems
 
-    if env_id not in gym.registry:
+    if not isinstance(env_id, str) or not env_id:
+        raise ConfigError(f"config: env_id: must be an env id such as Countdown-v0, got {env_id!r}")
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # noqa: BLE001  (ImportError or the module's own error)
+            raise ConfigError(
+                f"config: env_id: cannot import module {module!r} of {env_id!r}: "
+                f"{type(err).__name__}: {_one_line(err)}"
+            ) from None
+    if name not in gym.registry:
         langrl_envs = sorted(
             k
             for k, spec in gym.registry.items()
             if isinstance(spec.entry_point, str) and spec.entry_point.startswith("langrl.")
         )
+        where = f" (module {module!r} did not register it)" if module else ""
         raise ConfigError(
-            f"config: env_id: unknown env {env_id!r}; langrl envs: {', '.join(langrl_envs)}"
+            f"config: env_id: unknown env {env_id!r}{where}; langrl envs: "
+            f"{', '.join(langrl_envs)}; an env of your own: module:EnvId-v0 (Gymnasium's "
+            "convention: the module registers the id on import)"
         )
     if not isinstance(env_kwargs, Mapping):
         raise ConfigError(f"config: env_kwargs: must be a mapping, got {env_kwargs!r}")
     try:
-        gym.make(env_id, **{**env_kwargs, "split": "train"}).close()
+        env = gym.make(env_id, **{**env_kwargs, "split": "train"})
     except Exception as err:  # noqa: BLE001  (any constructor error is a config error)
         raise ConfigError(
-            f"config: env_kwargs: {env_id} rejects {dict(env_kwargs)}: {_one_line(err)}"
+            f"config: env_kwargs: {env_id} rejects {dict(env_kwargs)} (with split='train'): "
+            f"{_one_line(err)}"
         ) from None
+    try:
+        uses = ("rollouts", "search") if agent == "mcts" else ("rollouts",)
+        problems = contract_problems(env, uses)
+    finally:
+        env.close()
+    if problems:
+        user = f"agent {agent}" if agent else "evaluation"
+        raise ConfigError(
+            f"config: env_id: {env_id} does not fit {user}: {'; '.join(problems)} (see "
+            "the env contract in langrl.envs.base: subclass ReasoningEnv or provide these)"
+        )
+    if eval_split is not None:
+        kwargs = {**env_kwargs, "split": eval_split, "reward": eval_reward}
+        try:
+            gym.make(env_id, **kwargs).close()
+        except Exception as err:  # noqa: BLE001
+            raise ConfigError(
+                f"config: eval.reward: {env_id} cannot be built for evaluation with "
+                f"split={eval_split!r}, reward={eval_reward!r} (evaluation needs a 0/1 "
+                f"'sparse' reward preset): {_one_line(err)}"
+            ) from None
 
 
 def check_model(model: str) -> None:

@@ -32,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         allow_abbrev=False, description="Evaluate mean@k of a policy on a langrl env."
     )
     p.add_argument("--model", help="model directory, checkpoint, or HF name (default: tiny)")
-    p.add_argument("--env", default="Countdown-v0", help="env id (default: Countdown-v0)")
+    p.add_argument("--env", default="Countdown-v0",
+                   help="env id, or module:EnvId-v0 for an env of your own (default: Countdown-v0)")  # fmt: skip
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--k", type=int, default=16, help="samples per problem (default: 16)")
     p.add_argument("--num-problems", type=int, default=None,
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             progress=not args.quiet,
         )
-        check_env(args.env, {})
+        check_env(args.env, {}, eval_split=args.split, eval_reward=eval_config.reward)
         model = resolve_model(args.model)
         check_model(model)
     except (ConfigError, ValueError) as err:

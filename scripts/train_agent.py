@@ -6,7 +6,8 @@
     python scripts/train_agent.py --agent mcts --resume        # continue the newest run
     tensorboard --logdir runs/
 
-Flags: ``--agent``, ``--config`` (YAML preset; default ``configs/tiny_cpu.yaml``), ``--env``,
+Flags: ``--agent``, ``--config`` (YAML preset; default ``configs/tiny_cpu.yaml``), ``--env``
+(an id, or ``module:EnvId-v0`` to import a module that registers your own env),
 ``--model`` (local directory or Hugging Face name; default: the cached tiny policy, built
 on first use), ``--resume``, and any config field as ``--key value`` or
 ``--section.key value`` (sections: engine, learner, eval, mcts, cispo, bon). A bad field
@@ -33,7 +34,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     )
     parser.add_argument("--agent", help="mcts | cispo | bon (default: the preset's)")
     parser.add_argument("--config", help="YAML preset (default: configs/tiny_cpu.yaml)")
-    parser.add_argument("--env", dest="env_id", help="env id, e.g. Countdown-v0 or GSM8K-v0")
+    parser.add_argument("--env", dest="env_id",
+                        help="env id (Countdown-v0, GSM8K-v0) or module:EnvId-v0 for your own")  # fmt: skip
     parser.add_argument("--model", help="local model directory or Hugging Face name")
     parser.add_argument("--resume", action="store_true", default=None,
                         help="continue from the last checkpoint of the run")  # fmt: skip
