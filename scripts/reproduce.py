@@ -242,12 +242,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         evaluate(None, results / "evals" / "start.json", args)
         for agent in args.agents:
-            run_dir = train(agent, args)
-            (results / "curves").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(run_dir / "eval_history.csv", results / "curves" / f"{agent}.csv")
+            curve, final = results / "curves" / f"{agent}.csv", results / "evals" / f"{agent}.json"
             if args.retrain:
-                (results / "evals" / f"{agent}.json").unlink(missing_ok=True)
-            evaluate(str(run_dir / "checkpoints"), results / "evals" / f"{agent}.json", args)
+                curve.unlink(missing_ok=True)
+                final.unlink(missing_ok=True)
+            if curve.is_file() and final.is_file():
+                # Committed by an earlier session (its run dir need not exist here).
+                print(f"have {curve} and {final}", flush=True)
+                continue
+            run_dir = train(agent, args)
+            curve.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(run_dir / "eval_history.csv", curve)
+            evaluate(str(run_dir / "checkpoints"), final, args)
     report(results)
     return 0
 

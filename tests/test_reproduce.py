@@ -95,3 +95,17 @@ def test_stages_resume_from_what_exists(tmp_path, monkeypatch):
     (ckpt / "learner_state.json").write_text("{}")
     reproduce.train("cispo", args)  # cut off after a checkpoint: resumed
     assert calls[-1][-1] == "--resume"
+
+
+def test_agents_with_committed_results_are_not_trained_again(tmp_path, monkeypatch):
+    reproduce = _module()
+    calls: list[list[str]] = []
+    monkeypatch.setattr(reproduce, "run", lambda cmd: calls.append(cmd) or 1.0)
+    monkeypatch.setattr(reproduce, "report", lambda results: None)
+    results = tmp_path / "r"
+    for name in ("evals/start.json", "evals/bon.json", "curves/bon.csv"):
+        (results / name).parent.mkdir(parents=True, exist_ok=True)
+        (results / name).write_text("{}")
+    argv = ["--agents", "bon", "--results", str(results), "--runs", str(tmp_path / "runs")]
+    assert reproduce.main(argv) == 0
+    assert calls == []  # a new session with an earlier session's results: nothing to redo
