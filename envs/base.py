@@ -259,11 +259,29 @@ class ReasoningState(Generic[TaskT]):
 
 
 class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
-    """Base class of langrl's text reasoning environments; see ``CountdownEnv`` and
-    ``GSM8KEnv`` for the full specification.
+    """Base class of text reasoning environments: the env contract langrl's agents rely on.
 
-    Subclasses provide the task type, data loading, prompt formatting, answer grading and
-    (optionally) the per-step check through the ``_``-prefixed hooks below.
+    See ``CountdownEnv`` and ``GSM8KEnv`` for full specifications, and
+    ``tests/envs/sum_env.py`` for a small env of one's own.
+
+    What a subclass supplies (the task):
+        ``TASK_TYPE``: the task dataclass (frozen, with ``to_dict()``).
+        ``REWARD_PRESETS``: ``{"dense": RewardConfig(...), "sparse": RewardConfig(...)}``;
+            agents train on ``dense`` and evaluation counts ``sparse`` (0/1).
+        ``load_tasks(split, data_path)``: the tasks of ``train`` / ``test``.
+        ``format_prompt(task)`` / ``format_messages(task)``: plain and chat prompts.
+        ``grade_answer(task, content) -> Grade``: the verdict on an ``<answer>``.
+        Optionally ``_check_step`` (a per-step verdict), ``_initial_progress``,
+        ``TASK_OPTION_KEYS`` + ``_task_from_options`` (tasks given by content).
+
+    What agents, evaluation and the trainer use (``CONTRACT_MEMBERS``, checked by
+    ``langrl.config.check_env`` before any engine starts):
+        ``__init__(split=..., reward=...)``; ``num_tasks()`` and
+        ``reset(options={"index": i})``, whose info holds ``prompt`` and ``messages``;
+        ``step(action)`` with ``reason`` / ``is_correct`` in the info that ends an episode
+        (``step("")`` closes an unfinished one as ``no_answer``); ``get_state()`` /
+        ``set_state(state)`` (snapshots: every agent grades completions from one) and
+        ``task_info()`` (tree search).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "human"], "render_fps": 4}
