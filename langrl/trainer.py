@@ -598,8 +598,13 @@ def _train(
     rollouts = RolloutStats()
     unsynced = 0  # gradient steps not yet pushed to the engine
     out_of_budget = False  # the budget ran out with too little buffered for another step
-    bar = tqdm(total=config.total_steps, initial=step, desc=f"train {config.agent}",
-               unit="step", disable=not config.progress)  # fmt: skip
+    # A token budget is what ends the run then, so the bar counts generated tokens (an ETA
+    # over total_steps, an upper bound only, would be meaningless).
+    by_tokens = config.max_gen_tokens is not None
+    bar = tqdm(total=config.max_gen_tokens if by_tokens else config.total_steps,
+               initial=int(totals.gen_tokens_total) if by_tokens else step,
+               desc=f"train {config.agent}", unit="tok" if by_tokens else "step",
+               unit_scale=by_tokens, disable=not config.progress)  # fmt: skip
     try:
         while step < config.total_steps:
             # --- rollout ---
@@ -687,8 +692,8 @@ def _train(
                 postfix = {"reward": last_reward}
                 if last_eval:
                     postfix["mean@k"] = last_eval[tags.EVAL_MEAN_AT_K]
-                bar.set_postfix({k: f"{v:.3f}" for k, v in postfix.items()})
-            bar.update(1)
+                bar.set_postfix({"step": step, **{k: f"{v:.3f}" for k, v in postfix.items()}})
+            bar.update(min(int(totals.gen_tokens_total), bar.total) - bar.n if by_tokens else 1)
 
             # --- checkpoint ---
             periodic = config.checkpoint_every and step % config.checkpoint_every == 0
