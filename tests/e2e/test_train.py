@@ -42,6 +42,8 @@ def _config(policy: Path, run_dir: Path, agent: str, *overrides: str, **fields):
         "--mcts.num_workers", "2", "--mcts.iterations_per_worker", "2",
         "--mcts.max_step_tokens", "24", "--mcts.finish_max_tokens", "64",
         "--learner.lr", "1e-3", "--learner.micro_batch_size", "8",
+        # Two steps must move the policy: no value-only or lr warm-up steps here.
+        "--learner.value_warmup_steps", "0", "--learner.warmup_steps", "0",
         *overrides,
     ]  # fmt: skip
     return load_config(
