@@ -110,9 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         engine_config = replace(engine_config, backend=args.engine)
     if args.gpu_memory_utilization is not None:
         engine_config = replace(engine_config, gpu_memory_utilization=args.gpu_memory_utilization)
+    from langrl.signals import interrupt_on_sigterm
+
+    interrupt_on_sigterm()  # `kill` runs the engine shutdown below, as Ctrl-C does
     engine = create_engine(engine_config)
     try:
         result = evaluate(engine, args.env, {}, None, eval_config)
+    except KeyboardInterrupt:
+        return 130
     finally:
         engine.shutdown()
 

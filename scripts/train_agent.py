@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from langrl.signals import interrupt_on_sigterm
     from langrl.trainer import train  # heavy imports only once the config is valid
 
+    interrupt_on_sigterm()  # `kill` saves a checkpoint and stops the engine, as Ctrl-C does
     try:
         result = train(config)
     except ConfigError as err:
