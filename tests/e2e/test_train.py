@@ -141,9 +141,16 @@ def test_agent_trains_end_to_end(
         # CISPO supplies its advantages, so its learner runs with c_value = 0: the head's
         # zero-initialised output layer never trains and V stays exactly where it was.
         assert value_after == pytest.approx(value_before, abs=1e-7)
+        # The policy moves only if some group had reward variance (the tiny test policy may
+        # fail every sample alike; then every advantage is 0 and the KL term starts at 0).
+        signal = any(a != 0 for r in recorded_steps for t in r["batch"] for a in t.advantages)
     else:
         assert value_after != pytest.approx(value_before, abs=1e-7)
-    assert logprobs_after != pytest.approx(logprobs_before, abs=1e-6)
+        signal = True
+    if signal:
+        assert logprobs_after != pytest.approx(logprobs_before, abs=1e-6)
+    else:
+        assert logprobs_after == pytest.approx(logprobs_before, abs=1e-6)
 
     # TensorBoard has the listed tags.
     acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "tensors": 0})
