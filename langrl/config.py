@@ -207,23 +207,12 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"config: {name}: must be an int >= {low}, got {value!r}")
-        if self.eval_every_tokens is not None and (
-            isinstance(self.eval_every_tokens, bool)
-            or not isinstance(self.eval_every_tokens, int)
-            or self.eval_every_tokens < 1
-        ):
-            raise ConfigError(
-                f"config: eval_every_tokens: must be None or an int >= 1, "
-                f"got {self.eval_every_tokens!r}"
-            )
-        if self.max_gen_tokens is not None and (
-            isinstance(self.max_gen_tokens, bool)
-            or not isinstance(self.max_gen_tokens, int)
-            or self.max_gen_tokens < 1
-        ):
-            raise ConfigError(
-                f"config: max_gen_tokens: must be None or an int >= 1, got {self.max_gen_tokens!r}"
-            )
+        for name in ("eval_every_tokens", "max_gen_tokens"):  # token counts, None = off
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigError(f"config: {name}: must be None or an int >= 1, got {value!r}")
         self._check_holdout()
         if self.tasks_per_rollout is not None and self.tasks_per_rollout < 1:
             raise ConfigError(
