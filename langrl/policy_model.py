@@ -24,6 +24,49 @@ VALUE_HEAD_FILE = f"{VALUE_HEAD_DIR}/value_head.safetensors"
 VALUE_HEAD_CONFIG_FILE = f"{VALUE_HEAD_DIR}/config.json"
 
 
+def final_hidden_states(
+    lm: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A causal LM's final hidden states (B, T, H), after its final norm, without computing
+    logits: the decoder stack (``lm.base_model``) alone. Equal to the causal LM's
+    ``hidden_states[-1]``, and its logits are ``lm_head_fp32(lm, these)``."""
+    out = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return out.last_hidden_state  # (B, T, H)
+
+
+def lm_head_fp32(lm: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """The output projection of ``lm`` in float32: logits (..., V) from hidden (..., H).
+
+    Runs outside any autocast region on the float32 hidden state with a float32 weight (as
+    TRL's ``cast_lm_head_to_fp32``): under bf16 autocast the LM's own head would return bf16
+    logits, and upcasting those afterwards cannot restore the logprob differences (about
+    1e-2 at bf16's 8-bit mantissa) that importance ratios and the KL are made of. Only for
+    heads that are a plain linear map (Qwen2, Llama, GPT-2, ...): ``check_plain_lm_head``.
+    """
+    head = lm.get_output_embeddings()
+    bias = None if head.bias is None else head.bias.float()
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        return nn.functional.linear(hidden.float(), head.weight.float(), bias)  # (..., V)
+
+
+def check_plain_lm_head(lm: PreTrainedModel) -> None:
+    """Raise ``ValueError`` unless ``lm``'s logits are ``Linear(final hidden state)``, the
+    form ``final_hidden_states`` + ``lm_head_fp32`` reproduce (no logit soft-capping or
+    scaling, which some architectures, e.g. Gemma 2 or Cohere, apply after the head)."""
+    head = lm.get_output_embeddings()
+    if not isinstance(head, nn.Linear) or lm.base_model is lm:
+        raise ValueError(
+            f"{type(lm).__name__}: langrl needs a causal LM whose output layer is an nn.Linear "
+            f"over a base model's last hidden state; got output layer {type(head).__name__}"
+        )
+    for name in ("final_logit_softcapping", "logit_scale"):
+        if getattr(lm.config, name, None) not in (None, 1, 1.0):
+            raise ValueError(
+                f"{type(lm).__name__}: config.{name}={getattr(lm.config, name)} transforms "
+                "the logits after the output layer, which lm_head_fp32 does not reproduce"
+            )
+
+
 class ValueHead(nn.Module):
     """``tanh(W2 gelu(W1 h))``: per-token state value in [-1, 1].
 
@@ -55,12 +98,13 @@ class ValueHead(nn.Module):
 class PolicyValueModel(nn.Module):
     """A Hugging Face causal LM with a value head on its final hidden state.
 
-    ``forward`` returns ``(logits, values)``: logits ``(B, T, V)`` as the LM computes them
-    and values ``(B, T)`` where ``values[:, t]`` is V of the prefix ending at token t.
+    ``forward`` returns ``(logits, values)``: float32 logits ``(B, T, V)`` (the output layer
+    runs in float32 even under autocast, ``lm_head_fp32``) and values ``(B, T)`` where ``values[:, t]`` is V of the prefix ending at token t.
     """
 
     def __init__(self, lm: PreTrainedModel, value_head: ValueHead | None = None) -> None:
         super().__init__()
+        check_plain_lm_head(lm)
         self.lm = lm
         hidden = lm.config.hidden_size
         self.value_head = value_head if value_head is not None else ValueHead(hidden)
@@ -106,28 +150,38 @@ class PolicyValueModel(nn.Module):
         *,
         detach_trunk: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits (B, T, V), values (B, T))``: ``values_from_hidden`` on ``trunk``'s output.
+        """``(logits (B, T, V) float32, values (B, T))``: ``lm_head_fp32`` and the value head
+        on the final hidden states (see ``hidden_and_values``).
+
+        Full-vocabulary logits at every position: fine for scoring short batches; the learner
+        instead projects only the positions it trains on, in chunks.
+        """
+        hidden, values = self.hidden_and_values(
+            input_ids, attention_mask, detach_trunk=detach_trunk
+        )
+        return lm_head_fp32(self.lm, hidden), values
+
+    def hidden_and_values(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        detach_trunk: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(final hidden states (B, T, H), values (B, T))`` without the output projection.
 
         ``detach_trunk=True`` feeds the value head detached hidden states: the values (and so
         the value loss's gradient) are unchanged for the head, but nothing reaches the LM.
         """
-        logits, hidden = self.trunk(input_ids, attention_mask)
-        return logits, self.values_from_hidden(hidden.detach() if detach_trunk else hidden)
+        hidden = self.hidden_states(input_ids, attention_mask)  # (B, T, H)
+        return hidden, self.values_from_hidden(hidden.detach() if detach_trunk else hidden)
 
-    def trunk(
+    def hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The LM alone: ``(logits (B, T, V), final hidden states (B, T, H))``.
-
-        The hidden states are those after the model's final norm, the value head's input.
-        """
-        out = self.lm(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            output_hidden_states=True,
-            use_cache=False,
-        )
-        return out.logits, out.hidden_states[-1]  # (B, T, V), (B, T, H)
+    ) -> torch.Tensor:
+        """The LM's final hidden states (B, T, H), after its final norm: the value head's and
+        the output projection's input (``final_hidden_states``)."""
+        return final_hidden_states(self.lm, input_ids, attention_mask)
 
     def values_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """The value head on ``trunk``'s hidden states (B, T, H) -> float32 values (B, T)."""

@@ -155,8 +155,21 @@ class LearnerConfig:
     dtype: str = "float32"
     """Compute dtype of forward/backward: ``"float32"`` (default) or ``"bfloat16"`` (autocast;
     about half the activation memory on GPUs). Weights and optimizer state stay float32
-    (master weights) and logits are upcast to float32 before any loss, so small logprob
-    differences in the ratio are not lost to bf16 rounding."""
+    (master weights), and the output layer runs in float32 outside autocast on the float32
+    hidden state (``policy_model.lm_head_fp32``, as TRL's ``cast_lm_head_to_fp32``), so
+    the logits themselves are float32, not bf16 logits upcast after rounding, and small
+    logprob differences in the ratio and the KL are not lost."""
+
+    logits_chunk_size: int | None = 1024
+    """Completion positions whose full-vocabulary logits are computed at once. The learner
+    never materialises logits for prompt or padding positions, and projects the trained
+    positions through the output layer this many at a time, each chunk recomputed during
+    backward (activation checkpointing), so logits memory peaks at about
+    ``logits_chunk_size x vocab x 4`` bytes times a few temporaries (1024 x 151,936 x 4 B =
+    0.6 GB for Qwen2.5) instead of ``batch x sequence x vocab``. The maths is unchanged; the
+    price is one extra output-layer matmul per trained token. ``None`` = one chunk of all
+    trained positions of a micro-batch, kept for backward (no recomputation; peak
+    ``trained tokens x vocab``). Must be >= 1 or None."""
 
     device: str = "cpu"
     """Torch device of the trained and reference models, e.g. ``"cpu"`` (default),
@@ -222,6 +235,10 @@ class LearnerConfig:
             f"got {self.loss_normalization!r}",
         )
         _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        _check(
+            self.logits_chunk_size is None or self.logits_chunk_size >= 1,
+            f"logits_chunk_size must be >= 1 or None (one chunk), got {self.logits_chunk_size}",
+        )
         _check(self.dtype in DTYPES, f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         try:
             device = torch.device(self.device)

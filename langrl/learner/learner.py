@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from langrl.learner.config import LearnerConfig
@@ -60,7 +61,13 @@ from langrl.learner.losses import (
     masked_mean,
     value_loss,
 )
-from langrl.policy_model import VALUE_HEAD_FILE, PolicyValueModel
+from langrl.policy_model import (
+    VALUE_HEAD_FILE,
+    PolicyValueModel,
+    check_plain_lm_head,
+    final_hidden_states,
+    lm_head_fp32,
+)
 from langrl.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -212,6 +219,48 @@ def _embeddings_tied(lm: PreTrainedModel) -> bool:
     return out is not None and out.weight is lm.get_input_embeddings().weight
 
 
+def token_logprobs(
+    lm: PreTrainedModel,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logprobs (N,), entropies (N,))`` of ``targets`` (N,) given final hidden states (N, H).
+
+    The float32 output layer (``lm_head_fp32``) runs on ``chunk_size`` positions at a time,
+    so at most ``chunk_size x V`` logits exist at once, forward AND backward: with autograd
+    on, each chunk is checkpointed (its logits are recomputed during backward instead of
+    kept), which costs one more output-layer matmul per position. ``None`` = one pass over
+    all N positions, logits kept for backward (peak ``N x V``). The entropy (of
+    ``softmax(logits / temperature)``) carries no gradient. Same maths as
+    ``logprobs_from_logits`` / ``entropy_from_logits`` on full logits, chunked.
+    """
+
+    def chunk(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = lm_head_fp32(lm, h)  # (n, V) float32
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits, temperature)  # (n,)
+        return logprobs_from_logits(logits, t, temperature), entropy  # (n,), (n,)
+
+    if chunk_size is None or hidden.shape[0] == 0:
+        return chunk(hidden, targets)
+    recompute = torch.is_grad_enabled()  # the output layer's weight needs gradients
+    parts = [
+        checkpoint(chunk, h, t, use_reentrant=False) if recompute else chunk(h, t)
+        for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size), strict=True)
+    ]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _on_grid(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Place ``values`` (N,) at the True entries of ``mask`` (B, T-1), in row-major order,
+    with 0 elsewhere (a finite placeholder the masked losses select away)."""
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(
+        mask, values
+    )  # (B, T-1)
+
+
 # --- checkpoint files ---------------------------------------------------------------------------
 
 
@@ -306,6 +355,7 @@ class Learner:
         if self.config.c_kl > 0:
             # Same dtype and autocast as the policy, so the KL is exactly 0 at step 0.
             ref = AutoModelForCausalLM.from_pretrained(str(self.model_path), dtype=torch.float32)
+            check_plain_lm_head(ref)
             self.ref_model = ref.to(self.device).eval().requires_grad_(False)
         # Two groups so the value head can learn at its own rate (a policy lr leaves a fresh
         # head near its initial value for hundreds of steps). Parameter order = the order of
@@ -447,30 +497,44 @@ class Learner:
         """
         cfg = self.config
         temperature = cfg.temperature
+        chunk = cfg.logits_chunk_size
+        # Logprobs only where the loss reads them: every term using them (policy, KL,
+        # entropy, ratio) is masked by policy_mask, so no logits exist for prompt or padding.
+        mask = mb.policy_mask  # (B, T-1)
+        targets = mb.targets[mask]  # (N,)
         kl_tokens: torch.Tensor | None = None
         ref_logprobs: torch.Tensor | None = None
         if self.ref_model is not None and not value_only:
-            # Reference first, so its logits are freed before the trained forward peaks.
-            with torch.no_grad(), self._autocast():
-                ref_logits = self.ref_model(
-                    input_ids=mb.input_ids, attention_mask=mb.attention_mask, use_cache=False
-                ).logits  # (B, T, V)
-            ref_logprobs = logprobs_from_logits(ref_logits[:, :-1], mb.targets, temperature)
-            del ref_logits
+            with torch.no_grad():
+                with self._autocast():
+                    ref_hidden = final_hidden_states(
+                        self.ref_model, mb.input_ids, mb.attention_mask
+                    )  # (B, T, H)
+                ref_flat, _ = token_logprobs(
+                    self.ref_model, ref_hidden[:, :-1][mask], targets, temperature, chunk
+                )  # (N,)
+            ref_logprobs = _on_grid(ref_flat, mask)  # (B, T-1)
+            del ref_hidden
 
         with self._autocast():
             if value_only:
                 # No LM graph at all (saves its activations); the head trains on constants.
                 with torch.no_grad():
-                    logits, hidden = self.model.trunk(mb.input_ids, mb.attention_mask)
+                    hidden = self.model.hidden_states(mb.input_ids, mb.attention_mask)
                 values = self.model.values_from_hidden(hidden)  # (B, T)
             else:
-                logits, values = self.model(
+                hidden, values = self.model.hidden_and_values(
                     mb.input_ids, mb.attention_mask, detach_trunk=cfg.value_detach_trunk
-                )  # (B, T, V), (B, T)
-        logits = logits[:, :-1]  # (B, T-1, V): position j predicts token j+1
+                )  # (B, T, H), (B, T)
         values = values[:, :-1].float()  # (B, T-1): V of the prefix ending at position j
-        logprobs = logprobs_from_logits(logits, mb.targets, temperature)  # (B, T-1)
+        # Position j predicts token j+1; the float32 output layer runs outside autocast.
+        # Value warm-up: logprobs only feed the metrics, so no graph (and no kept logits).
+        with torch.no_grad() if value_only else contextlib.nullcontext():
+            flat, entropy_flat = token_logprobs(
+                self.model.lm, hidden[:, :-1][mask], targets, temperature, chunk
+            )  # (N,), (N,)
+        logprobs = _on_grid(flat, mask)  # (B, T-1)
+        del hidden
 
         # A_t = r - sg(V_old(s_t)) where the agent gave none. The weights do not change until
         # the optimiser step after all micro-batches, so this forward's values ARE V_old.
@@ -507,7 +571,7 @@ class Learner:
         # Diagnostics as sums over tokens; the caller divides by whole-batch counts.
         with torch.no_grad():
             n_policy = mb.policy_mask.sum()
-            entropy = entropy_from_logits(logits.detach(), temperature)  # (B, T-1)
+            entropy = _on_grid(entropy_flat, mask)  # (B, T-1)
 
             def token_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
                 return torch.where(mask, x, torch.zeros_like(x)).sum()

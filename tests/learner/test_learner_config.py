@@ -35,6 +35,7 @@ def test_defaults_are_the_papers_values():
         ({"value_lr": 0.0}, "got 0.0"),
         ({"value_init": -1.0}, "got -1.0"),
         ({"value_warmup_steps": -1}, "got -1"),
+        ({"logits_chunk_size": 0}, "logits_chunk_size must be >= 1 or None"),
     ],
 )
 def test_invalid_values_raise_value_error_quoting_them(kwargs, quoted):
