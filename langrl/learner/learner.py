@@ -50,7 +50,8 @@ from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from langrl.learner.config import LearnerConfig
 from langrl.learner.losses import (
@@ -103,8 +104,9 @@ LATEST_FILE = "latest"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "learner_state.json"  # written last: its presence marks a complete checkpoint
 _TMP_PREFIX = ".tmp-"
-# Copied from model_path so a checkpoint is a self-contained model directory (vLLM, eval).
-_TOKENIZER_FILES = (
+# A local model directory holding none of these has no tokenizer (AutoTokenizer would
+# still build an empty one from config.json, so their presence is checked first).
+_TOKENIZER_MARKERS = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -261,6 +263,23 @@ def _on_grid(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     )  # (B, T-1)
 
 
+def load_checkpoint_tokenizer(model_path: str | os.PathLike) -> PreTrainedTokenizerBase | None:
+    """The tokenizer a checkpoint of the model at ``model_path`` must carry, or None.
+
+    ``model_path`` is a local directory or a hub id. Checkpoints save this tokenizer with
+    ``save_pretrained`` rather than copying files by name, so that they stand alone
+    (``evaluate.py --model <checkpoint>`` and vLLM run offline) whatever the source: a hub id
+    (files in the hub cache), or a directory whose tokenizer or chat template sits in files
+    of other names (``chat_template.json``, ``vocab.txt``, ...). A local directory with no
+    tokenizer file at all gives None (a warning says checkpoints will hold none).
+    """
+    local = Path(model_path)
+    if local.is_dir() and not any((local / name).is_file() for name in _TOKENIZER_MARKERS):
+        logger.warning("%s holds no tokenizer: checkpoints will not include one", local)
+        return None
+    return AutoTokenizer.from_pretrained(str(model_path))
+
+
 # --- checkpoint files ---------------------------------------------------------------------------
 
 
@@ -312,7 +331,8 @@ class Learner:
     """Owns the trainable ``PolicyValueModel``, its frozen reference and the AdamW optimiser.
 
     Args:
-        model_path: Directory of the INITIAL policy (``PolicyValueModel.from_pretrained``).
+        model_path: Directory or hub id of the INITIAL policy
+            (``PolicyValueModel.from_pretrained``); its tokenizer goes into every checkpoint.
             It is also the KL reference, so resume with ``load_checkpoint`` rather than by
             passing a checkpoint here (that would move the reference).
         config: Hyperparameters; defaults are the paper's.
@@ -325,6 +345,8 @@ class Learner:
         skipped_steps: Steps skipped because of NaN/inf input, loss or gradient.
         current_version: Engine weight version used for ``train/staleness_mean`` when
             ``step`` gets no ``current_version`` argument; ``None`` = do not report staleness.
+        tokenizer: ``model_path``'s tokenizer, saved into checkpoints
+            (``load_checkpoint_tokenizer``); None when a local directory has none.
     """
 
     def __init__(self, model_path: str | os.PathLike, config: LearnerConfig | None = None) -> None:
@@ -385,6 +407,8 @@ class Learner:
         self.global_step = 0
         self.skipped_steps = 0
         self.current_version: int | None = None
+        # Loaded now, not at the first save: a missing tokenizer fails before training.
+        self.tokenizer = load_checkpoint_tokenizer(model_path)
 
     # --- update -----------------------------------------------------------------------------
 
@@ -688,7 +712,7 @@ class Learner:
         """Write ``root/step_{step:08d}`` atomically and point ``root/latest`` at it.
 
         The directory is a ``from_pretrained``-loadable model (LM safetensors, config,
-        tokenizer files copied from ``model_path``, ``value_head/``) plus ``optimizer.pt`` and
+        the tokenizer of ``model_path`` (``load_checkpoint_tokenizer``), ``value_head/``) plus ``optimizer.pt`` and
         ``learner_state.json`` (step, global_step, config, ``extra``: JSON-serialisable, e.g.
         the data position). Everything goes into a temp dir beside it, is fsynced, then
         renamed; ``latest`` is replaced atomically afterwards. A kill at any moment leaves
@@ -743,10 +767,8 @@ class Learner:
             indent=2,
         )
         self.model.save_pretrained(path)
-        for filename in _TOKENIZER_FILES:
-            source = self.model_path / filename
-            if source.is_file():
-                shutil.copy2(source, path / filename)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(path))  # chat template included
         torch.save(self.optimizer.state_dict(), path / OPTIMIZER_FILE)
         (path / STATE_FILE).write_text(state)  # last: marks the directory complete
 

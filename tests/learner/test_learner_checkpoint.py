@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -148,3 +149,64 @@ def test_export_weights_uses_hf_names_and_skips_the_tied_head(trained, tiny_poli
         got, expected = fresh(ids), trained.model(ids)
     torch.testing.assert_close(got[0], expected[0])
     torch.testing.assert_close(got[1], expected[1])
+
+
+# --- tokenizers: a checkpoint stands alone ------------------------------------------------------
+
+TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+
+
+def test_checkpoint_tokenizer_from_files_of_other_names(tiny_policy, tmp_path):
+    # The chat template in additional_chat_templates/default.jinja, which a copy by known
+    # file names misses: the checkpoint must still carry a tokenizer with the template.
+    source = tmp_path / "model"
+    shutil.copytree(tiny_policy, source)
+    (source / "additional_chat_templates").mkdir()
+    (source / "additional_chat_templates" / "default.jinja").write_text(TEMPLATE)
+    original = AutoTokenizer.from_pretrained(source)
+    assert original.chat_template == TEMPLATE
+    learner = Learner(source, LearnerConfig(c_kl=0.0))
+    path = learner.save_checkpoint(tmp_path / "ckpt")
+    restored = AutoTokenizer.from_pretrained(path)
+    assert restored.chat_template == TEMPLATE
+    text = "12+7=19</step>"
+    assert restored(text)["input_ids"] == original(text)["input_ids"]
+    messages = [{"role": "user", "content": "1 2 3 4"}]
+    assert restored.apply_chat_template(messages, tokenize=False) == original.apply_chat_template(
+        messages, tokenize=False
+    )
+
+
+def test_checkpoint_tokenizer_of_a_hub_id_is_loaded_by_that_id(tiny_policy, monkeypatch, tmp_path):
+    # Offline stand-in for the hub: the id resolves to the tiny policy's tokenizer.
+    asked: list[str] = []
+
+    class FakeHub:
+        @staticmethod
+        def from_pretrained(name: str):
+            asked.append(name)
+            return AutoTokenizer.from_pretrained(tiny_policy)
+
+    monkeypatch.setattr(learner_module, "AutoTokenizer", FakeHub)
+    tokenizer = learner_module.load_checkpoint_tokenizer("Qwen/Qwen2.5-1.5B-Instruct")
+    assert asked == ["Qwen/Qwen2.5-1.5B-Instruct"]
+    tokenizer.save_pretrained(tmp_path)
+    assert (
+        AutoTokenizer.from_pretrained(tmp_path)("12+7")["input_ids"]
+        == tokenizer("12+7")["input_ids"]
+    )
+
+
+def test_a_model_directory_without_tokenizer_gives_checkpoints_without_one(
+    tiny_policy, tmp_path, caplog
+):
+    source = tmp_path / "model"
+    shutil.copytree(tiny_policy, source)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (source / name).unlink()
+    with caplog.at_level("WARNING"):
+        learner = Learner(source, LearnerConfig(c_kl=0.0))
+    assert learner.tokenizer is None
+    assert "holds no tokenizer" in caplog.text
+    path = learner.save_checkpoint(tmp_path / "ckpt")
+    assert not (path / "tokenizer_config.json").exists()
