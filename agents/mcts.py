@@ -3,7 +3,7 @@
 The method of "tree search distillation" (the seed paper of this project; see
 ``DESIGN.md``, "The reference method"): for each prompt, ``num_workers`` coroutines share
 one search tree whose edges are reasoning *steps* (``<step>...</step>`` or the final
-``<answer>...</answer>``). Each simulation selects a path by pUCT with virtual loss,
+``<answer>...</answer>``, or the tags the env names in its ``ACTION_TAGS``). Each simulation selects a path by pUCT with virtual loss,
 expands the leaf with K sampled one-step completions (priors = softmax over their summed
 logprobs), evaluates it with the learner's value head, and backs the value up. After the
 search, the max-visit path from the root is the one trajectory emitted for the task; the
@@ -84,7 +84,7 @@ import numpy as np
 from langrl.agents.base import RolloutBatch, encode_prompt
 from langrl.agents.rollout import sample_and_grade
 from langrl.engine.base import PolicyEngine, PromptTooLongError, SamplingConfig
-from langrl.envs.base import ANSWER_CLOSE, STEP_CLOSE
+from langrl.envs.base import action_tags
 from langrl.trajectory import Trajectory
 
 __all__ = [
@@ -99,8 +99,6 @@ __all__ = [
     "value_calibration",
 ]
 
-#: One expansion samples a single action: generation stops after its closing tag.
-STEP_STOP = (STEP_CLOSE, ANSWER_CLOSE)
 #: How many transcripts ``collect`` returns for TensorBoard's text tab.
 NUM_TRANSCRIPTS = 2
 
@@ -405,6 +403,9 @@ class MCTSAgent:
         # SyncStepLimit has already copied the step limit into it).
         self._gym_env = gym.make(env_id, **dict(env_kwargs or {}))
         self.env = self._gym_env.unwrapped
+        # One expansion samples a single action: generation stops after either of the env's
+        # closing tags (``</step>``/``</answer>`` unless the env names its own).
+        self.step_stop = action_tags(self.env).action_stop
         self._rng = random.Random(config.seed)
 
     async def collect(self, tasks: Sequence[Mapping[str, Any]]) -> RolloutBatch:
@@ -471,6 +472,7 @@ class TreeSearch:
         self.config = agent.config
         self.engine = agent.engine
         self.env = agent.env
+        self.step_stop = agent.step_stop
         self.stats = SearchStats()
         self.rng = random.Random(seed)
         self.np_rng = np.random.default_rng(seed)
@@ -602,7 +604,7 @@ class TreeSearch:
                 n=cfg.num_expansions,
                 max_tokens=cfg.max_step_tokens,
                 temperature=cfg.temperature,
-                stop=STEP_STOP,
+                stop=self.step_stop,
                 seed=self._request_seed(),
             )
             # V(node) only needs the node's own ids: ask for it alongside the samples.

@@ -3,7 +3,7 @@
 Shared by every agent that samples complete answers (CISPO, best-of-N, evaluation, and MCTS
 when it finishes a trajectory the tree left short). The engine samples ids; the env grades
 the text, split into its step/answer actions by ``langrl.envs.split_actions``: one grader
-for all agents.
+for all agents. Tag names (and so the stop strings) are the env's own ``ACTION_TAGS``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from langrl.engine.base import PolicyEngine, Sample, SamplingConfig
-from langrl.envs import split_actions
-
-#: Generation stops once the final answer is closed.
-ANSWER_STOP = ("</answer>",)
+from langrl.envs import action_tags, split_actions
 
 
 @dataclass
@@ -50,7 +47,7 @@ def grade_completion(env: Any, start_state: Any, text: str) -> tuple[float, bool
     """
     env.set_state(start_state)
     terminated = truncated = False
-    for action in split_actions(text):
+    for action in split_actions(text, action_tags(env)):
         _, reward, terminated, truncated, info = env.step(action)
         if terminated or truncated:
             break
@@ -70,10 +67,11 @@ async def sample_and_grade(
     """Sample ``sampling.n`` completions of ``prefix_ids`` and grade each from ``start_state``.
 
     ``env`` must be an unwrapped langrl env (``get_state``/``set_state``); grading is
-    synchronous and cheap, so one env instance serves all samples of a call.
+    synchronous and cheap, so one env instance serves all samples of a call. Without stop
+    strings in ``sampling``, generation stops once the env's answer tag is closed.
     """
     if not sampling.stop:
-        sampling = replace(sampling, stop=ANSWER_STOP)
+        sampling = replace(sampling, stop=action_tags(env).completion_stop)
     generation = await engine.generate(prefix_ids, sampling)
     graded = []
     for sample in generation.samples:

@@ -14,11 +14,13 @@ import gymnasium as gym
 from gymnasium.envs.registration import WrapperSpec
 
 from langrl.envs.base import (
+    ActionTags,
     Grade,
     ReasoningEnv,
     ReasoningState,
     RewardConfig,
     SyncStepLimit,
+    action_tags,
     parse_action,
     reward_for,
     split_actions,
@@ -29,6 +31,7 @@ from langrl.envs.text_space import UnicodeText
 
 __all__ = [
     "ENV_SPECS",
+    "ActionTags",
     "CountdownEnv",
     "CountdownGeneratorConfig",
     "CountdownTask",
@@ -40,6 +43,7 @@ __all__ = [
     "RewardConfig",
     "SyncStepLimit",
     "UnicodeText",
+    "action_tags",
     "parse_action",
     "register_envs",
     "reward_for",

@@ -3,10 +3,11 @@
 An episode is one task. The observation is the transcript: the plain prompt followed by
 every action so far, concatenated exactly as given, so that an agent holding the token ids
 of prompt + steps stays consistent with the text. An action is ONE reasoning step
-``<step>...</step>`` or the final ``<answer>...</answer>``; ``split_actions`` cuts a whole
-sampled completion into such actions, so one grader (``env.step``) serves every agent.
+``<step>...</step>`` or the final ``<answer>...</answer>`` (tag names the env declares in
+its ``ACTION_TAGS``); ``split_actions`` cuts a whole sampled completion into such actions,
+so one grader (``env.step``) serves every agent.
 
-This module holds what both tasks share: action parsing, the immutable ``ReasoningState``
+This module holds what both tasks share: action tags and parsing, the immutable ``ReasoningState``
 snapshot for tree search (``get_state``/``set_state``/``clone``), reward plumbing from a
 named ``RewardConfig``, API-misuse errors, and the ``SyncStepLimit`` wrapper that lets the
 registry's ``max_episode_steps`` grade the truncating step as "no answer".
@@ -27,27 +28,21 @@ import gymnasium as gym
 from langrl.envs.text_space import UnicodeText
 
 __all__ = [
-    "ANSWER_CLOSE",
-    "ANSWER_OPEN",
     "CONTRACT_MEMBERS",
+    "DEFAULT_ACTION_TAGS",
     "FORMAT_FAILURE_REASONS",
+    "ActionTags",
     "Grade",
     "NO_ANSWER_REASONS",
     "ReasoningEnv",
     "ReasoningState",
     "RewardConfig",
-    "STEP_CLOSE",
-    "STEP_OPEN",
     "SyncStepLimit",
+    "action_tags",
     "contract_problems",
     "parse_action",
     "split_actions",
 ]
-
-STEP_OPEN, STEP_CLOSE = "<step>", "</step>"
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-_TAGS = (STEP_OPEN, STEP_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
-_CLOSING_TAG = re.compile(re.escape(STEP_CLOSE) + "|" + re.escape(ANSWER_CLOSE))
 
 #: Reasons that earn ``RewardConfig.no_answer_reward``: the episode ended without an answer.
 NO_ANSWER_REASONS = frozenset({"no_answer", "step_limit", "context_limit"})
@@ -74,10 +69,93 @@ FORMAT_FAILURE_REASONS = frozenset(
 
 # --- actions ---
 
+# A tag name is one XML-like word, so no tag can contain another ("<a>" is not in "</ab>").
+_TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 
-def parse_action(action: str) -> tuple[str, str]:
+
+@dataclass(frozen=True)
+class ActionTags:
+    """The tag names of an env's actions: a step is ``<step>...</step>`` and the final
+    answer ``<answer>...</answer>``, with ``step`` and ``answer`` the names below.
+
+    An env declares its tags as the class attribute ``ReasoningEnv.ACTION_TAGS``; the env's
+    parser (``parse_action``), the splitter of whole completions (``split_actions``) and
+    the agents' stop strings (``action_stop`` for one tree-search step, ``completion_stop``
+    for a whole completion) all take them from there, so an env can use e.g.
+    ``ActionTags(step="think", answer="final")``. The policy must of course write them.
+    """
+
+    step: str = "step"
+    """Name of the intermediate-step tag. Default ``"step"`` (``<step>...</step>``);
+    a letter followed by letters, digits, ``_``, ``.`` or ``-``."""
+    answer: str = "answer"
+    """Name of the final-answer tag, which ends the episode. Default ``"answer"``
+    (``<answer>...</answer>``); same rule as ``step`` and different from it."""
+
+    def __post_init__(self) -> None:
+        for name in ("step", "answer"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _TAG_NAME.fullmatch(value):
+                raise ValueError(
+                    f"ActionTags.{name} must be a tag name (a letter, then letters, digits, "
+                    f"'_', '.' or '-'), got {value!r}"
+                )
+        if self.step == self.answer:
+            raise ValueError(f"ActionTags.step and .answer must differ, both are {self.step!r}")
+
+    @property
+    def step_open(self) -> str:
+        return f"<{self.step}>"
+
+    @property
+    def step_close(self) -> str:
+        return f"</{self.step}>"
+
+    @property
+    def answer_open(self) -> str:
+        return f"<{self.answer}>"
+
+    @property
+    def answer_close(self) -> str:
+        return f"</{self.answer}>"
+
+    @property
+    def all(self) -> tuple[str, str, str, str]:
+        """The four tags: step open/close, answer open/close."""
+        return (self.step_open, self.step_close, self.answer_open, self.answer_close)
+
+    @property
+    def action_stop(self) -> tuple[str, str]:
+        """Stop strings of ONE action (tree search expands a step at a time): either
+        closing tag."""
+        return (self.step_close, self.answer_close)
+
+    @property
+    def completion_stop(self) -> tuple[str]:
+        """Stop strings of a whole completion: the episode ends once the answer is closed."""
+        return (self.answer_close,)
+
+
+#: langrl's own tags (Countdown, GSM8K and the tiny policy's tokenizer use them).
+DEFAULT_ACTION_TAGS = ActionTags()
+
+
+def action_tags(env: Any) -> ActionTags:
+    """The action tags of ``env`` (a ``gym.make`` result or its ``.unwrapped``): its
+    ``ACTION_TAGS``, or langrl's ``<step>``/``<answer>`` for an env that declares none."""
+    inner = getattr(env, "unwrapped", env)
+    tags = getattr(inner, "ACTION_TAGS", DEFAULT_ACTION_TAGS)
+    if not isinstance(tags, ActionTags):
+        raise TypeError(
+            f"{type(inner).__name__}.ACTION_TAGS must be a langrl.envs.ActionTags, got {tags!r}"
+        )
+    return tags
+
+
+def parse_action(action: str, tags: ActionTags = DEFAULT_ACTION_TAGS) -> tuple[str, str]:
     """Classify one action: ``(kind, content)`` with kind in ``step``, ``answer``,
-    ``empty`` (only whitespace) or ``malformed``.
+    ``empty`` (only whitespace) or ``malformed``; ``tags`` names the step and answer tags
+    (``env.ACTION_TAGS``).
 
     Surrounding whitespace is ignored. A step/answer is exactly one opening tag, content
     without any of the four tags, and the matching closing tag; anything else (no closing
@@ -88,8 +166,8 @@ def parse_action(action: str) -> tuple[str, str]:
     if not text:
         return "empty", ""
     for kind, open_tag, close_tag in (
-        ("step", STEP_OPEN, STEP_CLOSE),
-        ("answer", ANSWER_OPEN, ANSWER_CLOSE),
+        ("step", tags.step_open, tags.step_close),
+        ("answer", tags.answer_open, tags.answer_close),
     ):
         if (
             text.startswith(open_tag)
@@ -97,14 +175,15 @@ def parse_action(action: str) -> tuple[str, str]:
             and len(text) >= len(open_tag) + len(close_tag)
         ):
             content = text[len(open_tag) : len(text) - len(close_tag)]
-            if any(tag in content for tag in _TAGS):
+            if any(tag in content for tag in tags.all):
                 return "malformed", text
             return kind, content
     return "malformed", text
 
 
-def split_actions(text: str) -> list[str]:
-    """Split a whole completion into env actions, losslessly.
+def split_actions(text: str, tags: ActionTags = DEFAULT_ACTION_TAGS) -> list[str]:
+    """Split a whole completion into env actions, losslessly; ``tags`` names the step and
+    answer tags (``env.ACTION_TAGS``; ``langrl.envs.action_tags(env)`` reads them).
 
     Each action runs up to and including the next ``</step>`` or ``</answer>``; the text
     between two actions (e.g. a newline) stays at the front of the next one, where
@@ -117,15 +196,21 @@ def split_actions(text: str) -> list[str]:
     ['<step>7 * 4 = 28</step>', '\\n<answer>7 * 4 - 4</answer>']
     >>> split_actions("<step>1 + 2 = 3</step><step>3 *")
     ['<step>1 + 2 = 3</step>', '<step>3 *']
+    >>> split_actions("<think>2 + 3</think><final>5</final>", ActionTags("think", "final"))
+    ['<think>2 + 3</think>', '<final>5</final>']
     """
     if not isinstance(text, str):
         raise TypeError(f"split_actions expects a str, got {type(text).__name__}")
+    if not isinstance(tags, ActionTags):
+        raise TypeError(f"split_actions: tags must be an ActionTags, got {tags!r}")
     actions: list[str] = []
     pos = 0
-    for match in _CLOSING_TAG.finditer(text):
+    # `re` caches the compiled pattern, so building it per call costs a dict lookup.
+    closing = re.compile(re.escape(tags.step_close) + "|" + re.escape(tags.answer_close))
+    for match in closing.finditer(text):
         actions.append(text[pos : match.end()])
         pos = match.end()
-        if match.group() == ANSWER_CLOSE:
+        if match.group() == tags.answer_close:
             return actions
     if pos < len(text):
         actions.append(text[pos:])
@@ -271,6 +356,9 @@ class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
         ``load_tasks(split, data_path)``: the tasks of ``train`` / ``test``.
         ``format_prompt(task)`` / ``format_messages(task)``: plain and chat prompts.
         ``grade_answer(task, content) -> Grade``: the verdict on an ``<answer>``.
+        Optionally ``ACTION_TAGS``: the tag names of its actions, an ``ActionTags``
+        (default ``<step>``/``<answer>``; e.g. ``ActionTags(step="think", answer="final")``).
+        The env's parser, ``split_actions`` and the agents' stop strings all use them.
         Optionally ``_check_step`` (a per-step verdict), ``_initial_progress``,
         ``TASK_OPTION_KEYS`` + ``_task_from_options`` (tasks given by content).
 
@@ -281,7 +369,8 @@ class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
         ``step(action)`` with ``reason`` / ``is_correct`` in the info that ends an episode
         (``step("")`` closes an unfinished one as ``no_answer``); ``get_state()`` /
         ``set_state(state)`` (snapshots: every agent grades completions from one) and
-        ``task_info()`` (tree search).
+        ``task_info()`` (tree search); ``ACTION_TAGS`` (read by ``action_tags(env)``:
+        agents split completions into actions and stop generation on its closing tags).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "human"], "render_fps": 4}
@@ -290,6 +379,8 @@ class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
 
     #: The task dataclass a subclass serves; ``tasks=`` must hold instances of it.
     TASK_TYPE: ClassVar[type] = object
+    #: Tag names of a step and of the final answer (see ``ActionTags``).
+    ACTION_TAGS: ClassVar[ActionTags] = DEFAULT_ACTION_TAGS
 
     def __init__(
         self,
@@ -305,6 +396,7 @@ class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
     ) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        action_tags(self)  # a bad ACTION_TAGS fails here, not at the first step
         if tasks is not None:
             tasks = tuple(tasks)
             if not tasks or not all(isinstance(t, self.TASK_TYPE) for t in tasks):
@@ -409,12 +501,15 @@ class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
                 f"({'terminated' if state.terminated else 'truncated'}); call reset() to "
                 "start a new one, or set_state() to go back to an earlier snapshot"
             )
+        tags = self.ACTION_TAGS
         if not isinstance(action, str):
             raise TypeError(
                 f"{type(self).__name__}.step() takes one action as a str "
-                f"('<step>...</step>' or '<answer>...</answer>'), got "
+                f"('{tags.step_open}...{tags.step_close}' or "
+                f"'{tags.answer_open}...{tags.answer_close}'), got "
                 f"{type(action).__name__}; decode token ids to text first, and use "
-                "langrl.envs.split_actions(text) to cut a whole completion into actions"
+                "langrl.envs.split_actions(text, env.ACTION_TAGS) to cut a whole completion "
+                "into actions"
             )
         cfg = self.reward_config
         num_steps = state.num_steps + 1
@@ -435,7 +530,7 @@ class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
             )  # fmt: skip
 
         transcript = state.transcript + action
-        kind, content = parse_action(action)
+        kind, content = parse_action(action, tags)
         if kind == "step":
             verdict, detail, progress = self._check_step(state.task, content, state.progress)
             info["step_check"] = verdict
@@ -469,7 +564,7 @@ class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
         elif kind == "empty":
             grade = Grade("no_answer", detail="empty action")
         else:
-            grade = Grade("malformed_action", detail=_describe_malformed(content))
+            grade = Grade("malformed_action", detail=_describe_malformed(content, tags))
         return self._finish(
             state, transcript, num_steps, info, grade, terminated=True, action=action
         )
@@ -619,6 +714,7 @@ class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
 #: ``contract_problems``), plus ``reset`` info with ``prompt`` (str) and ``messages``
 #: (chat list), ``info["reason"]``/``info["is_correct"]`` when an episode ends, and the
 #: ``split`` (``train``/``test``) and ``reward`` (``dense``/``sparse``) keyword arguments.
+#: Its ``ACTION_TAGS`` (an ``ActionTags``) is optional: without it, ``<step>``/``<answer>``.
 CONTRACT_MEMBERS: dict[str, tuple[str, ...]] = {
     # every agent and evaluation: tasks by index, grading a completion from a snapshot
     "rollouts": ("reset", "step", "num_tasks", "get_state", "set_state"),
@@ -640,6 +736,10 @@ def contract_problems(env: Any, uses: Sequence[str] = ("rollouts",)) -> list[str
     ]
     if missing:
         return [f"no {', '.join(missing)}"]
+    try:
+        action_tags(inner)
+    except TypeError as err:
+        return [str(err)]
     problems = []
     try:
         size = inner.num_tasks()
@@ -658,11 +758,14 @@ def contract_problems(env: Any, uses: Sequence[str] = ("rollouts",)) -> list[str
     return problems
 
 
-def _describe_malformed(text: str) -> str:
+def _describe_malformed(text: str, tags: ActionTags) -> str:
     head = text[:40]
-    if any(head.startswith(t) for t in (STEP_OPEN, ANSWER_OPEN)):
+    if any(head.startswith(t) for t in (tags.step_open, tags.answer_open)):
         return "no matching closing tag, or more than one tag in one action"
-    return f"expected <step>...</step> or <answer>...</answer>, got {head!r}..."
+    return (
+        f"expected {tags.step_open}...{tags.step_close} or "
+        f"{tags.answer_open}...{tags.answer_close}, got {head!r}..."
+    )
 
 
 class SyncStepLimit(gym.Wrapper, gym.utils.RecordConstructorArgs):

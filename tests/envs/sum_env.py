@@ -14,7 +14,11 @@ with ``prompt`` and ``messages``, state snapshots (``get_state``/``set_state``,
 ``task_info``) and ``reason``/``is_correct`` in the final info. Subclassing
 ``ReasoningEnv`` gives all of that; a subclass supplies only the task: ``TASK_TYPE``,
 ``REWARD_PRESETS``, ``load_tasks``, ``format_prompt``, ``format_messages`` and
-``grade_answer`` (plus, optionally, a per-step check).
+``grade_answer`` (plus, optionally, a per-step check and its own action tags).
+
+``ThinkSum-v0`` is the same task with tags of its own: ``<think>...</think>`` steps and a
+``<final>...</final>`` answer, declared once in ``ACTION_TAGS``; the env's parser, the
+splitter of whole completions and every agent's stop strings follow them.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any, ClassVar
 
 import gymnasium as gym
 
-from langrl.envs import Grade, ReasoningEnv, RewardConfig
+from langrl.envs import ActionTags, Grade, ReasoningEnv, RewardConfig
 from langrl.envs.safe_arithmetic import SafeArithmeticError, parse_expression
 
 
@@ -51,6 +55,7 @@ class SumEnv(ReasoningEnv[SumTask]):
     ## Action Space
     One ``<step>...</step>`` (free text, not checked) or ``<answer>EXPR</answer>``, where
     ``EXPR`` is evaluated exactly (``3 + 5 + 7`` or ``15``); anything else is malformed.
+    (Tag names are ``ACTION_TAGS``: ``ThinkSumEnv`` below uses its own.)
 
     ## Observation Space
     The prompt followed by every action so far.
@@ -97,8 +102,10 @@ class SumEnv(ReasoningEnv[SumTask]):
         return f"Numbers: {' '.join(map(str, task.numbers))}\nTarget: sum\n"
 
     def format_messages(self, task: SumTask) -> list[dict[str, str]]:
+        tags = self.ACTION_TAGS
+        answer = f"{tags.answer_open}{tags.answer_close}"
         return [
-            {"role": "system", "content": "Add the numbers; answer in <answer></answer>."},
+            {"role": "system", "content": f"Add the numbers; answer in {answer}."},
             {"role": "user", "content": self.format_prompt(task)},
         ]
 
@@ -113,14 +120,26 @@ class SumEnv(ReasoningEnv[SumTask]):
         return Grade("wrong_value", value, distance=abs(Fraction(target) - value) / target)
 
 
-if "Sum-v0" not in gym.registry:
-    gym.register(
-        id="Sum-v0",
-        entry_point=SumEnv,
-        max_episode_steps=4,
-        additional_wrappers=(
-            gym.envs.registration.WrapperSpec(
-                name="SyncStepLimit", entry_point="langrl.envs.base:SyncStepLimit", kwargs={}
+class ThinkSumEnv(SumEnv):
+    """``SumEnv`` with its own action tags: a step is ``<think>...</think>`` and the answer
+    ``<final>...</final>`` (``<step>``/``<answer>`` are malformed here).
+
+    ## Version History
+    v0: first version.
+    """
+
+    ACTION_TAGS = ActionTags(step="think", answer="final")
+
+
+for _env_id, _env_class in (("Sum-v0", SumEnv), ("ThinkSum-v0", ThinkSumEnv)):
+    if _env_id not in gym.registry:
+        gym.register(
+            id=_env_id,
+            entry_point=_env_class,
+            max_episode_steps=4,
+            additional_wrappers=(
+                gym.envs.registration.WrapperSpec(
+                    name="SyncStepLimit", entry_point="langrl.envs.base:SyncStepLimit", kwargs={}
+                ),
             ),
-        ),
-    )
+        )
