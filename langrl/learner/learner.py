@@ -233,7 +233,8 @@ def token_logprobs(
     The float32 output layer (``lm_head_fp32``) runs on ``chunk_size`` positions at a time,
     so at most ``chunk_size x V`` logits exist at once, forward AND backward: with autograd
     on, each chunk is checkpointed (its logits are recomputed during backward instead of
-    kept), which costs one more output-layer matmul per position. ``None`` = one pass over
+    kept), which costs one more output-layer matmul per position (none when all N fit in one
+    chunk). ``None`` = one pass over
     all N positions, logits kept for backward (peak ``N x V``). The entropy (of
     ``softmax(logits / temperature)``) carries no gradient. Same maths as
     ``logprobs_from_logits`` / ``entropy_from_logits`` on full logits, chunked.
@@ -247,7 +248,9 @@ def token_logprobs(
 
     if chunk_size is None or hidden.shape[0] == 0:
         return chunk(hidden, targets)
-    recompute = torch.is_grad_enabled()  # the output layer's weight needs gradients
+    # Checkpoint only when there are several chunks: one chunk's logits peak the same either
+    # way (kept, or recomputed during backward), and recomputing them costs a matmul.
+    recompute = torch.is_grad_enabled() and hidden.shape[0] > chunk_size
     parts = [
         checkpoint(chunk, h, t, use_reentrant=False) if recompute else chunk(h, t)
         for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size), strict=True)
