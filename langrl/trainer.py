@@ -692,7 +692,8 @@ def _train(
                 postfix = {"reward": last_reward}
                 if last_eval:
                     postfix["mean@k"] = last_eval[tags.EVAL_MEAN_AT_K]
-                bar.set_postfix({"step": step, **{k: f"{v:.3f}" for k, v in postfix.items()}})
+                shown = {k: f"{v:.3f}" for k, v in postfix.items()}
+                bar.set_postfix({"step": step, **shown} if by_tokens else shown)
             bar.update(min(int(totals.gen_tokens_total), bar.total) - bar.n if by_tokens else 1)
 
             # --- checkpoint ---
