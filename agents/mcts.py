@@ -85,6 +85,7 @@ from langrl.agents.base import RolloutBatch, encode_prompt
 from langrl.agents.rollout import sample_and_grade
 from langrl.engine.base import PolicyEngine, PromptTooLongError, SamplingConfig
 from langrl.envs.base import action_tags
+from langrl.stats import pearson
 from langrl.trajectory import Trajectory
 
 __all__ = [
@@ -353,8 +354,9 @@ def value_calibration(values: Sequence[float], rewards: Sequence[float]) -> dict
         return {}
     v, r = np.asarray(values, dtype=float), np.asarray(rewards, dtype=float)
     out = {"value_abs_err": float(np.mean(np.abs(v - r)))}
-    if len(v) >= 3 and np.std(v) > 0 and np.std(r) > 0:
-        out["value_reward_corr"] = float(np.corrcoef(v, r)[0, 1])
+    corr = pearson(values, rewards, min_pairs=3)
+    if corr is not None:
+        out["value_reward_corr"] = corr
     return out
 
 

@@ -69,6 +69,7 @@ from langrl.policy_model import (
     final_hidden_states,
     lm_head_fp32,
 )
+from langrl.stats import pearson
 from langrl.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -198,21 +199,6 @@ def _non_finite_reason(batch: Sequence[Trajectory]) -> str | None:
                 if not math.isfinite(value):
                     return f"trajectory {i} has non-finite {name}[{j}] = {value}"
     return None
-
-
-def _pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
-    """Pearson correlation of two equal-length samples; None when either side is (nearly)
-    constant, where the correlation is undefined (0/0) or float noise."""
-    n = len(xs)
-    if n < 2:
-        return None
-    mx, my = sum(xs) / n, sum(ys) / n
-    dx, dy = [x - mx for x in xs], [y - my for y in ys]
-    sxx, syy = sum(d * d for d in dx), sum(d * d for d in dy)
-    # std below 1e-6: e.g. a zero-initialised head, whose per-row means differ only by rounding.
-    if min(sxx, syy) / n < 1e-12:
-        return None
-    return sum(a * b for a, b in zip(dx, dy, strict=True)) / math.sqrt(sxx * syy)
 
 
 def _embeddings_tied(lm: PreTrainedModel) -> bool:
@@ -499,7 +485,8 @@ class Learner:
             "train/lr": lrs[POLICY_GROUP],
             "train/skipped_steps": float(self.skipped_steps),
         }
-        corr = _pearson(flat[len(names) :], rewards)
+        # min_std: a zero-initialised head's per-row means differ only by float rounding.
+        corr = pearson(flat[len(names) :], rewards, min_std=1e-6)
         if corr is not None:
             metrics["train/value_reward_corr"] = corr
         if self.ref_model is not None:
