@@ -184,8 +184,8 @@ def trajectory_text(traj: Trajectory) -> str:
 
 def rollout_cost(batch: Any) -> tuple[float, float]:
     """``(tokens, samples)`` one rollout generated: what the agent reports (``gen/tokens``,
-    ``gen/samples``: search and filtered samples included), else its trajectories' completion
-    tokens and count (MCTS reports no ``gen/``: the chosen paths)."""
+    ``gen/samples``: every built-in agent does, search and filtered samples included), else
+    its trajectories' completion tokens and count (an agent that reports no ``gen/``)."""
     trajs = batch.trajectories
     tokens = batch.metrics.get(tags.GEN_TOKENS, float(sum(len(t.completion_ids) for t in trajs)))
     return float(tokens), float(batch.metrics.get(tags.GEN_SAMPLES, float(len(trajs))))
