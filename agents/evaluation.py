@@ -96,6 +96,16 @@ class EvalConfig:
         if self.split not in ("train", "test"):
             raise ValueError(f"EvalConfig.split must be 'train' or 'test', got {self.split!r}")
 
+    def first_index(self, size: int) -> int:
+        """Index of the first evaluated problem in a split of ``size`` problems
+        (``first_problem``, negative from the end); ``ValueError`` when it lies outside."""
+        if not -size <= self.first_problem < size:
+            raise ValueError(
+                f"EvalConfig.first_problem must be in [{-size}, {size}) for the {size} problems "
+                f"of the {self.split!r} split, got {self.first_problem}"
+            )
+        return self.first_problem % size
+
 
 def mean_at_k(correct: Sequence[Sequence[bool]]) -> tuple[float, float]:
     """``(mean@k, pass@k)`` of a problems x samples table of correctness."""
@@ -147,12 +157,7 @@ def default_tasks(
     ``config.first_problem`` on (negative: from the end)."""
     env = make_env(env_id, {**dict(env_kwargs or {}), "split": config.split})
     size = env.num_tasks()  # the env loads its split lazily
-    if not -size <= config.first_problem < size:
-        raise ValueError(
-            f"EvalConfig.first_problem must be in [{-size}, {size}) for the {size} problems "
-            f"of the {config.split!r} split, got {config.first_problem}"
-        )
-    start = config.first_problem % size
+    start = config.first_index(size)
     stop = size if config.num_problems is None else min(start + config.num_problems, size)
     return [{"index": i} for i in range(start, stop)]
 

@@ -262,14 +262,10 @@ class TrainConfig:
                 f"{size}-problem train split"
             )
         if self.eval.split == "train":
-            # Until EvalConfig.first_problem exists everywhere, absent means 0.
-            first = getattr(self.eval, "first_problem", 0)
-            if not -size <= first < size:
-                raise ConfigError(
-                    f"config: eval.first_problem: must be in [{-size}, {size}) for the "
-                    f"{size}-problem train split, got {first}"
-                )
-            start = first % size
+            try:
+                start = self.eval.first_index(size)
+            except ValueError as err:
+                raise ConfigError(f"config: eval.first_problem: {err}") from None
             if start < trained:
                 hint = f" (e.g. {-self.holdout})" if self.holdout else ""
                 raise ConfigError(
