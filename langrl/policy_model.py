@@ -144,11 +144,7 @@ class PolicyValueModel(nn.Module):
         )
 
     def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        detach_trunk: bool = False,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits (B, T, V) float32, values (B, T))``: ``lm_head_fp32`` and the value head
         on the final hidden states (see ``hidden_and_values``).
@@ -156,9 +152,7 @@ class PolicyValueModel(nn.Module):
         Full-vocabulary logits at every position: fine for scoring short batches; the learner
         instead projects only the positions it trains on, in chunks.
         """
-        hidden, values = self.hidden_and_values(
-            input_ids, attention_mask, detach_trunk=detach_trunk
-        )
+        hidden, values = self.hidden_and_values(input_ids, attention_mask)
         return lm_head_fp32(self.lm, hidden), values
 
     def hidden_and_values(
@@ -184,7 +178,7 @@ class PolicyValueModel(nn.Module):
         return final_hidden_states(self.lm, input_ids, attention_mask)
 
     def values_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The value head on ``trunk``'s hidden states (B, T, H) -> float32 values (B, T)."""
+        """The value head on final hidden states (B, T, H) -> float32 values (B, T)."""
         return self.value_head(hidden.to(self.value_head.fc1.weight.dtype)).float()  # (B, T)
 
     def right_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,6 +200,6 @@ class PolicyValueModel(nn.Module):
             return []
         ids, mask = self.right_pad(states)
         device = ids.device
-        _, values = self(ids, mask)  # (B, T)
+        _, values = self.hidden_and_values(ids, mask)  # (B, T); no vocabulary projection
         last = torch.tensor([len(s) - 1 for s in states], device=device)
         return values[torch.arange(len(states), device=device), last].tolist()  # sync point
