@@ -24,7 +24,7 @@ import asyncio
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -62,6 +62,11 @@ class EvalConfig:
     """Data split evaluated (``"test"`` or ``"train"``)."""
     reward: str = "sparse"
     """Env reward preset used for grading; ``"sparse"`` (0/1) makes mean@k an accuracy."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Env keyword arguments that evaluation sets over the run's ``env_kwargs`` (split and
+    reward are the two fields above). Lets a run train under one rule and be scored under
+    another: ``{use_all_numbers: false}`` scores a Countdown run trained with
+    ``env_kwargs: {use_all_numbers: true}`` by the usual rule, as the test table is."""
     use_chat_template: bool = False
     """Encode prompts with the model's chat template (instruct models)."""
     max_concurrency: int = 256
@@ -95,6 +100,23 @@ class EvalConfig:
             raise ValueError(f"EvalConfig.temperature must be > 0, got {self.temperature}")
         if self.split not in ("train", "test"):
             raise ValueError(f"EvalConfig.split must be 'train' or 'test', got {self.split!r}")
+        if not isinstance(self.env_kwargs, Mapping):
+            raise ValueError(f"EvalConfig.env_kwargs must be a mapping, got {self.env_kwargs!r}")
+        for name in ("split", "reward"):
+            if name in self.env_kwargs:
+                raise ValueError(
+                    f"EvalConfig.env_kwargs must not set {name!r}; set EvalConfig.{name}"
+                )
+
+    def env_kwargs_over(self, run_env_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The evaluation env's keyword arguments: the run's, then ``env_kwargs``, then
+        ``split`` and ``reward``."""
+        return {
+            **dict(run_env_kwargs or {}),
+            **self.env_kwargs,
+            "split": self.split,
+            "reward": self.reward,
+        }
 
     def first_index(self, size: int) -> int:
         """Index of the first evaluated problem in a split of ``size`` problems
@@ -170,7 +192,7 @@ async def evaluate_async(
     config: EvalConfig,
 ) -> dict[str, Any]:
     """``evaluate`` on an async engine, from inside its event loop."""
-    kwargs = {**dict(env_kwargs or {}), "split": config.split, "reward": config.reward}
+    kwargs = config.env_kwargs_over(env_kwargs)
     if tasks is None:
         tasks = default_tasks(env_id, kwargs, config)
     env = make_env(env_id, kwargs)

@@ -191,6 +191,7 @@ class TrainConfig:
             agent=self.agent,
             eval_split=self.eval.split,
             eval_reward=self.eval.reward,
+            eval_env_kwargs=self.eval.env_kwargs,
         )
         for name, low in (
             ("total_steps", 1),
@@ -441,6 +442,7 @@ def check_env(
     agent: str | None = None,
     eval_split: str | None = None,
     eval_reward: Any = None,
+    eval_env_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
     """The env exists, its kwargs construct it, and it fits its use; one line otherwise.
 
@@ -450,7 +452,8 @@ def check_env(
     ``langrl.envs.base.CONTRACT_MEMBERS`` that ``agent`` uses (every agent: tasks by index
     and state snapshots; ``mcts`` also ``task_info``) and reset info with ``prompt`` and
     ``messages``; with ``eval_split``, the env must also construct for evaluation
-    (``split=eval_split, reward=eval_reward``, e.g. the ``sparse`` preset). Cheap: the
+    (``split=eval_split, reward=eval_reward``, e.g. the ``sparse`` preset, and
+    ``eval_env_kwargs`` over ``env_kwargs``: ``EvalConfig.env_kwargs``). Cheap: the
     envs load small local data on first use.
     """
     import importlib
@@ -504,14 +507,17 @@ def check_env(
             "the env contract in langrl.envs.base: subclass ReasoningEnv or provide these)"
         )
     if eval_split is not None:
-        kwargs = {**env_kwargs, "split": eval_split, "reward": eval_reward}
+        overrides = dict(eval_env_kwargs or {})
+        kwargs = {**env_kwargs, **overrides, "split": eval_split, "reward": eval_reward}
         try:
             gym.make(env_id, **kwargs).close()
         except Exception as err:  # noqa: BLE001
+            field_name = "eval.env_kwargs" if overrides else "eval.reward"
             raise ConfigError(
-                f"config: eval.reward: {env_id} cannot be built for evaluation with "
-                f"split={eval_split!r}, reward={eval_reward!r} (evaluation needs a 0/1 "
-                f"'sparse' reward preset): {_one_line(err)}"
+                f"config: {field_name}: {env_id} cannot be built for evaluation with "
+                f"split={eval_split!r}, reward={eval_reward!r}"
+                + (f", {overrides}" if overrides else "")
+                + f" (evaluation needs a 0/1 'sparse' reward preset): {_one_line(err)}"
             ) from None
 
 

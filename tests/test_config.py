@@ -51,6 +51,16 @@ def test_tiny_preset_with_overrides():
     assert config.learner.temperature == config.agent_config.temperature
 
 
+def test_eval_env_kwargs_from_the_command_line():
+    config = load_config(
+        TINY,
+        ["--env_kwargs.use_all_numbers", "true", "--eval.env_kwargs.use_all_numbers", "false"],
+        agent="bon",
+    )
+    assert config.train_env_kwargs["use_all_numbers"] is True
+    assert config.eval.env_kwargs_over(config.env_kwargs)["use_all_numbers"] is False
+
+
 def test_learner_temperature_follows_the_agent():
     config = load_config(TINY, ["--mcts.temperature", "0.7"], agent="mcts")
     assert config.learner.temperature == pytest.approx(0.7)
@@ -112,6 +122,8 @@ def test_paper_preset_has_the_paper_settings(paper_model_cached):
         ({"overrides": ["--cispo.group_size", "1"], "agent": "cispo"}, "group_size"),
         ({"overrides": ["--eval.k", "many"]}, "eval.k"),
         ({"overrides": ["--env_kwargs.reward", "bogus"]}, "env_kwargs"),
+        ({"overrides": ["--eval.env_kwargs.bogus", "1"]}, "eval.env_kwargs"),
+        ({"overrides": ["--eval.env_kwargs.split", "train"]}, "eval"),
         ({"overrides": ["--mcts.nope", "1"], "agent": "cispo"}, "mcts.nope"),
         ({"agent": "ppo"}, "agent"),
         ({"env_id": "Chess-v0"}, "env_id"),

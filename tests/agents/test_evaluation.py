@@ -61,6 +61,28 @@ def test_evaluate_scores_samples_with_the_sparse_reward():
     assert set(scalars) <= set(TAGS)  # each one documented in langrl.metrics
 
 
+def test_eval_env_kwargs_override_the_runs_for_grading():
+    # (7 + 5) * 2 = 24 uses three of the four numbers: correct by the usual rule, illegal
+    # under use_all_numbers. A run trained under the strict rule is scored by the usual
+    # one when EvalConfig.env_kwargs says so.
+    subset_a = "<answer>(7 + 5) * 2</answer>"
+    engine = ScriptedEngine({PROMPT_A: [subset_a]})
+    strict = {"use_all_numbers": True}
+    inherited = evaluate(engine, "Countdown-v0", strict, [TASK_A], EvalConfig(k=1, progress=False))
+    assert inherited["eval/mean_at_k"] == 0.0
+    usual = EvalConfig(k=1, progress=False, env_kwargs={"use_all_numbers": False})
+    assert evaluate(engine, "Countdown-v0", strict, [TASK_A], usual)["eval/mean_at_k"] == 1.0
+    assert usual.env_kwargs_over(strict) == {
+        "use_all_numbers": False,
+        "split": "test",
+        "reward": "sparse",
+    }
+    # split and reward have their own fields; a second way to set them is refused.
+    for name in ("split", "reward"):
+        with pytest.raises(ValueError, match=f"EvalConfig.env_kwargs must not set '{name}'"):
+            EvalConfig(env_kwargs={name: "train"})
+
+
 def test_default_tasks_are_the_first_problems_of_the_test_split():
     engine = ScriptedEngine({}, default=[MALFORMED])
     result = evaluate(
