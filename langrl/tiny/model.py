@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
 from langrl.policy_model import PolicyValueModel
-from langrl.tiny.tokenizer import save_tokenizer
+from langrl.tiny.tokenizer import build_tokenizer
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,23 @@ PRESETS: dict[str, TinyModelSpec] = {
 }
 
 
-def build_random_policy(path: str | os.PathLike, preset: str = "test", seed: int = 0) -> Path:
-    """Write tokenizer + randomly initialised Qwen2 LM + value head to ``path``; return it."""
+def build_random_policy(
+    path: str | os.PathLike,
+    preset: str = "test",
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> Path:
+    """Write tokenizer + randomly initialised Qwen2 LM + value head to ``path``; return it.
+
+    ``tokenizer`` defaults to the tiny character-level one; pass another (e.g.
+    ``langrl.tiny.bpe_tokenizer.build_bpe_tokenizer()``) to size the model's vocabulary to it.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown tiny model preset {preset!r}; choose from {sorted(PRESETS)}")
     spec = PRESETS[preset]
     path = Path(path)
-    tok = save_tokenizer(path)
+    tok = tokenizer if tokenizer is not None else build_tokenizer()
+    tok.save_pretrained(str(path))
     config = Qwen2Config(
         vocab_size=len(tok),
         hidden_size=spec.hidden_size,
