@@ -341,11 +341,66 @@ def load_config(
         data = _read_yaml(path)
     pairs = list(overrides.items()) if isinstance(overrides, Mapping) else _parse_argv(overrides)
     pairs += [(k, v) for k, v in fields.items() if v is not None]
+    agent = next((v for k, v in reversed(pairs) if k == "agent"), data.get("agent"))
+    data = apply_per_agent(data, agent if agent is not None else TrainConfig.agent)
     explicit: set[str] = set(_dotted_keys(data))
     for key, value in pairs:
         _set_dotted(data, key, value)
         explicit.add(key)
     return build_config(data, explicit)
+
+
+#: Preset key whose sections hold settings for one agent only (see ``apply_per_agent``).
+PER_AGENT_KEY = "per_agent"
+
+
+def apply_per_agent(data: Mapping[str, Any], agent: str) -> dict[str, Any]:
+    """``data`` without its ``per_agent`` section, with ``per_agent[agent]`` merged in.
+
+    One preset can then compare agents that need different run or learner settings (a
+    matched token budget gives best-of-N 40 gradient steps and CISPO 500, so they may want
+    different learning rates)::
+
+        learner: {lr: 2.0e-5}
+        per_agent:
+          bon: {learner: {lr: 1.0e-4}, batch_size: 16}
+
+    Sections merge key by key; command-line overrides still win (``load_config`` applies
+    them afterwards).
+    """
+    data = dict(data)
+    sections = data.pop(PER_AGENT_KEY, None)
+    if sections is None:
+        return data
+    if not isinstance(sections, Mapping):
+        raise ConfigError(f"config: {PER_AGENT_KEY}: must map agent names to sections")
+    for name, section in sections.items():
+        if name not in AGENT_SPECS:
+            raise ConfigError(
+                f"config: {PER_AGENT_KEY}.{name}: unknown agent; valid agents: "
+                f"{', '.join(AGENT_SPECS)}"
+            )
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"config: {PER_AGENT_KEY}.{name}: must be a section (mapping)")
+        known = set(_field_types(TrainConfig)) | set(COMPONENT_SECTIONS) | set(AGENT_SPECS)
+        for key in section:
+            if key in ("agent", "agent_config") or key not in known:
+                raise ConfigError(
+                    f"config: {PER_AGENT_KEY}.{name}.{key}: not a run field or section "
+                    "that can be set per agent"
+                )
+    return _merged(data, sections.get(agent) or {})
+
+
+def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, mappings key by key (a deep update)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def learner_defaults(agent: str, agent_config: Any) -> dict[str, Any]:

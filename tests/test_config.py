@@ -61,6 +61,26 @@ def test_eval_env_kwargs_from_the_command_line():
     assert config.eval.env_kwargs_over(config.env_kwargs)["use_all_numbers"] is False
 
 
+def test_per_agent_sections_apply_to_their_agent_only(tmp_path):
+    preset = tmp_path / "compare.yaml"
+    preset.write_text(
+        "batch_size: 32\nlearner: {lr: 2.0e-5, warmup_steps: 5}\n"
+        "per_agent:\n  bon: {batch_size: 16, learner: {lr: 1.0e-4}}\n"
+    )
+    bon = load_config(preset, agent="bon")
+    assert (bon.batch_size, bon.learner.lr, bon.learner.warmup_steps) == (16, 1e-4, 5)
+    cispo = load_config(preset, agent="cispo")
+    assert (cispo.batch_size, cispo.learner.lr) == (32, 2e-5)
+    # The command line still wins over the agent's section.
+    assert load_config(preset, ["--learner.lr", "3e-4"], agent="bon").learner.lr == 3e-4
+    preset.write_text("per_agent:\n  bon: {agent: cispo}\n")
+    assert "per_agent.bon.agent" in _error(path=preset, agent="bon")
+    preset.write_text("per_agent:\n  ppo: {batch_size: 4}\n")
+    assert "per_agent.ppo" in _error(path=preset, agent="bon")
+    preset.write_text("per_agent:\n  mcts: {btach_size: 4}\n")
+    assert "per_agent.mcts.btach_size" in _error(path=preset, agent="bon")
+
+
 def test_learner_temperature_follows_the_agent():
     config = load_config(TINY, ["--mcts.temperature", "0.7"], agent="mcts")
     assert config.learner.temperature == pytest.approx(0.7)
