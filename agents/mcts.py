@@ -106,6 +106,9 @@ NUM_TRANSCRIPTS = 2
 
 # --- config ---
 
+#: ``MCTSConfig.extraction`` values.
+EXTRACTIONS = ("max_visits", "best_terminal")
+
 
 @dataclass
 class MCTSConfig:
@@ -154,6 +157,20 @@ class MCTSConfig:
     finish_max_tokens: int = 256
     """Token budget of the policy sample that finishes a max-visit path which stops before
     the episode ends. Paper: none (its trajectory could stop short)."""
+    # --- distillation ---
+    extraction: str = "max_visits"
+    """Which path of the tree becomes the trajectory. ``"max_visits"`` follows the most
+    visited child from the root (the paper). ``"best_terminal"`` takes the path to the
+    highest-reward node that ends the episode (ties: more visits, then earlier in the
+    tree), falling back to ``max_visits`` when no simulation reached an end; it uses what
+    ``search/best_minus_chosen`` shows max-visit leaves behind at small search budgets."""
+    min_reward: float | None = None
+    """Drop a search whose trajectory's reward is below this (``None`` keeps every one, as
+    the paper does). With ``1.0`` and ``best_terminal`` the agent distils only solutions
+    the search found (rejection sampling with search as the sampler); pair it with
+    ``c_value = 0`` (a value head fit on kept trajectories alone would learn V = 1 and
+    cancel ``A = r - V``)."""
+
     use_chat_template: bool = False
     """Encode the prompt with the tokenizer's chat template (system + user messages) when it
     has one; False uses the compact plain prompt, which the tiny model is trained on.
@@ -191,6 +208,11 @@ class MCTSConfig:
             isinstance(self.seed, bool) or not isinstance(self.seed, int)
         ):
             raise ValueError(f"MCTSConfig.seed must be an int or None, got {self.seed!r}")
+        if self.extraction not in EXTRACTIONS:
+            raise ValueError(
+                f"MCTSConfig.extraction must be one of {', '.join(EXTRACTIONS)}, "
+                f"got {self.extraction!r}"
+            )
 
 
 # --- the tree ---
@@ -282,6 +304,18 @@ def backup(path: Sequence[Node], value: float) -> None:
         node.in_flight -= 1
         node.visits += 1
         node.value_sum += value
+
+
+def best_terminal(root: Node) -> Node | None:
+    """The highest-reward node that ends the episode (ties: more visits, then the first in
+    ``iter_nodes`` order), or None when the tree has no such node."""
+    best = None
+    for node in iter_nodes(root):
+        if node.terminal and (
+            best is None or (node.reward, node.visits) > (best.reward, best.visits)
+        ):
+            best = node
+    return best
 
 
 def softmax(logits: Sequence[float]) -> list[float]:
@@ -447,8 +481,14 @@ class MCTSAgent:
             metrics["train/correct_frac"] = float(
                 np.mean([t.info["is_correct"] for t in trajectories])
             )
+        kept = [
+            r.trajectory
+            for r in results
+            if self.config.min_reward is None or r.trajectory.reward >= self.config.min_reward
+        ]
+        metrics["gen/trajectories"] = float(len(kept))
         return RolloutBatch(
-            trajectories=[r.trajectory for r in results],
+            trajectories=kept,
             metrics=metrics,
             samples=[r.transcript for r in results[:NUM_TRANSCRIPTS]],
         )
@@ -690,6 +730,9 @@ class TreeSearch:
         trajectory, its transcript and the last tree node of the path."""
         cfg = self.config
         node = self.root
+        best = best_terminal(self.root) if cfg.extraction == "best_terminal" else None
+        if best is not None:
+            node = best
         while node.children:
             node = max(
                 node.children,

@@ -22,6 +22,7 @@ from langrl.agents.mcts import (
     Node,
     TreeSearch,
     backup,
+    best_terminal,
     iter_nodes,
     puct_score,
     select_child,
@@ -200,6 +201,7 @@ def check_tree_invariants(root: Node, engine: FakeEngine) -> None:
         ("root_dirichlet_alpha", 0.0),
         ("temperature", 0.0),
         ("seed", "x"),
+        ("extraction", "max_q"),
     ],
 )
 def test_config_rejects_bad_values(field, value):
@@ -561,6 +563,59 @@ def test_best_minus_chosen_is_the_gap_to_the_best_terminal_in_the_tree():
     result = search(agent)
     best = max(n.reward for n in iter_nodes(result.root) if n.terminal)
     assert result.stats["best_minus_chosen"] == pytest.approx(best - result.trajectory.reward)
+
+
+def test_best_terminal_extraction_takes_the_best_end_in_the_tree():
+    agent, _ = make_agent(num_workers=3, iterations_per_worker=4, extraction="best_terminal")
+    result = search(agent)
+    best = best_terminal(result.root)
+    ends = [n for n in iter_nodes(result.root) if n.terminal]
+    assert best is not None and best.reward == max(n.reward for n in ends)
+    assert result.trajectory.reward == pytest.approx(best.reward)
+    assert result.trajectory.info["text"] == "".join(n.text for n in best.path()[1:])
+    assert result.stats["best_minus_chosen"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "extraction, chosen",
+    [("max_visits", "<answer>3 + 5</answer>"), ("best_terminal", "<answer>3 * 7 + 5 - 2</answer>")],
+)
+def test_extraction_rules_differ_where_the_best_end_is_rarely_visited(extraction, chosen):
+    agent, engine = make_agent(extraction=extraction)
+    tree = TreeSearch(agent, TASK, None)
+    ends = []
+    for text, reward, visits in (("<answer>3 + 5</answer>", -1 / 3, 5),
+                                 ("<answer>3 * 7 + 5 - 2</answer>", 1.0, 1)):  # fmt: skip
+        ids = engine.tokenizer(text)["input_ids"]
+        ends.append(Node(state=None, parent=tree.root, step_ids=ids, step_logprobs=[-0.1] * len(ids),
+                         text=text, terminal=True, reward=reward, visits=visits,
+                         outcome={"reason": "answer", "is_correct": reward == 1.0}))  # fmt: skip
+    tree.root.children = ends
+    trajectory, _, _ = asyncio.run(tree._extract())
+    assert trajectory.info["text"] == chosen
+
+
+def test_best_terminal_is_none_without_an_end_and_prefers_visits_on_ties():
+    root = Node(state=None)
+    assert best_terminal(root) is None
+    a = Node(state=None, parent=root, terminal=True, reward=0.5, visits=1)
+    b = Node(state=None, parent=root, terminal=True, reward=0.5, visits=3)
+    c = Node(state=None, parent=root, terminal=False, reward=0.9, visits=9)
+    root.children = [a, b, c]
+    assert best_terminal(root) is b
+
+
+def test_min_reward_drops_searches_below_it():
+    # One answer for both tasks: exact for target 24 (reward 1), legal but 6 off for
+    # target 30 (dense reward 1 - 2 * 6/30 = 0.6).
+    answer = "<answer>3 * 7 + 5 - 2</answer>"
+    engine = FakeEngine(lambda done: [answer])
+    agent, _ = make_agent(engine, num_workers=1, iterations_per_worker=2, min_reward=1.0)
+    batch = asyncio.run(agent.collect([TASK, {"numbers": [3, 5, 7, 2], "target": 30}]))
+    assert [t.reward for t in batch.trajectories] == [1.0]
+    assert batch.metrics["gen/trajectories"] == 1.0
+    assert batch.metrics["train/correct_frac"] == 0.5  # of all searches, kept or not
+    assert batch.metrics["train/reward_mean"] == pytest.approx((1.0 + 0.6) / 2)
 
 
 def test_value_calibration_arithmetic():
