@@ -39,7 +39,8 @@ class SamplingConfig:
         max_tokens: Maximum new tokens per sample.
         temperature: Sampling temperature (> 0; 1.0 samples the raw policy).
         top_p: Nucleus sampling mass (1.0 = off). Importance ratios assume 1.0.
-        stop: Stop strings; the matched stop string is kept in the sample's text and ids.
+        stop: Stop strings; the matched stop string is kept in the sample's text and ids
+            (the ids may run past it: ``Sample.overhang``).
         seed: Per-request seed for reproducible sampling; ``None`` = engine's RNG.
     """
 
@@ -67,11 +68,17 @@ class Sample:
 
     Attributes:
         token_ids: Sampled token ids (including a matched stop string's tokens).
-        text: Decoded text of ``token_ids``.
+        text: Decoded text of ``token_ids`` (special tokens skipped), cut at the end of a
+            matched stop string (kept).
         logprobs: Per-token logprobs under the sampling distribution (see module doc).
         cumulative_logprob: ``sum(logprobs)``.
         finish_reason: ``"stop"`` (stop string / EOS) or ``"length"`` (hit max_tokens).
         stop_reason: The stop string matched, the stop token id, or ``None``.
+        overhang: The text ``token_ids`` decode to beyond ``text`` when a stop string
+            ended inside the last token (BPE merges such as ``"><"`` across
+            ``</step><step>``), else ``""``: ``text + overhang == decode(token_ids)``
+            (special tokens skipped). It is already in the ids, so whoever continues
+            from them owes it to the env (MCTS prepends it to the next step's text).
     """
 
     token_ids: list[int]
@@ -80,6 +87,7 @@ class Sample:
     cumulative_logprob: float
     finish_reason: str
     stop_reason: str | int | None = None
+    overhang: str = ""
 
 
 @dataclass

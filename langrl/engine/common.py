@@ -6,6 +6,7 @@
   forward in a worker thread; ``load_weights`` (blocking, from any thread) and
   ``load_weights_async``; the weight-version gate; prompt encoding.
 - ``find_stop``: stop-string matching with vLLM's semantics (the stop string is kept).
+- ``stop_overhang``: what the sampled ids hold beyond a stop string (``Sample.overhang``).
 - ``check_model_path``: fail fast, before any engine process starts.
 
 Why ``score()`` uses the value-model copy rather than vLLM ``prompt_logprobs``: it is exactly
@@ -135,6 +136,26 @@ def find_stop(text: str, stops: Sequence[str], new_from: int) -> tuple[int, str]
             if best is None or end < best[0]:
                 best = (end, stop)
     return best
+
+
+def stop_overhang(
+    tokenizer: Any, token_ids: Sequence[int], text: str, stop_reason: str | int | None
+) -> str:
+    """``Sample.overhang``: the text ``token_ids`` decode to beyond ``text``.
+
+    Both engines cut a sample's text at the end of the stop string it matched but keep
+    every sampled id, and a BPE token can run past that end: Qwen2 splits
+    ``</step><step>`` as ``'</', 'step', '><', 'step', '>'``, so a sample stopped at
+    ``</step>`` by a ``><`` token has ids that decode to ``text + "<"``. Only a stop on a
+    string (``stop_reason`` a ``str``) can do that, so only then does this decode (once,
+    special tokens skipped, as the engines' text). ``""`` otherwise, and also if ``text``
+    is not a prefix of the decode (not seen: byte-level decoding is consistent), rather
+    than invent an overhang from model output.
+    """
+    if not isinstance(stop_reason, str):
+        return ""
+    decoded = tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    return decoded[len(text) :] if decoded.startswith(text) else ""
 
 
 # --- concurrency helpers -----------------------------------------------------------------

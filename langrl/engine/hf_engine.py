@@ -7,8 +7,9 @@ a KV cache runs in the model's worker thread. No continuous batching: a batch ru
 its last row finishes, and requests arriving meanwhile wait for the next one.
 
 Sampling matches vLLM's conventions: per-token logprobs of the *processed* distribution
-(temperature, then top-p), stop strings kept in the output (``find_stop``), EOS kept in the
-token ids but not in the text, ``finish_reason`` ``"stop"``/``"length"``. A request with a
+(temperature, then top-p), stop strings kept in the output (``find_stop``; text cut at the
+stop, every sampled id kept, ``Sample.overhang`` the difference), EOS kept in the token ids
+but not in the text, ``finish_reason`` ``"stop"``/``"length"``. A request with a
 seed draws from its own ``torch.Generator``, so its samples do not depend on what else is
 in the batch. ``values``/``score``/``load_weights`` are ``ServedEngine``'s, on the same
 ``PolicyValueModel`` that generates.
@@ -30,6 +31,7 @@ from langrl.engine.common import (
     check_model_path,
     find_stop,
     load_value_model,
+    stop_overhang,
 )
 from langrl.engine.config import EngineConfig
 from langrl.policy_model import PolicyValueModel
@@ -181,6 +183,7 @@ class HFEngine(ServedEngine):
                     cumulative_logprob=float(sum(row.logprobs)),
                     finish_reason=row.finish_reason or "length",
                     stop_reason=row.stop_reason,
+                    overhang=stop_overhang(self.tokenizer, row.tokens, row.text, row.stop_reason),
                 )
             )
 

@@ -35,6 +35,7 @@ from langrl.engine.common import (
     load_value_model,
     resolve_dtype,
     start_in_thread,
+    stop_overhang,
 )
 from langrl.engine.config import EngineConfig, EngineStartError
 from langrl.engine.worker_extension import encode_weights
@@ -188,6 +189,8 @@ class VLLMEngine(ServedEngine):
                     cumulative_logprob=float(sum(logprobs)),
                     finish_reason=str(c.finish_reason),
                     stop_reason=c.stop_reason,
+                    # vLLM cuts the text at the stop string but returns every sampled id.
+                    overhang=stop_overhang(self.tokenizer, token_ids, c.text, c.stop_reason),
                 )
             )
         return Generation(prompt_ids=ids, samples=samples, policy_version=version)

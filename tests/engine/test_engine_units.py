@@ -19,10 +19,12 @@ from langrl.engine.common import (
     WeightGate,
     check_model_path,
     find_stop,
+    stop_overhang,
     token_budget_chunks,
 )
 from langrl.engine.hf_engine import processed_logprobs
 from langrl.engine.worker_extension import decode_weights, encode_weights
+from langrl.tiny.bpe_tokenizer import build_bpe_tokenizer
 
 # --- config ---
 
@@ -112,6 +114,26 @@ def test_find_stop_semantics() -> None:
     # The earliest-ending match wins; the text is cut right after it.
     assert find_stop("12+3=", ["=", "+"], 0) == (3, "+")
     assert find_stop("abc", [], 0) is None
+
+
+def test_stop_overhang_is_what_the_ids_hold_past_the_stop_string() -> None:
+    tok = build_bpe_tokenizer()  # Qwen2-style BPE: "</step><step>" -> "</" "step" "><" ...
+    ids = tok("<step>1 + 2 = 3</step><step>", add_special_tokens=False)["input_ids"][:-2]
+    decoded = tok.decode(ids)
+    assert decoded == "<step>1 + 2 = 3</step><"  # the last id is the merged "><"
+    # What an engine does: cut the text at the stop, keep every id.
+    end, stop = find_stop(decoded, ["</step>"], 0)
+    text = decoded[:end]
+    assert stop_overhang(tok, ids, text, stop) == "<"
+    # Special tokens are skipped, as in the engines' text.
+    assert stop_overhang(tok, [*ids, tok.eos_token_id], text, stop) == "<"
+    # A stop on a token boundary, an EOS or stop-token stop, or no stop: nothing over.
+    whole = tok("<step>1</step>", add_special_tokens=False)["input_ids"]
+    assert stop_overhang(tok, whole, "<step>1</step>", "</step>") == ""
+    assert stop_overhang(tok, ids, decoded, None) == ""
+    assert stop_overhang(tok, ids, decoded, tok.eos_token_id) == ""
+    # Text that is not a prefix of the decode (untrusted output) gives no invented overhang.
+    assert stop_overhang(tok, ids, "<step>9</step>", "</step>") == ""
 
 
 # --- coalescing, gate, chunks ---
