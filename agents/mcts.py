@@ -32,6 +32,12 @@ while expansions are in flight waits for one to return before its next simulatio
 terminal visits cost no engine call and would otherwise pile up on whatever terminal the
 other workers' virtual losses leave free (``search/terminal_waits``).
 
+Steps are cut at their closing tag, but keep every sampled token id; with a BPE tokenizer
+the last id can run past the tag (Qwen2 merges ``><`` in ``</step><step>``), so the ids
+hold text the step's action lacks (``Sample.overhang``). A node keeps that text as its
+``carry`` and gives it to the env in front of its children's actions and of the finishing
+sample, so the env is fed exactly the text the path's ids decode to.
+
 (The reference's answer parser and value-head LayerNorm defects live in the env grader and
 the learner; search values here come from ``PolicyEngine.values``, the learner's head.)
 
@@ -234,7 +240,12 @@ class Node:
     step_logprobs: list[float] = field(default_factory=list)
     """Sampling-distribution logprobs of ``step_ids`` (the behaviour policy)."""
     text: str = ""
-    """Decoded text of ``step_ids``, as the engine returned it (fed to ``env.step``)."""
+    """Decoded text of ``step_ids`` (the sample's ``text + overhang``): a path's texts
+    joined are the decode of its ids (the trajectory's ``info["text"]``)."""
+    carry: str = ""
+    """The end of ``text`` not yet given to the env: the sample's ``overhang`` past its
+    stop string (e.g. the ``<`` of a merged ``><`` token). Each child's action is this
+    node's ``carry`` + the child sample's text, and it starts the finishing sample's."""
     prior: float = 1.0
     depth: int = 0
     policy_version: int = 0
@@ -692,14 +703,16 @@ class TreeSearch:
                     distinct, (len(g) for g in groups.values()), priors, strict=True
                 ):
                     self.env.set_state(node.state)
-                    _, reward, terminated, truncated, info = self.env.step(sample.text)
+                    action = node.carry + sample.text
+                    _, reward, terminated, truncated, info = self.env.step(action)
                     children.append(
                         Node(
                             state=self.env.get_state(),
                             parent=node,
                             step_ids=list(sample.token_ids),
                             step_logprobs=list(sample.logprobs),
-                            text=sample.text,
+                            text=sample.text + sample.overhang,
+                            carry=sample.overhang,
                             prior=prior,
                             depth=node.depth + 1,
                             policy_version=generation.policy_version,
@@ -756,13 +769,15 @@ class TreeSearch:
             prefix = self._prefix_ids(node)
             # Timed as engine time, although it includes grading the sample (a few env steps).
             (graded,) = await self._engine(
-                sample_and_grade(self.engine, self.env, node.state, prefix, sampling)
+                sample_and_grade(
+                    self.engine, self.env, node.state, prefix, sampling, carry=node.carry
+                )
             )
             self.stats.sampled_completions += 1
             self.stats.sampled_tokens += len(graded.sample.token_ids)
             ids += graded.sample.token_ids
             logprobs += graded.sample.logprobs
-            text += graded.sample.text
+            text += graded.sample.text + graded.sample.overhang
             versions.append(graded.policy_version)
             reward, outcome = graded.reward, graded.info
         trajectory = Trajectory(

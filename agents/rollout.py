@@ -63,19 +63,27 @@ async def sample_and_grade(
     start_state: Any,
     prefix_ids: list[int],
     sampling: SamplingConfig,
+    carry: str = "",
 ) -> list[GradedSample]:
     """Sample ``sampling.n`` completions of ``prefix_ids`` and grade each from ``start_state``.
 
     ``env`` must be an unwrapped langrl env (``get_state``/``set_state``); grading is
     synchronous and cheap, so one env instance serves all samples of a call. Without stop
     strings in ``sampling``, generation stops once the env's answer tag is closed.
+    ``carry`` is text already in ``prefix_ids`` that the env has not been given (an MCTS
+    node's ``carry``: a BPE token that ran past its step's stop string); each completion
+    is graded as ``carry + sample.text``. A completion's own ``overhang`` is never graded:
+    it lies past the stop string that ended it (by default the answer's closing tag, which
+    ends the episode).
     """
     if not sampling.stop:
         sampling = replace(sampling, stop=action_tags(env).completion_stop)
     generation = await engine.generate(prefix_ids, sampling)
     graded = []
     for sample in generation.samples:
-        reward, terminated, truncated, info, state = grade_completion(env, start_state, sample.text)
+        reward, terminated, truncated, info, state = grade_completion(
+            env, start_state, carry + sample.text
+        )
         graded.append(
             GradedSample(
                 sample, reward, terminated, truncated, info, state, generation.policy_version

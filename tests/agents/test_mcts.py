@@ -31,6 +31,7 @@ from langrl.agents.mcts import (
 )
 from langrl.agents.rollout import grade_completion
 from langrl.engine.base import Generation, PolicyEngine, Sample, SamplingConfig
+from langrl.engine.common import find_stop, stop_overhang
 from langrl.metrics import TAGS
 
 TASK = {"numbers": [3, 5, 7, 2], "target": 24}
@@ -49,8 +50,25 @@ class CharTokenizer:
     def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
         return {"input_ids": [ord(c) for c in text]}
 
-    def decode(self, ids: Sequence[int]) -> str:
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return "".join(chr(i) for i in ids)
+
+
+class MergingTokenizer(CharTokenizer):
+    """One token per character, except ``"><"``: one token (id ``MERGED``), as Qwen2's BPE
+    merges it in ``</step><step>``, so a stop at ``</step>`` can end inside a token."""
+
+    MERGED = 0x110000  # past the last Unicode code point: no character's id
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        pieces = text.split("><")
+        ids = [ord(c) for c in pieces[0]]
+        for piece in pieces[1:]:
+            ids += [self.MERGED, *(ord(c) for c in piece)]
+        return {"input_ids": ids}
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return "".join("><" if i == self.MERGED else chr(i) for i in ids)
 
 
 def default_script(done: str) -> list[str]:
@@ -76,7 +94,9 @@ class FakeEngine(PolicyEngine):
     """Scripted steps; logprobs and values are pure functions of the ids.
 
     ``generate`` with a ``</step>`` stop samples ``script(completion so far)``; without one
-    (the finishing sample) it returns ``finish``. Sampling logprob of token ``t`` at
+    (the finishing sample) it returns ``finish``. A scripted string is what the model
+    sampled: its ids are all kept and, as in the real engines, its text is cut after the
+    first stop string, the rest reported as ``overhang``. Sampling logprob of token ``t`` at
     position ``j`` after a prefix of length ``L``: ``lp(L, j, t)``; ``score`` returns the
     distinct raw value ``raw_lp``; ``values`` is ``value_of(ids)``.
     """
@@ -86,8 +106,9 @@ class FakeEngine(PolicyEngine):
         script: Callable[[str], list[str]] = default_script,
         finish: str = "<answer>3 * 7 + 5 - 2</answer>",
         yields: int = 3,
+        tokenizer: CharTokenizer | None = None,
     ) -> None:
-        self.tokenizer = CharTokenizer()
+        self.tokenizer = tokenizer or CharTokenizer()
         self.script = script
         self.finish = finish
         self.yields = yields
@@ -129,8 +150,11 @@ class FakeEngine(PolicyEngine):
             t = texts[i % len(texts)]
             tok = self.tokenizer(t)["input_ids"]
             lps = [self.lp(len(ids), j, x) for j, x in enumerate(tok)]
-            reason = "length" if not t.endswith(">") else "stop"
-            samples.append(Sample(tok, t, lps, sum(lps), reason))
+            hit = find_stop(t, sampling.stop, 0)
+            text, stop = (t, None) if hit is None else (t[: hit[0]], hit[1])
+            reason = "stop" if hit is not None or t.endswith(">") else "length"
+            overhang = stop_overhang(self.tokenizer, tok, text, stop)
+            samples.append(Sample(tok, text, lps, sum(lps), reason, stop, overhang))
         return Generation(ids, samples, self.policy_version)
 
     async def score(self, prompt_ids, completions):
@@ -468,6 +492,60 @@ def test_a_short_path_is_finished_by_a_policy_sample():
     ]
     assert traj.reward == pytest.approx(env_reward([child.text, finish])) == 1.0
     assert traj.info["finished_by_sampling"] and traj.info["is_correct"]
+
+
+# --- BPE merges across a stop string ---
+
+ANSWER = "answer>3 * 7 + 5 - 2</answer>"  # correct; its "<" came with the step before it
+
+
+def merged_steps(done: str) -> list[str]:
+    """Steps as a BPE policy samples them: each ``</step>`` comes merged with the next tag's
+    ``<`` (the ``><`` token), so the next sample starts with ``step>`` or ``answer>``."""
+    depth = done.count("</step>")
+    if depth == 0:
+        return ["<step>3 * 7 = 21</step><", "<step>5 - 2 = 3</step><"]
+    if depth == 1:
+        second = "step>5 - 2 = 3</step><" if "21" in done else "step>3 * 7 = 21</step><"
+        return [second, ANSWER]
+    if depth == 2:
+        return ["step>21 + 3 = 24</step><", ANSWER]
+    return [ANSWER]
+
+
+def test_steps_after_a_merged_closing_tag_are_graded_with_its_carry():
+    tok = MergingTokenizer()
+    engine = FakeEngine(merged_steps, tokenizer=tok)
+    agent, _ = make_agent(engine, num_workers=2, iterations_per_worker=8)
+    result = search(agent)
+    nodes = [n for n in iter_nodes(result.root) if n is not result.root]
+    # The env got "<" + "step>..." (or "answer>..."): a step or the correct answer, never
+    # a malformed action.
+    assert {n.outcome["reason"] for n in nodes} == {"step", "correct"}
+    for node in nodes:
+        assert node.text == tok.decode(node.step_ids)
+        assert node.carry == ("<" if node.text.endswith("><") else "")
+    assert any(n.depth >= 3 for n in nodes)  # every kind of step was graded
+    traj = result.trajectory
+    assert traj.reward == 1.0 and traj.info["is_correct"]
+    assert traj.info["text"] == tok.decode(traj.completion_ids)
+    assert env_reward([traj.info["text"]]) == 1.0
+
+
+def test_the_finishing_sample_is_graded_after_the_carry():
+    finish = "step>5 - 2 = 3</step><step>21 + 3 = 24</step><" + ANSWER
+    tok = MergingTokenizer()
+    engine = FakeEngine(lambda done: ["<step>3 * 7 = 21</step><"], finish, tokenizer=tok)
+    agent, _ = make_agent(engine, num_workers=1, iterations_per_worker=1)
+    result = search(agent)
+    traj = result.trajectory
+    # Graded as "<" + "step>5 - 2 = 3</step>...", not as a completion starting "step>".
+    assert traj.info["finished_by_sampling"]
+    assert traj.reward == 1.0 and traj.info["is_correct"], traj.info["reason"]
+    (child,) = result.root.children
+    assert child.carry == "<" and not child.terminal
+    text = "<step>3 * 7 = 21</step><step>5 - 2 = 3</step><step>21 + 3 = 24</step><" + ANSWER
+    assert traj.info["text"] == tok.decode(traj.completion_ids) == text
 
 
 # --- the Agent protocol ---
