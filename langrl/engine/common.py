@@ -32,8 +32,8 @@ import torch
 
 from langrl.engine.base import PolicyEngine, PromptTooLongError
 from langrl.engine.config import EngineConfig, EngineStartError, model_source_error
-from langrl.learner.losses import logprobs_from_logits
-from langrl.policy_model import PolicyValueModel
+from langrl.learner.learner import token_logprobs
+from langrl.policy_model import PolicyValueModel, final_hidden_states
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -268,22 +268,40 @@ def token_budget_chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
     return chunks
 
 
+#: Positions projected onto the vocabulary at once when scoring (``completion_logprobs``):
+#: peak logits memory is this x vocabulary x 4 bytes (620 MB for Qwen2's 151,936).
+SCORE_CHUNK_POSITIONS = 1024
+
+
 @torch.no_grad()
 def completion_logprobs(
     model: PolicyValueModel, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]
 ) -> list[list[float]]:
     """Raw (T=1) logprob of each completion token given its prompt: one right-padded forward.
 
-    Exactly the learner's computation: ``log_softmax(logits)`` of ``PolicyValueModel.forward``
-    gathered at the next token.
+    Exactly the learner's computation (``token_logprobs`` on the final hidden states, float32
+    output layer), and like the learner it projects only the completion positions, in
+    chunks of ``SCORE_CHUNK_POSITIONS``: never full-vocabulary logits for the whole batch.
     """
     ids, mask = model.right_pad([list(p) + list(c) for p, c in pairs])  # (B, T)
-    logits, _ = model(ids, mask)  # (B, T, V)
-    tok_logp = logprobs_from_logits(logits[:, :-1], ids[:, 1:])  # (B, T-1)
-    out = []
-    for i, (p, c) in enumerate(pairs):
-        # Token at position j is predicted from position j-1.
-        out.append(tok_logp[i, len(p) - 1 : len(p) - 1 + len(c)].tolist())  # sync point
+    hidden = final_hidden_states(model.lm, ids, mask)  # (B, T, H)
+    # Completion token j of row i sits at len(p) + j and is predicted from the position before.
+    rows = [i for i, (p, c) in enumerate(pairs) for _ in c]
+    cols = [len(p) - 1 + j for p, c in pairs for j in range(len(c))]
+    rows_t = torch.tensor(rows, dtype=torch.long, device=ids.device)  # (N,)
+    cols_t = torch.tensor(cols, dtype=torch.long, device=ids.device)  # (N,)
+    flat, _ = token_logprobs(
+        model.lm,
+        hidden[rows_t, cols_t],  # (N, H)
+        ids[rows_t, cols_t + 1],  # (N,)
+        chunk_size=SCORE_CHUNK_POSITIONS,
+        with_entropy=False,
+    )
+    values = flat.tolist()  # sync point
+    out, start = [], 0
+    for _, c in pairs:
+        out.append(values[start : start + len(c)])
+        start += len(c)
     return out
 
 

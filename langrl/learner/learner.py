@@ -213,6 +213,7 @@ def token_logprobs(
     targets: torch.Tensor,
     temperature: float = 1.0,
     chunk_size: int | None = None,
+    with_entropy: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logprobs (N,), entropies (N,))`` of ``targets`` (N,) given final hidden states (N, H).
 
@@ -224,12 +225,17 @@ def token_logprobs(
     all N positions, logits kept for backward (peak ``N x V``). The entropy (of
     ``softmax(logits / temperature)``) carries no gradient. Same maths as
     ``logprobs_from_logits`` / ``entropy_from_logits`` on full logits, chunked.
+    ``with_entropy=False`` skips the entropy (zeros in its place; saves a softmax).
     """
 
     def chunk(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = lm_head_fp32(lm, h)  # (n, V) float32
         with torch.no_grad():
-            entropy = entropy_from_logits(logits, temperature)  # (n,)
+            entropy = (
+                entropy_from_logits(logits, temperature)  # (n,)
+                if with_entropy
+                else logits.new_zeros(logits.shape[0])  # (n,): a scorer needs none
+            )
         return logprobs_from_logits(logits, t, temperature), entropy  # (n,), (n,)
 
     if chunk_size is None or hidden.shape[0] == 0:

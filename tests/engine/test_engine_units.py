@@ -224,3 +224,37 @@ def test_weight_records_round_trip() -> None:
     for name, tensor in state.items():
         assert decoded[name].dtype == tensor.dtype
         torch.testing.assert_close(decoded[name], tensor)
+
+
+# --- scoring ---
+
+
+def test_scores_project_only_completion_positions_in_chunks(
+    tiny_policy_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``engine.score``'s maths equals full-vocabulary log_softmax at every completion token,
+    while the output layer only ever sees ``SCORE_CHUNK_POSITIONS`` rows at once."""
+    import langrl.engine.common as common
+    import langrl.learner.learner as learner_module
+
+    model = tiny_policy_model
+    pairs = [([5, 6, 7], [8, 9, 10, 11]), ([5, 6], [12]), ([7, 8, 9, 10], [])]
+    rows_seen: list[int] = []
+    head = learner_module.lm_head_fp32
+
+    def recording_head(lm, hidden):
+        rows_seen.append(hidden.reshape(-1, hidden.shape[-1]).shape[0])
+        return head(lm, hidden)
+
+    monkeypatch.setattr(learner_module, "lm_head_fp32", recording_head)
+    monkeypatch.setattr(common, "SCORE_CHUNK_POSITIONS", 2)
+    got = common.completion_logprobs(model, pairs)
+    assert [len(g) for g in got] == [4, 1, 0]
+    assert rows_seen == [2, 2, 1]  # 5 completion tokens in chunks of 2; never B x T x V
+    with torch.no_grad():
+        for (prompt, completion), scores in zip(pairs, got, strict=True):
+            ids = torch.tensor([prompt + completion])
+            logits, _ = model(ids)  # (1, T, V) float32
+            full = torch.log_softmax(logits[0, :-1], dim=-1)  # (T-1, V)
+            want = [full[len(prompt) - 1 + j, t].item() for j, t in enumerate(completion)]
+            assert scores == pytest.approx(want, abs=1e-5)
