@@ -140,7 +140,7 @@ class GroupSamplingAgent:
             agent=self.name,
             info={
                 "task": dict(episode.task),
-                "text": g.sample.text,
+                "text": g.sample.text + g.sample.overhang,  # the decode of the trained ids
                 "reason": g.info.get("reason"),
             },
         )
