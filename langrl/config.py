@@ -189,9 +189,7 @@ class TrainConfig:
             self.env_id,
             self.env_kwargs,
             agent=self.agent,
-            eval_split=self.eval.split,
-            eval_reward=self.eval.reward,
-            eval_env_kwargs=self.eval.env_kwargs,
+            evaluation=self.eval,
         )
         for name, low in (
             ("total_steps", 1),
@@ -374,6 +372,7 @@ def apply_per_agent(data: Mapping[str, Any], agent: str) -> dict[str, Any]:
         return data
     if not isinstance(sections, Mapping):
         raise ConfigError(f"config: {PER_AGENT_KEY}: must map agent names to sections")
+    known = set(_field_types(TrainConfig)) | set(COMPONENT_SECTIONS) | set(AGENT_SPECS)
     for name, section in sections.items():
         if name not in AGENT_SPECS:
             raise ConfigError(
@@ -382,7 +381,6 @@ def apply_per_agent(data: Mapping[str, Any], agent: str) -> dict[str, Any]:
             )
         if not isinstance(section, Mapping):
             raise ConfigError(f"config: {PER_AGENT_KEY}.{name}: must be a section (mapping)")
-        known = set(_field_types(TrainConfig)) | set(COMPONENT_SECTIONS) | set(AGENT_SPECS)
         for key in section:
             if key in ("agent", "agent_config") or key not in known:
                 raise ConfigError(
@@ -495,9 +493,7 @@ def check_env(
     env_kwargs: Mapping[str, Any],
     *,
     agent: str | None = None,
-    eval_split: str | None = None,
-    eval_reward: Any = None,
-    eval_env_kwargs: Mapping[str, Any] | None = None,
+    evaluation: EvalConfig | None = None,
 ) -> None:
     """The env exists, its kwargs construct it, and it fits its use; one line otherwise.
 
@@ -506,10 +502,10 @@ def check_env(
     env). The training env (``split="train"``) must have the members of
     ``langrl.envs.base.CONTRACT_MEMBERS`` that ``agent`` uses (every agent: tasks by index
     and state snapshots; ``mcts`` also ``task_info``) and reset info with ``prompt`` and
-    ``messages``; with ``eval_split``, the env must also construct for evaluation
-    (``split=eval_split, reward=eval_reward``, e.g. the ``sparse`` preset, and
-    ``eval_env_kwargs`` over ``env_kwargs``: ``EvalConfig.env_kwargs``). Cheap: the
-    envs load small local data on first use.
+    ``messages``; with ``evaluation``, the env must also construct with the kwargs
+    evaluation uses (``EvalConfig.env_kwargs_over``: its split, reward, e.g. the
+    ``sparse`` preset, and env_kwargs over ``env_kwargs``). Cheap: the envs load small
+    local data on first use.
     """
     import importlib
 
@@ -561,16 +557,15 @@ def check_env(
             f"config: env_id: {env_id} does not fit {user}: {'; '.join(problems)} (see "
             "the env contract in langrl.envs.base: subclass ReasoningEnv or provide these)"
         )
-    if eval_split is not None:
-        overrides = dict(eval_env_kwargs or {})
-        kwargs = {**env_kwargs, **overrides, "split": eval_split, "reward": eval_reward}
+    if evaluation is not None:
+        overrides = evaluation.env_kwargs
         try:
-            gym.make(env_id, **kwargs).close()
+            gym.make(env_id, **evaluation.env_kwargs_over(env_kwargs)).close()
         except Exception as err:  # noqa: BLE001
             field_name = "eval.env_kwargs" if overrides else "eval.reward"
             raise ConfigError(
                 f"config: {field_name}: {env_id} cannot be built for evaluation with "
-                f"split={eval_split!r}, reward={eval_reward!r}"
+                f"split={evaluation.split!r}, reward={evaluation.reward!r}"
                 + (f", {overrides}" if overrides else "")
                 + f" (evaluation needs a 0/1 'sparse' reward preset): {_one_line(err)}"
             ) from None

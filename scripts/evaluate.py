@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             progress=not args.quiet,
         )
-        check_env(args.env, {}, eval_split=args.split, eval_reward=eval_config.reward)
+        check_env(args.env, {}, evaluation=eval_config)
         model = resolve_model(args.model)
         check_model(model)
     except (ConfigError, ValueError) as err:
