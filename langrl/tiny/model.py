@@ -26,9 +26,11 @@ class TinyModelSpec:
         hidden_size: Model width; ``hidden_size / num_heads`` is the head dim (keep it 64,
             a size every vLLM attention backend supports).
         num_layers: Transformer blocks.
-        num_heads: Attention heads (also used as key/value heads).
+        num_heads: Attention heads.
         intermediate_size: MLP width.
         max_position_embeddings: Longest context; Countdown episodes need about 200 tokens.
+        num_kv_heads: Key/value heads; ``None`` = ``num_heads``, fewer = grouped-query
+            attention (as Qwen2.5).
     """
 
     hidden_size: int
@@ -36,6 +38,7 @@ class TinyModelSpec:
     num_heads: int
     intermediate_size: int
     max_position_embeddings: int = 512
+    num_kv_heads: int | None = None
 
 
 PRESETS: dict[str, TinyModelSpec] = {
@@ -48,18 +51,22 @@ PRESETS: dict[str, TinyModelSpec] = {
 
 def build_random_policy(
     path: str | os.PathLike,
-    preset: str = "test",
+    preset: str | TinyModelSpec = "test",
     seed: int = 0,
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Path:
     """Write tokenizer + randomly initialised Qwen2 LM + value head to ``path``; return it.
 
-    ``tokenizer`` defaults to the tiny character-level one; pass another (e.g.
+    ``preset`` names one of ``PRESETS`` or is a ``TinyModelSpec``. ``tokenizer`` defaults to
+    the tiny character-level one; pass another (e.g.
     ``langrl.tiny.bpe_tokenizer.build_bpe_tokenizer()``) to size the model's vocabulary to it.
     """
-    if preset not in PRESETS:
+    if isinstance(preset, TinyModelSpec):
+        spec = preset
+    elif preset in PRESETS:
+        spec = PRESETS[preset]
+    else:
         raise ValueError(f"unknown tiny model preset {preset!r}; choose from {sorted(PRESETS)}")
-    spec = PRESETS[preset]
     path = Path(path)
     tok = tokenizer if tokenizer is not None else build_tokenizer()
     tok.save_pretrained(str(path))
@@ -69,7 +76,7 @@ def build_random_policy(
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads or spec.num_heads,
         max_position_embeddings=spec.max_position_embeddings,
         tie_word_embeddings=True,
         bos_token_id=tok.eos_token_id,

@@ -16,12 +16,12 @@ import json
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoTokenizer
 
 from langrl.config import load_config
 from langrl.learner import Learner, latest_checkpoint
-from langrl.policy_model import PolicyValueModel
 from langrl.tiny.bpe_tokenizer import build_bpe_tokenizer
+from langrl.tiny.model import TinyModelSpec, build_random_policy
 from langrl.trainer import train
 
 pytestmark = pytest.mark.slow
@@ -30,28 +30,22 @@ ROOT = Path(__file__).resolve().parents[2]
 PAPER = ROOT / "configs" / "qwen2.5-1.5b-paper.yaml"
 
 
-def _scaled_down_qwen25(path: Path) -> Path:
-    tok = build_bpe_tokenizer(path)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # grouped-query attention, as Qwen2.5-1.5B (12 / 2)
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,  # as Qwen2.5-1.5B
-        bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    lm = Qwen2ForCausalLM(config)
-    PolicyValueModel(lm).save_pretrained(path)
-    return path
+#: Qwen2.5-1.5B's shape in miniature: grouped-query attention (it has 12 / 2 heads) and tied
+#: embeddings (``build_random_policy`` ties them), head dim 64.
+QWEN25_TINY = TinyModelSpec(
+    hidden_size=256,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    intermediate_size=512,
+    max_position_embeddings=2048,
+)
 
 
 def test_paper_preset_trains_one_mcts_step_on_cpu(tmp_path, monkeypatch):
-    model = _scaled_down_qwen25(tmp_path / "qwen2.5-tiny")
+    model = build_random_policy(
+        tmp_path / "qwen2.5-tiny", QWEN25_TINY, tokenizer=build_bpe_tokenizer()
+    )
     run_dir = tmp_path / "run"
     overrides = [
         "--total_steps", "1", "--batch_size", "2", "--sync_every", "1", "--max_staleness", "1",
