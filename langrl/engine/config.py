@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BACKENDS = ("vllm", "hf")
+WEIGHT_PUSH = ("auto", "shm", "rpc")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -80,6 +81,12 @@ class EngineConfig:
             so seeded sampling stays usable there; vLLM's default (on) with a GPU.
         startup_timeout_s: Give up starting the engine after this many seconds with an
             ``EngineStartError`` instead of waiting forever (default 600; > 0).
+        weight_push: How ``load_weights`` moves new weights into vLLM's worker (see
+            ``langrl.engine.vllm_engine.choose_weight_push``): ``"auto"`` (default) takes
+            ``"shm"`` on a CPU-only machine whose vLLM has the weight-transfer API, else
+            ``"rpc"``; ``"shm"``: vLLM's native weight-transfer API with langrl's
+            shared-memory backend (``langrl.engine.weight_transfer``); ``"rpc"``: tensors as
+            bytes through ``collective_rpc`` and the worker's ``reload_weights``.
 
     Value/score model (both backends):
         device: Where the transformers copy that serves ``values()``/``score()`` (and the
@@ -113,6 +120,7 @@ class EngineConfig:
     enforce_eager: bool = False
     enable_chunked_prefill: bool | None = None
     startup_timeout_s: float = 600.0
+    weight_push: str = "auto"
 
     # --- value / score model ---
     device: str | None = None
@@ -141,6 +149,10 @@ class EngineConfig:
         if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
             raise ValueError(
                 f"EngineConfig.kv_cache_gib must be > 0 or None, got {self.kv_cache_gib}"
+            )
+        if self.weight_push not in WEIGHT_PUSH:
+            raise ValueError(
+                f"EngineConfig.weight_push must be one of {WEIGHT_PUSH}, got {self.weight_push!r}"
             )
         if self.max_num_seqs < 1:
             raise ValueError(f"EngineConfig.max_num_seqs must be >= 1, got {self.max_num_seqs}")

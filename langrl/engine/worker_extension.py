@@ -3,7 +3,10 @@
 vLLM mixes this class into its worker (``worker_extension_cls=
 "langrl.engine.worker_extension.WeightSyncExtension"``); ``VLLMEngine`` calls its methods with
 ``collective_rpc``. This module is imported inside vLLM's worker process, so it imports
-nothing from langrl beyond the standard library and torch.
+nothing from langrl beyond the standard library and torch - except that, on import, it
+registers langrl's shared-memory weight-transfer backend (``langrl.engine.weight_transfer``,
+loaded lazily by vLLM's factory) where vLLM has that API: vLLM imports the extension before
+it loads the model and builds the configured ``WeightTransferEngine``.
 
 Tensors travel as ``(name, dtype, shape, bytes)`` records: vLLM's RPC serializer turns
 untyped tensors (and tuples) in ``collective_rpc`` arguments into plain lists, so we encode
@@ -61,6 +64,22 @@ class WeightSyncExtension:
         return len(weights)
 
     def langrl_weight_checksum(self) -> float:
-        """Sum of every parameter (float64): a cheap check that a push arrived."""
+        """Sum of every parameter (float64): a cheap check that a push arrived.
+
+        Only what is still a parameter counts: vLLM's CPU backend repacks every linear
+        weight for its GEMM kernels (oneDNN / sgl) and leaves an empty parameter, so on CPU
+        this sums embeddings, norms and biases (``benchmarks/bench_weight_push.py`` checks
+        the linear weights through logprobs instead)."""
         model = self.model_runner.model  # type: ignore[attr-defined]
         return float(sum(p.detach().double().sum().item() for p in model.parameters()))
+
+
+def _register_weight_transfer_backend() -> None:
+    try:
+        from langrl.engine.weight_transfer import register_backend
+    except ImportError:  # no vLLM, or one without the weight-transfer API (< 0.32)
+        return
+    register_backend()
+
+
+_register_weight_transfer_backend()
