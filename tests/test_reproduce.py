@@ -28,7 +28,11 @@ def test_preset_builds_for_every_agent_with_one_budget(agent, tmp_path):
     assert config.max_gen_tokens and config.eval_every_tokens
     # The curves are validation scores on held-out train problems, never the test set.
     assert config.eval.split == "train" and config.eval.first_problem == -config.holdout
-    assert config.learner.c_value == (0.0 if agent == "cispo" else 1.0)
+    # No agent of this preset trains a value head: CISPO has no use for one, and best-of-N
+    # and MCTS keep only correct trajectories, where a fitted V = 1 would cancel A = r - V.
+    assert config.learner.c_value == 0.0
+    if agent != "cispo":
+        assert config.agent_config.min_reward == 1.0
 
 
 def _write_eval(path: Path, correct: list[int], k: int = 4) -> None:
