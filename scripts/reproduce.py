@@ -23,6 +23,13 @@ sessions; a training run that was cut off continues from its last checkpoint):
 
 Each stage runs in its own process (one vLLM engine at a time); the small outputs under
 ``results/`` are meant to be committed.
+
+A *variant* is one more row for an agent trained with settings other than the preset's (a
+larger budget, another lr), given after ``--`` and named by ``--variant``; its outputs are
+``{agent}@{variant}`` (``results/evals/bon@6M.json``, ``runs/reproduce/bon@6M``), so the
+preset's own rows stay as they are::
+
+    python scripts/reproduce.py --agents bon --variant 6M -- --max_gen_tokens 6000000
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 AGENTS = ("mcts", "cispo", "bon")
 LABELS = {"start": "start policy", "mcts": "MCTS-distill", "cispo": "CISPO", "bon": "best-of-N"}
 COLORS = {"mcts": "tab:red", "cispo": "tab:blue", "bon": "tab:green"}
+VARIANT_SEP = "@"
+VARIANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,8 +66,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="sampling seed of the test evaluations")
     p.add_argument("--report-only", action="store_true", help="only rebuild table and plot")
     p.add_argument("--retrain", action="store_true", help="discard finished runs of --agents")
+    p.add_argument("--variant", default=None,
+                   help="name of a row with other settings (given after --): {agent}@{variant}")  # fmt: skip
     p.add_argument("train_overrides", nargs="*", help="extra --key value for train_agent.py")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.variant is not None and not VARIANT.fullmatch(args.variant):
+        p.error(f"--variant must match {VARIANT.pattern} (a file-name part), got {args.variant!r}")
+    return args
+
+
+def run_name(agent: str, variant: str | None) -> str:
+    """``agent``, or ``agent@variant``: the stem of a row's results and its run dir."""
+    return agent if variant is None else f"{agent}{VARIANT_SEP}{variant}"
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """Inverse of ``run_name``."""
+    agent, _, variant = name.partition(VARIANT_SEP)
+    return agent, variant or None
+
+
+def label(name: str) -> str:
+    """Table and legend label of a row (``best-of-N (6M)`` for ``bon@6M``)."""
+    agent, variant = split_name(name)
+    return LABELS[agent] if variant is None else f"{LABELS[agent]} ({variant})"
 
 
 def run(cmd: list[str]) -> float:
@@ -84,7 +116,7 @@ def evaluate(model: str | None, out: Path, args: argparse.Namespace) -> None:
 
 def train(agent: str, args: argparse.Namespace) -> Path:
     """Train (or resume) one agent; return its run dir. A ``done.json`` marks a finished run."""
-    run_dir = Path(args.runs) / agent
+    run_dir = Path(args.runs) / run_name(agent, args.variant)
     done = run_dir / "done.json"
     if args.retrain and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -138,7 +170,7 @@ def report(results: Path) -> None:
     start = evals["start"]
     k = int(start["k"])
     rows = []
-    for name in ["start", *[a for a in AGENTS if a in evals]]:
+    for name in ordered_names(evals):
         ev = evals[name]
         if ev["task_indices"] != start["task_indices"] or int(ev["k"]) != k:
             raise SystemExit(f"results/evals/{name}.json is not on the start policy's problems")
@@ -151,7 +183,7 @@ def report(results: Path) -> None:
             )
         last = curves.get(name, [{}])[-1]
         rows.append({
-            "policy": LABELS[name],
+            "policy": label(name),
             "mean_at_k": ev["eval/mean_at_k"],
             "mean_at_k_ci95": ev["eval/mean_at_k_ci95"],
             "diff_vs_start": diff,
@@ -178,7 +210,7 @@ def report(results: Path) -> None:
     ]
     for r in rows:
         pct = 100.0
-        vs = "" if r["policy"] == LABELS["start"] else (
+        vs = "" if r["policy"] == label("start") else (
             f"{pct * r['diff_vs_start']:+.2f} +- {pct * r['diff_ci95']:.2f}"
         )  # fmt: skip
         tokens = f"{r['gen_tokens'] / 1e6:.2f}M" if r["gen_tokens"] else ""
@@ -194,6 +226,16 @@ def report(results: Path) -> None:
     plot(curves, evals, results / "curves.png")
 
 
+def ordered_names(evals: dict) -> list[str]:
+    """``start``, then the agents in ``AGENTS`` order, each followed by its variants."""
+    unknown = [n for n in evals if n != "start" and split_name(n)[0] not in AGENTS]
+    if unknown:
+        raise SystemExit(f"results/evals/{unknown[0]}.json: not start or an agent's result")
+    rest = sorted((n for n in evals if n != "start"),
+                  key=lambda n: (AGENTS.index(split_name(n)[0]), split_name(n)[1] or ""))  # fmt: skip
+    return ["start", *rest]
+
+
 def plot(curves: dict, evals: dict, out: Path) -> None:
     import matplotlib
 
@@ -202,30 +244,33 @@ def plot(curves: dict, evals: dict, out: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for name, rows in curves.items():
-        if name not in COLORS or not rows:
+        agent, variant = split_name(name)
+        if agent not in COLORS or not rows:
             continue
+        style = "-" if variant is None else "--"
         mean = [100 * r["mean_at_k"] for r in rows]
         half = [100 * r.get("mean_at_k_ci95", 0.0) for r in rows]
         for ax, x in (
             (axes[0], [r["gen_tokens_total"] / 1e6 for r in rows]),
             (axes[1], [r["train_wall_s"] / 60 for r in rows]),
         ):
-            ax.plot(x, mean, marker="o", color=COLORS[name], label=LABELS[name])
+            ax.plot(x, mean, style, marker="o", color=COLORS[agent], label=label(name))
             ax.fill_between(x, [m - h for m, h in zip(mean, half, strict=True)],
                             [m + h for m, h in zip(mean, half, strict=True)],
-                            color=COLORS[name], alpha=0.12)  # fmt: skip
+                            color=COLORS[agent], alpha=0.12)  # fmt: skip
     k_val = next((int(r[0]["k"]) for r in curves.values() if r and "k" in r[0]), None)
     ylabel = f"validation mean@{k_val} (%)" if k_val else "validation mean@k (%)"
     axes[0].set(xlabel="generated tokens (millions)", ylabel=ylabel,
                 title="held-out train problems vs generated tokens")  # fmt: skip
     axes[1].set(xlabel="training wall time (minutes, 2 CPU cores)", ylabel=ylabel,
                 title="held-out train problems vs wall time")  # fmt: skip
-    names = ["start", *[a for a in AGENTS if a in evals]]
+    names = ordered_names(evals)
     k = int(evals["start"]["k"])
     means = [100 * evals[n]["eval/mean_at_k"] for n in names]
     errs = [100 * evals[n]["eval/mean_at_k_ci95"] for n in names]
-    axes[2].bar([LABELS[n] for n in names], means, yerr=errs, capsize=6,
-                color=["tab:gray", *[COLORS[n] for n in names[1:]]])  # fmt: skip
+    axes[2].bar([label(n).replace(" (", "\n(") for n in names], means, yerr=errs, capsize=6,
+                color=["tab:gray", *[COLORS[split_name(n)[0]] for n in names[1:]]],
+                hatch=[None, *["//" if split_name(n)[1] else None for n in names[1:]]])  # fmt: skip
     axes[2].set(ylabel=f"test mean@{k} (%)",
                 title=f"test set ({int(evals['start']['eval/num_problems'])} problems), 95% CI")  # fmt: skip
     for ax in axes[:2]:
@@ -242,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         evaluate(None, results / "evals" / "start.json", args)
         for agent in args.agents:
-            curve, final = results / "curves" / f"{agent}.csv", results / "evals" / f"{agent}.json"
+            name = run_name(agent, args.variant)
+            curve, final = results / "curves" / f"{name}.csv", results / "evals" / f"{name}.json"
             if args.retrain:
                 curve.unlink(missing_ok=True)
                 final.unlink(missing_ok=True)

@@ -113,3 +113,42 @@ def test_agents_with_committed_results_are_not_trained_again(tmp_path, monkeypat
     argv = ["--agents", "bon", "--results", str(results), "--runs", str(tmp_path / "runs")]
     assert reproduce.main(argv) == 0
     assert calls == []  # a new session with an earlier session's results: nothing to redo
+
+
+def test_a_variant_gets_its_own_row_run_dir_and_results(tmp_path, monkeypatch):
+    reproduce = _module()
+    calls: list[list[str]] = []
+    monkeypatch.setattr(reproduce, "run", lambda cmd: calls.append(cmd) or 1.0)
+    args = reproduce.parse_args(["--results", str(tmp_path / "r"), "--runs", str(tmp_path / "runs"),
+                                 "--variant", "6M", "--", "--max_gen_tokens", "6000000"])  # fmt: skip
+    run_dir = reproduce.train("bon", args)
+    assert run_dir.name == "bon@6M"
+    assert calls[-1][-2:] == ["--max_gen_tokens", "6000000"]
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(["--variant", "../escape"])
+
+    _write_eval(tmp_path / "evals" / "start.json", [0, 1, 0, 2])
+    _write_eval(tmp_path / "evals" / "bon@6M.json", [1, 1, 1, 2])
+    _write_eval(tmp_path / "evals" / "bon.json", [0, 1, 1, 2])
+    _write_eval(tmp_path / "evals" / "mcts.json", [0, 1, 0, 2])
+    (tmp_path / "curves").mkdir()
+    for name in ("bon", "bon@6M"):
+        with open(tmp_path / "curves" / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "gen_tokens_total", "train_wall_s", "k", "mean_at_k"])
+            w.writerows([[0, 0, 0, 4, 0.05], [10, 300000, 120, 4, 0.07]])
+    reproduce.report(tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "table.csv")))
+    # Agents in the preset's order, each followed by its variants.
+    assert [r["policy"] for r in rows] == [
+        "start policy",
+        "MCTS-distill",
+        "best-of-N",
+        "best-of-N (6M)",
+    ]
+    assert float(rows[3]["diff_vs_start"]) == pytest.approx(2 / 16)
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+    _write_eval(tmp_path / "evals" / "nope.json", [0, 1, 0, 2])
+    with pytest.raises(SystemExit, match="nope.json"):
+        reproduce.report(tmp_path)
