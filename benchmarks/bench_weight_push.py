@@ -19,11 +19,11 @@ baseline, measured in the same run on the same state dict, is ``torch.save`` int
 over it. Each figure is the best of ``--repeats`` pushes after ``--warmup`` untimed ones
 (the first pushes after start-up are slower).
 
-Pushes alternate between a perturbed state (every tensor + 0.02 N(0, 1)) and the original.
-After each, it is verified that the served weights are the pushed ones: vLLM's sampled
-logprobs of a seeded request (T = 1) match the transformers copy's ``score`` within 1e-3;
-the perturbed state changes that request's output and the original restores it exactly
-(ids and logprobs within 1e-4); and ``langrl_weight_checksum`` equals the sum of the pushed
+Pushes alternate between a perturbed state (every tensor + 0.02 N(0, 1), in place) and the
+original. After each, it is verified that the served weights are the pushed ones: vLLM's
+sampled logprobs of a seeded request (T = 1) match the transformers copy's ``score`` within
+1e-3; the perturbed state changes that request's output and the original restores it (same
+ids, logprobs within 1e-4); and ``langrl_weight_checksum`` equals the sum of the pushed
 tensors vLLM's CPU backend keeps as parameters (embeddings, norms, biases: it repacks the
 linear weights for its GEMM kernels and drops those parameters, so the checksum cannot see
 them; the logprob checks do).
@@ -69,17 +69,24 @@ PROMPT = "3 5 7 2 -> 24: "
 LOGPROB_TOL = 1e-3
 
 
-def perturbed(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """Every tensor + 0.02 N(0, 1); tied tensors stay tied (``lm_head`` is the embedding)."""
-    g = torch.Generator().manual_seed(seed)
-    out: dict[int, torch.Tensor] = {}
-    new = {}
-    for name, t in state.items():
-        key = t.data_ptr()
-        if key not in out:
-            out[key] = t + 0.02 * torch.randn(t.shape, generator=g, dtype=t.dtype)
-        new[name] = out[key]
-    return new
+class Perturbation:
+    """Adds (``apply(+1)``) or removes (``apply(-1)``) 0.02 N(0, 1) on every tensor of
+    ``state``, in place: one copy of the weights instead of two. The same noise each time
+    (one seeded generator per tensor), so removing it restores the state up to rounding.
+    Tied tensors (``lm_head`` is the embedding) are perturbed once and stay tied."""
+
+    def __init__(self, state: dict[str, torch.Tensor], seed: int) -> None:
+        unique: dict[int, torch.Tensor] = {}
+        for t in state.values():
+            unique.setdefault(t.data_ptr(), t)
+        self.tensors = list(unique.values())
+        self.seed = seed
+
+    @torch.no_grad()
+    def apply(self, sign: int) -> None:
+        for i, t in enumerate(self.tensors):
+            g = torch.Generator().manual_seed(self.seed * 100_003 + i)
+            t.add_(torch.randn(t.shape, generator=g, dtype=t.dtype), alpha=0.02 * sign)
 
 
 def cpu_kept_checksum(state: dict[str, torch.Tensor]) -> float:
@@ -147,12 +154,12 @@ def bench_size(name: str, spec: TinyModelSpec, args: argparse.Namespace, tmp: Pa
 
     path = build_random_policy(tmp / name, spec, seed=0)
     model = PolicyValueModel.from_pretrained(str(path))
-    original = {k: v.detach() for k, v in model.lm.state_dict().items()}
+    state = {k: v.detach() for k, v in model.lm.state_dict().items()}
     head = {k: v.detach().clone() for k, v in model.value_head.state_dict().items()}
     del model
-    params = sum(t.numel() for k, t in original.items() if k != "lm_head.weight")
-    changed = perturbed(original, seed=1)
-    save_s = torch_save_seconds(original, args.repeats)
+    params = sum(t.numel() for k, t in state.items() if k != "lm_head.weight")
+    noise = Perturbation(state, seed=1)
+    save_s = torch_save_seconds(state, args.repeats)
 
     config = EngineConfig(
         model=str(path),
@@ -175,7 +182,7 @@ def bench_size(name: str, spec: TinyModelSpec, args: argparse.Namespace, tmp: Pa
             checks = []
             for i in range(args.warmup + args.repeats):
                 is_original = pushes % 2 == 1  # perturbed first, then back, ...
-                state = original if is_original else changed
+                noise.apply(-1 if is_original else +1)  # load_weights copies what it pushes
                 t0 = time.perf_counter()
                 engine.load_weights(state, head)
                 total = time.perf_counter() - t0
@@ -188,7 +195,7 @@ def bench_size(name: str, spec: TinyModelSpec, args: argparse.Namespace, tmp: Pa
             best["verified"] = "ok" if all(c == "ok" for c in checks) else " | ".join(checks)
             rows[push_path] = best
         engine.engine.weight_push = native
-    del original, changed
+    del state, noise
     gc.collect()
     return {"params": params, "save_s": save_s, "startup_s": startup, "native": native, **rows}
 
