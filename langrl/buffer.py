@@ -1,8 +1,13 @@
 """The trajectory buffer: the boundary between generation (agents) and learning (learner).
 
-Agents ``put`` Trajectories as rollouts finish; the trainer ``get``s fixed-size batches,
-freshest first: the highest ``policy_version`` first and, within a version, in arrival
-order. A batch is therefore as on-policy as what is held allows. The buffer is bounded (the
+Agents ``put`` Trajectories as rollouts finish; the trainer ``get``s fixed-size batches:
+first the trajectories at the staleness bound (the last version they can be trained at is
+the current one, so the next weight push would drop them), then the freshest: the highest
+``policy_version`` first and, within a version, in arrival order. A batch is therefore as
+on-policy as what is held allows without throwing away data that can still be trained
+(freshest-first alone dropped 15-18% of best-of-N's and CISPO's generated trajectories when
+a rollout yielded more than expected; the trainer's ``trajectories_needed`` already counts
+the expiring ones as consumed first). The buffer is bounded (the
 earliest arrivals are dropped first when full) and enforces off-policyness: a trajectory
 sampled by policy version ``v`` is dropped when the learner's version is more than
 ``max_staleness`` ahead of ``v``. Both kinds of drop are counted. (How much to generate so
@@ -25,7 +30,8 @@ from langrl.trajectory import Trajectory
 
 
 class TrajectoryBuffer:
-    """Bounded store of Trajectories handing out the freshest first, with a staleness bound.
+    """Bounded store of Trajectories with a staleness bound, handing out first what expires
+    at the next version, then the freshest.
 
     Args:
         capacity: Most trajectories held; ``put`` beyond it drops the oldest (counted in
@@ -104,9 +110,11 @@ class TrajectoryBuffer:
     def get(
         self, batch_size: int, current_version: int, timeout: float | None = 0.0
     ) -> list[Trajectory] | None:
-        """The ``batch_size`` freshest trajectories (highest ``policy_version``; within a
-        version, the earliest arrivals), stale ones dropped first; ``None`` if that many did
-        not arrive within ``timeout`` seconds (``0`` = do not wait, ``None`` = wait forever)."""
+        """``batch_size`` trajectories, stale ones dropped first: those exactly
+        ``max_staleness`` behind ``current_version`` (trainable now, stale after the next
+        push), then the freshest (highest ``policy_version``); within a version, the
+        earliest arrivals. ``None`` if that many did not arrive within ``timeout`` seconds
+        (``0`` = do not wait, ``None`` = wait forever)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -116,7 +124,8 @@ class TrajectoryBuffer:
                 if len(self._items) >= batch_size:
                     # A stable sort keeps arrival order within a version.
                     order = sorted(
-                        range(len(self._items)), key=lambda i: -self._items[i].policy_version
+                        range(len(self._items)),
+                        key=lambda i: self._priority(self._items[i], current_version),
                     )
                     taken = set(order[:batch_size])
                     batch = [self._items[i] for i in order[:batch_size]]
@@ -127,6 +136,14 @@ class TrajectoryBuffer:
                 if remaining is not None and remaining <= 0:
                     return None
                 self._cond.wait(remaining)
+
+    def _priority(self, traj: Trajectory, current_version: int) -> tuple[bool, int]:
+        """Sort key of ``get``: expiring ones first, then by version, newest first."""
+        expiring = (
+            self.max_staleness is not None
+            and current_version - traj.policy_version == self.max_staleness
+        )
+        return (not expiring, -traj.policy_version)
 
     def clear(self) -> None:
         with self._cond:

@@ -9,7 +9,8 @@ before every evaluation; the steps between two pushes form a sync window, traine
 engine version. A rollout in flight is first allowed to finish, so no sample mixes two
 weight versions. Staleness is ``engine version at training time - version that sampled``;
 the buffer drops trajectories more than ``max_staleness`` versions old and hands out the
-freshest first (highest version; within a version, the earliest arrivals).
+what expires at the next push first, then the freshest (highest version; within a version,
+the earliest arrivals).
 
 Async mode (default): ``agent.collect`` runs as a coroutine on the engine's event loop
 (``SyncEngine.submit``), so the next rollout is generated while the learner trains. It is

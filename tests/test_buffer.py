@@ -1,4 +1,5 @@
-"""TrajectoryBuffer: freshest-first batches, capacity, staleness bound, thread-safe hand-off."""
+"""TrajectoryBuffer: expiring-then-freshest batches, capacity, staleness bound, thread-safe
+hand-off."""
 
 from __future__ import annotations
 
@@ -33,13 +34,32 @@ def test_capacity_drops_oldest_and_counts():
 
 def test_stale_trajectories_are_dropped_and_counted():
     buf = TrajectoryBuffer(capacity=10, max_staleness=1)
-    buf.put([traj(0), traj(1), traj(2), traj(2)])
-    batch = buf.get(2, current_version=2)
-    assert [t.policy_version for t in batch] == [2, 2]
-    assert buf.dropped_stale == 1
-    assert not buf.ready(2, current_version=2)
-    assert buf.ready(1, current_version=2)  # the version-1 one, still within the bound
-    assert buf.ready(1, current_version=3) is False and buf.dropped_stale == 2
+    buf.put([traj(0), traj(1), traj(1), traj(2)])
+    batch = buf.get(1, current_version=2)
+    assert [t.policy_version for t in batch] == [1]  # at the bound: before the fresh one
+    assert buf.dropped_stale == 1  # version 0
+    assert buf.ready(2, current_version=2)  # the other version-1 one, still within the bound
+    assert buf.ready(1, current_version=3) and buf.dropped_stale == 2
+    assert not buf.ready(2, current_version=3)
+
+
+def test_what_expires_at_the_next_push_goes_first_so_nothing_trainable_is_dropped():
+    # A rollout that yielded more than a batch leaves a surplus; freshest-first took the new
+    # version's trajectories and let the surplus expire (10 of 50 dropped here).
+    buf = TrajectoryBuffer(capacity=100, max_staleness=1)
+    buf.put(traj(2, reward=i) for i in range(10))
+    buf.put(traj(3, reward=10 + i) for i in range(40))
+    batch = buf.get(32, current_version=3)
+    assert [t.policy_version for t in batch] == [2] * 10 + [3] * 22
+    assert [t.reward for t in batch[:10]] == list(range(10))  # arrival order kept
+    assert buf.get(18, current_version=4) is not None
+    assert buf.dropped_stale == 0 and len(buf) == 0
+
+
+def test_beyond_the_expiring_ones_the_freshest_go_first():
+    buf = TrajectoryBuffer(capacity=10, max_staleness=2)
+    buf.put([traj(4, reward=0), traj(3, reward=1), traj(5, reward=2), traj(4, reward=3)])
+    assert [t.reward for t in buf.get(4, current_version=5)] == [1, 2, 0, 3]
 
 
 def test_get_hands_out_the_freshest_first_then_by_arrival():
