@@ -8,7 +8,7 @@ Sync windows and staleness. Weights are pushed every ``sync_every`` gradient ste
 before every evaluation; the steps between two pushes form a sync window, trained at one
 engine version. A rollout in flight is first allowed to finish, so no sample mixes two
 weight versions. Staleness is ``engine version at training time - version that sampled``;
-the buffer drops trajectories more than ``max_staleness`` versions old and hands out the
+the buffer drops trajectories more than ``max_staleness`` versions old and hands out
 what expires at the next push first, then the freshest (highest version; within a version,
 the earliest arrivals).
 
