@@ -8,6 +8,7 @@
 - ``find_stop``: stop-string matching with vLLM's semantics (the stop string is kept).
 - ``stop_overhang``: what the sampled ids hold beyond a stop string (``Sample.overhang``).
 - ``check_model_path``: fail fast, before any engine process starts.
+- ``tied_parameter_names`` / ``untie_state``: a tied model's shared tensor is pushed once.
 
 Why ``score()`` uses the value-model copy rather than vLLM ``prompt_logprobs``: it is exactly
 the learner's computation (same module, same dtype), it needs no second pass through the
@@ -305,6 +306,69 @@ def completion_logprobs(
     return out
 
 
+# --- tied weights ------------------------------------------------------------------------
+
+
+def tied_parameter_names(module: torch.nn.Module) -> dict[str, str]:
+    """``{alias: canonical}`` for parameters registered under more than one name.
+
+    The canonical name is the first in module order, as both transformers'
+    ``named_parameters()`` and vLLM's ``AutoWeightsLoader`` count it: a Qwen2 with
+    ``tie_word_embeddings=True`` gives ``{"lm_head.weight": "model.embed_tokens.weight"}``.
+    """
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        canonical = first.setdefault(id(param), name)
+        if canonical != name:
+            aliases[name] = canonical
+    return aliases
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` are views of the same memory (cheap; no data compared)."""
+    return (
+        a.device == b.device
+        and a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.data_ptr() == b.data_ptr()
+    )
+
+
+def untie_state(
+    state: Mapping[str, torch.Tensor], aliases: Mapping[str, str]
+) -> dict[str, torch.Tensor]:
+    """``state`` with every tied alias (``tied_parameter_names``) folded into its canonical
+    name, so that the shared tensor is copied and pushed once.
+
+    A state dict of a tied model holds the shared tensor under both names (``state_dict()``
+    does; ``Learner.export_weights`` leaves the alias out): the alias is dropped when it is
+    the same tensor as the canonical one, or equal to it; an alias given alone stands for
+    its canonical name. An alias whose values differ from the canonical tensor is a
+    ``ValueError``: the model has one tensor for both, so one of the two would be lost.
+    """
+    out = dict(state)
+    for alias, canonical in aliases.items():
+        if alias not in out:
+            continue
+        tensor = out.pop(alias)
+        if canonical not in out:
+            out[canonical] = tensor
+            continue
+        other = out[canonical]
+        if _same_tensor(tensor, other):
+            continue
+        if tensor.shape != other.shape or not torch.equal(
+            tensor.detach().to(other.device, other.dtype), other.detach()
+        ):
+            raise ValueError(
+                f"load_weights: {alias!r} is tied to {canonical!r} in this model (one "
+                "tensor), but the state gives it other values; push one tensor for both"
+            )
+    return out
+
+
 # --- the shared engine base --------------------------------------------------------------
 
 
@@ -324,6 +388,8 @@ class ServedEngine(PolicyEngine):
         self.tokenizer = tokenizer
         self.policy_version = 0
         self.model = model
+        #: ``{alias: canonical}`` of the LM's tied parameters (``tied_parameter_names``).
+        self.tied = tied_parameter_names(model.lm)
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="langrl-model")
         self._gate = WeightGate()
@@ -433,6 +499,9 @@ class ServedEngine(PolicyEngine):
         """Push new weights: waits for in-flight requests, holds new ones, loads the served
         model and the value-model copy, resets the prefix cache, bumps ``policy_version``."""
         self._check_open()
+        # A tied model's shared tensor once: copied once, pushed once (vLLM gets the alias
+        # name back as a view of it: ``VLLMEngine._push_served_weights``).
+        lm_state = untie_state(lm_state, self.tied)
         self._check_names(lm_state, value_head_state)
         # Copy now: the learner may keep training on its tensors once we return.
         lm = {k: v.detach().to("cpu", copy=True) for k, v in lm_state.items()}
@@ -451,6 +520,8 @@ class ServedEngine(PolicyEngine):
         known.update(self.model.lm.named_buffers())
         bad = [k for k in lm_state if k not in known]
         # A full state dict is required: vLLM's in-place reload re-processes whole layers.
+        # named_parameters() names a tied tensor once (its canonical name), so a tied output
+        # weight counts as present when the embedding is (``untie_state`` folded it in).
         missing = [k for k, _ in self.model.lm.named_parameters() if k not in lm_state]
         if missing:
             raise ValueError(
@@ -474,6 +545,8 @@ class ServedEngine(PolicyEngine):
             )
 
     def _load_copy(self, lm: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> None:
+        # ``lm`` names a tied tensor once (``untie_state``): copying into the canonical
+        # parameter updates its aliases, which are the same parameter.
         params = dict(self.model.lm.named_parameters(remove_duplicate=False))
         params.update(self.model.lm.named_buffers())
         with torch.no_grad():

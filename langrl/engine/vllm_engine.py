@@ -295,7 +295,7 @@ class VLLMEngine(ServedEngine):
     async def _push_rpc(self, lm: dict[str, Any]) -> tuple[float, float]:
         """Bytes through ``collective_rpc``; the worker decodes and ``reload_weights``."""
         start = time.perf_counter()
-        records = await asyncio.to_thread(encode_weights, lm)
+        records = await asyncio.to_thread(encode_weights, lm, self.tied)
         encoded = time.perf_counter()
         await self.llm.collective_rpc("langrl_load_weights", args=(records,))
         return encoded - start, time.perf_counter() - encoded
@@ -312,7 +312,7 @@ class VLLMEngine(ServedEngine):
         try:
             for names in plan_chunks(lm):
                 t0 = time.perf_counter()
-                chunk = await asyncio.to_thread(write_chunk, lm, names)
+                chunk = await asyncio.to_thread(write_chunk, lm, names, None, self.tied)
                 encode_s += time.perf_counter() - t0
                 try:
                     await self.llm.update_weights(WeightTransferUpdateRequest(update_info=chunk))

@@ -114,12 +114,23 @@ def plan_chunks(
 
 
 def write_chunk(
-    state: Mapping[str, torch.Tensor], names: list[str], directory: str | None = None
+    state: Mapping[str, torch.Tensor],
+    names: list[str],
+    directory: str | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write ``names`` of ``state`` into a fresh shared-memory file; return the update info
     (a plain dict, as ``AsyncLLM.update_weights`` sends it). The caller unlinks
     ``info["path"]`` once the worker has loaded it (a worker that still maps the file keeps
-    its pages until it lets go)."""
+    its pages until it lets go).
+
+    ``aliases`` (``{alias: canonical}``: tied parameters) lists each alias of a written name
+    right after it at the same offset: the bytes are in the file once, the worker reads
+    them under both names."""
+    extra: dict[str, list[str]] = {}
+    for alias, canonical in (aliases or {}).items():
+        if alias not in state:
+            extra.setdefault(canonical, []).append(alias)
     offsets, total = [], 0
     for name in names:
         offsets.append(total)
@@ -138,13 +149,17 @@ def write_chunk(
         raise
     finally:
         os.close(fd)
+    listed: list[tuple[str, str, int]] = []  # (name, the tensor's name in state, offset)
+    for name, off in zip(names, offsets, strict=True):
+        listed.append((name, name, off))
+        listed.extend((alias, name, off) for alias in extra.get(name, []))
     return {
         "path": path,
         "nbytes": total,
-        "names": list(names),
-        "dtype_names": [str(state[k].dtype).removeprefix("torch.") for k in names],
-        "shapes": [list(state[k].shape) for k in names],
-        "offsets": offsets,
+        "names": [name for name, _, _ in listed],
+        "dtype_names": [str(state[k].dtype).removeprefix("torch.") for _, k, _ in listed],
+        "shapes": [list(state[k].shape) for _, k, _ in listed],
+        "offsets": [off for _, _, off in listed],
     }
 
 

@@ -11,6 +11,8 @@ it loads the model and builds the configured ``WeightTransferEngine``.
 Tensors travel as ``(name, dtype, shape, bytes)`` records: vLLM's RPC serializer turns
 untyped tensors (and tuples) in ``collective_rpc`` arguments into plain lists, so we encode
 them ourselves. ``encode_weights`` (frontend) and ``decode_weights`` (worker) are the pair.
+A tied tensor (``lm_head.weight`` of a model with ``tie_word_embeddings``) travels once: its
+alias record carries the canonical name instead of bytes, and decodes to the same tensor.
 """
 
 from __future__ import annotations
@@ -19,26 +21,46 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-# One entry per tensor: [name, dtype name, shape, raw bytes].
+# One entry per tensor: [name, dtype name, shape, raw bytes], or for a tied alias
+# [name, dtype name, shape, canonical name] (a str: the tensor of that earlier record).
 WeightRecord = list
 
 
-def encode_weights(state: Mapping[str, torch.Tensor]) -> list[WeightRecord]:
-    """Tensors -> msgpack-friendly records (one copy of the data, as bytes)."""
+def encode_weights(
+    state: Mapping[str, torch.Tensor], aliases: Mapping[str, str] | None = None
+) -> list[WeightRecord]:
+    """Tensors -> msgpack-friendly records (one copy of the data, as bytes).
+
+    ``aliases`` (``{alias: canonical}``, ``langrl.engine.common.tied_parameter_names``) adds
+    a bytes-free record for each alias whose canonical name is in ``state``, right after it.
+    """
+    by_canonical: dict[str, list[str]] = {}
+    for alias, canonical in (aliases or {}).items():
+        if alias not in state:
+            by_canonical.setdefault(canonical, []).append(alias)
     records = []
     for name, tensor in state.items():
         t = tensor.detach().to("cpu").contiguous()
+        dtype, shape = str(t.dtype).removeprefix("torch."), list(t.shape)
         raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
-        records.append([name, str(t.dtype).removeprefix("torch."), list(t.shape), raw])
+        records.append([name, dtype, shape, raw])
+        records.extend([alias, dtype, shape, name] for alias in by_canonical.get(name, []))
     return records
 
 
 def decode_weights(records: Iterable[WeightRecord]) -> list[tuple[str, torch.Tensor]]:
-    """Records -> ``[(name, tensor), ...]`` as ``model.load_weights`` takes them."""
+    """Records -> ``[(name, tensor), ...]`` as ``model.load_weights`` takes them (an alias
+    record gives the very tensor of its canonical record)."""
     out = []
+    tensors: dict[str, torch.Tensor] = {}
     for name, dtype, shape, raw in records:
-        flat = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-        out.append((name, flat.view(getattr(torch, dtype)).reshape(shape)))
+        if isinstance(raw, str):
+            tensor = tensors[raw]
+        else:
+            flat = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+            tensor = flat.view(getattr(torch, dtype)).reshape(shape)
+        tensors[name] = tensor
+        out.append((name, tensor))
     return out
 
 
