@@ -10,12 +10,19 @@ async ``PolicyEngine`` (``SyncEngine.engine``) concurrently. Logprob conventions
 
 from __future__ import annotations
 
-from langrl.engine.base import Generation, PolicyEngine, Sample, SamplingConfig
+from langrl.engine.base import (
+    EngineDiedError,
+    Generation,
+    PolicyEngine,
+    Sample,
+    SamplingConfig,
+)
 from langrl.engine.config import EngineConfig, EngineStartError
 from langrl.engine.sync import SyncEngine
 
 __all__ = [
     "EngineConfig",
+    "EngineDiedError",
     "EngineStartError",
     "Generation",
     "HFEngine",

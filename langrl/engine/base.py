@@ -30,6 +30,12 @@ class PromptTooLongError(ValueError):
     """
 
 
+class EngineDiedError(RuntimeError):
+    """The engine's serving process died (vLLM's EngineCore or a worker: killed, out of
+    memory). Every pending and later call raises it; shut the engine down, create a new one.
+    """
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How to sample one request.

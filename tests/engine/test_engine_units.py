@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -258,3 +260,93 @@ def test_scores_project_only_completion_positions_in_chunks(
             full = torch.log_softmax(logits[0, :-1], dim=-1)  # (T-1, V)
             want = [full[len(prompt) - 1 + j, t].item() for j, t in enumerate(completion)]
             assert scores == pytest.approx(want, abs=1e-5)
+
+
+# --- a dead engine process: the watchdog (the real-engine tests: test_engine_death.py) ---
+
+
+class _NeverAnsweringLLM:
+    """Stands in for ``AsyncLLM`` whose engine process is ``proc``: no call ever returns,
+    as vLLM's pending utility calls once that process is gone."""
+
+    def __init__(self, proc: object | None) -> None:
+        manager = SimpleNamespace(processes=[proc] if proc is not None else [])
+        self.engine_core = SimpleNamespace(resources=SimpleNamespace(engine_manager=manager))
+        self.errored = False
+
+    async def collective_rpc(self, *args: object, **kwargs: object) -> list:
+        await asyncio.Event().wait()
+        return []
+
+    async def generate(self, *args: object, **kwargs: object):
+        await asyncio.Event().wait()
+        yield None
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_watchdog_fails_pending_calls_when_the_engine_process_is_killed(
+    tiny_policy_model,
+) -> None:
+    import multiprocessing
+    import signal
+
+    from langrl.engine import EngineDiedError, SamplingConfig
+    from langrl.engine.vllm_engine import VLLMEngine
+
+    proc = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(120,))
+    proc.start()
+    model = tiny_policy_model.requires_grad_(False)
+    lm, head = model.lm.state_dict(), model.value_head.state_dict()
+
+    async def go() -> tuple[list[BaseException], float]:
+        llm = _NeverAnsweringLLM(proc)
+        engine = VLLMEngine(EngineConfig(model="unused"), model, None, llm, "rpc")
+        try:
+            pending = [
+                asyncio.ensure_future(engine.generate([5, 6, 7], SamplingConfig(max_tokens=4))),
+                asyncio.ensure_future(engine.weight_checksum()),
+            ]
+            await asyncio.sleep(0.2)
+            pending.append(asyncio.ensure_future(engine.load_weights_async(lm, head)))
+            await asyncio.sleep(0.3)
+            assert not any(p.done() for p in pending)
+            os.kill(proc.pid, signal.SIGKILL)
+            start = time.monotonic()
+            errors = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 10)
+            return errors, time.monotonic() - start
+        finally:
+            engine.shutdown()
+
+    try:
+        errors, took = asyncio.run(go())
+    finally:
+        proc.kill()
+        proc.join()
+    assert took < 3
+    for e in errors:
+        assert isinstance(e, EngineDiedError), repr(e)
+        assert f"EngineCore (pid {proc.pid}) killed by SIGKILL" in str(e)
+        assert "\n" not in str(e)
+
+
+def test_watchdog_takes_vllms_own_word_for_a_dead_engine(tiny_policy_model) -> None:
+    from langrl.engine import EngineDiedError, SamplingConfig
+    from langrl.engine.vllm_engine import VLLMEngine
+
+    async def go() -> None:
+        llm = _NeverAnsweringLLM(None)  # no process to watch: vLLM's flag only
+        engine = VLLMEngine(EngineConfig(model="unused"), tiny_policy_model, None, llm, "rpc")
+        try:
+            pending = asyncio.ensure_future(engine.generate([5], SamplingConfig(max_tokens=4)))
+            await asyncio.sleep(0.2)
+            llm.errored = True  # what vLLM's monitor sets when EngineCore exits
+            with pytest.raises(EngineDiedError, match="vLLM reports its engine dead"):
+                await asyncio.wait_for(pending, 5)
+            with pytest.raises(EngineDiedError):  # and every later call
+                await engine.values([[5, 6]])
+        finally:
+            engine.shutdown()
+
+    asyncio.run(go())
