@@ -271,6 +271,7 @@ def plot(curves: dict, evals: dict, out: Path) -> None:
     axes[2].bar([label(n).replace(" (", "\n(") for n in names], means, yerr=errs, capsize=6,
                 color=["tab:gray", *[COLORS[split_name(n)[0]] for n in names[1:]]],
                 hatch=[None, *["//" if split_name(n)[1] else None for n in names[1:]]])  # fmt: skip
+    axes[2].tick_params(axis="x", labelrotation=25, labelsize=9)  # six rows' labels fit
     axes[2].set(ylabel=f"test mean@{k} (%)",
                 title=f"test set ({int(evals['start']['eval/num_problems'])} problems), 95% CI")  # fmt: skip
     for ax in axes[:2]:
