@@ -282,7 +282,10 @@ def test_push_path_serves_the_new_weights(
 ) -> None:
     """The test policy ties its embeddings: ``given`` pushes the tied tensor under both
     names (as ``state_dict()`` has it) or under the embedding's only (as
-    ``Learner.export_weights``); either way it travels once and vLLM serves it as both."""
+    ``Learner.export_weights``); either way it travels once and vLLM serves it as both.
+    vLLM's layerwise reload unties the two layers and, on CPU, ``lm_head`` keeps its own
+    packed copy of the weight: when the push left the alias out, that copy stayed at the
+    start weights and served logprobs were 0.59 off the copy's (measured before the fix)."""
     preserve_weights(vllm_engine)
     # Chunks far smaller than a layer: layers span update_weights calls and files.
     monkeypatch.setattr(wt, "DEFAULT_CHUNK_BYTES", 48 << 10)

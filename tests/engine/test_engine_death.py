@@ -1,0 +1,165 @@
+"""A vLLM engine whose serving process dies fails its pending calls within seconds.
+
+Each test starts its own small engine (never the shared session engine), freezes one of its
+processes with SIGSTOP so that calls are caught pending, then SIGKILLs it - the OOM killer's
+signal - and requires every pending call, and every later one, to raise ``EngineDiedError``
+within ``DEATH_BOUND_S``. Before the watchdog, a weight push caught in vLLM waited forever
+(vLLM resolves no pending utility call once its engine process is gone) and held the
+weight gate, so the ``generate`` calls queued behind it hung too.
+
+The processes are found as descendants of this test process that appeared while the engine
+started (psutil), never by name: other vLLM processes on the machine are not ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import replace
+
+import psutil
+import pytest
+
+from langrl.engine import EngineConfig, EngineDiedError, SamplingConfig, SyncEngine, create_engine
+from langrl.policy_model import PolicyValueModel
+
+pytestmark = pytest.mark.slow
+
+#: Seconds from the kill within which every pending call must have raised.
+DEATH_BOUND_S = 15.0
+
+SAMPLING = SamplingConfig(n=2, max_tokens=32, temperature=1.0, seed=0)
+
+
+def _descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+@pytest.fixture
+def own_engine(tiny_engine_config: EngineConfig) -> Iterator[tuple[SyncEngine, psutil.Process]]:
+    """A fresh small engine and its EngineCore process; at teardown every process of that
+    engine still running is killed (they are ours)."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed (run scripts/setup.sh)")
+    before = _descendants()
+    engine = create_engine(replace(tiny_engine_config, kv_cache_gib=0.25, max_num_seqs=8))
+    # psutil handles: is_running() checks the start time too, so a worker orphaned by its
+    # engine core's death is still recognised, and a reused pid is never signalled.
+    ours: list[psutil.Process] = []
+    try:
+        core = _engine_core(_descendants() - before)
+        ours = [core, *core.children(recursive=True)]
+        yield engine, core
+    finally:
+        for proc in ours:  # a test that failed midway may have left one stopped
+            with contextlib.suppress(psutil.Error):
+                if proc.is_running() and proc.status() == psutil.STATUS_STOPPED:
+                    proc.send_signal(signal.SIGCONT)
+        with contextlib.suppress(Exception):
+            engine.shutdown()
+        for proc in ours:
+            with contextlib.suppress(psutil.Error):
+                if proc.is_running():
+                    proc.kill()
+
+
+def _engine_core(started: set[int]) -> psutil.Process:
+    """The EngineCore: the one child of this process, started with the engine, that has
+    children of its own (its workers)."""
+    cores = [
+        p for p in psutil.Process().children() if p.pid in started and p.children(recursive=True)
+    ]
+    assert len(cores) == 1, f"expected one engine-core child, found {cores}"
+    return cores[0]
+
+
+def _prompt(engine: SyncEngine) -> list[int]:
+    return list(engine.tokenizer("3 5 7 2 -> 24: ", add_special_tokens=False)["input_ids"])
+
+
+def _push_in_thread(engine: SyncEngine, model: PolicyValueModel) -> Future[int]:
+    """``SyncEngine.load_weights`` (blocking) from a trainer-like thread, as a future."""
+    fut: Future[int] = Future()
+
+    def run() -> None:
+        try:
+            fut.set_result(
+                engine.load_weights(model.lm.state_dict(), model.value_head.state_dict())
+            )
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            fut.set_exception(e)
+
+    threading.Thread(target=run, daemon=True).start()
+    return fut
+
+
+def _assert_all_die_quickly(futures: dict[str, Future], killed_at: float) -> None:
+    for what, fut in futures.items():
+        left = max(0.1, killed_at + DEATH_BOUND_S - time.monotonic())
+        with pytest.raises(EngineDiedError, match="engine process died") as info:
+            fut.result(timeout=left)  # TimeoutError here is the hang this test is about
+        message = str(info.value)
+        assert "\n" not in message, f"{what}: {message!r}"
+    assert time.monotonic() - killed_at < DEATH_BOUND_S
+
+
+def test_killed_engine_core_fails_pending_calls(
+    own_engine: tuple[SyncEngine, psutil.Process], tiny_policy_model: PolicyValueModel
+) -> None:
+    engine, core = own_engine
+    llm = engine.engine.llm
+    assert core.pid == llm.engine_core.resources.engine_manager.processes[0].pid
+    prompt = _prompt(engine)
+    assert engine.generate(prompt, SAMPLING).samples  # serving
+
+    os.kill(core.pid, signal.SIGSTOP)  # from here on nothing the engine core gets returns
+    pending = {"generate in vLLM": engine.submit(engine.engine.generate(prompt, SAMPLING))}
+    time.sleep(0.5)
+    # A utility call inside vLLM (collective_rpc, as the "rpc" weight push makes).
+    pending["collective_rpc in vLLM"] = engine.submit(engine.engine.weight_checksum())
+    pending["load_weights at the gate"] = _push_in_thread(engine, tiny_policy_model)
+    time.sleep(0.5)
+    pending["generate behind the push"] = engine.submit(engine.engine.generate(prompt, SAMPLING))
+    time.sleep(1.0)
+    assert not any(f.done() for f in pending.values())
+    os.kill(core.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    _assert_all_die_quickly(pending, killed_at)
+
+    with pytest.raises(EngineDiedError, match=r"EngineCore \(pid \d+\) killed by SIGKILL"):
+        engine.generate(prompt, SAMPLING)
+    with pytest.raises(EngineDiedError):
+        engine.load_weights(
+            tiny_policy_model.lm.state_dict(), tiny_policy_model.value_head.state_dict()
+        )
+    engine.shutdown()  # still shuts down cleanly
+
+
+def test_killed_worker_fails_a_weight_push_inside_vllm(
+    own_engine: tuple[SyncEngine, psutil.Process], tiny_policy_model: PolicyValueModel
+) -> None:
+    """The OOM killer's choice: the worker (it holds the model), not the engine core."""
+    engine, core = own_engine
+    workers = core.children()
+    assert len(workers) == 1
+    worker = workers[0]
+    prompt = _prompt(engine)
+    assert engine.generate(prompt, SAMPLING).samples
+
+    os.kill(worker.pid, signal.SIGSTOP)
+    pending = {"load_weights in vLLM": _push_in_thread(engine, tiny_policy_model)}
+    time.sleep(1.0)
+    pending["generate behind the push"] = engine.submit(engine.engine.generate(prompt, SAMPLING))
+    time.sleep(1.0)
+    assert not any(f.done() for f in pending.values())
+    os.kill(worker.pid, signal.SIGKILL)
+    _assert_all_die_quickly(pending, time.monotonic())
+    with pytest.raises(EngineDiedError):
+        engine.generate(prompt, SAMPLING)
+    engine.shutdown()
