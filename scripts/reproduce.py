@@ -243,11 +243,15 @@ def plot(curves: dict, evals: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    variant_styles: dict[str, int] = {}  # an agent's variants: "--", ":", "-.", in turn
     for name, rows in curves.items():
         agent, variant = split_name(name)
         if agent not in COLORS or not rows:
             continue
-        style = "-" if variant is None else "--"
+        style = "-"
+        if variant is not None:
+            variant_styles[agent] = variant_styles.get(agent, -1) + 1
+            style = ("--", ":", "-.")[variant_styles[agent] % 3]
         mean = [100 * r["mean_at_k"] for r in rows]
         half = [100 * r.get("mean_at_k_ci95", 0.0) for r in rows]
         for ax, x in (
