@@ -11,11 +11,12 @@ settings (generation is the expensive part on CPU):
 
 ``sample`` draws ``--num-problems`` train problems at random from all but the last
 ``--holdout`` (the validation slice ``configs/reproduce.yaml`` holds out), samples ``--n``
-completions of each at ``--temperature`` and keeps the correct ones as Trajectories (the
-engine's ids and logprobs, advantage 1). ``train`` trains a fresh copy of the policy on them
-for each ``lr,passes`` setting through the shared learner (CISPO-weighted policy term only:
-no value loss, no KL) and saves a ``from_pretrained``-loadable model per setting. Validate on
-the held-out train slice, never on the test set. ``results/probes/README.md`` has the
+completions of each at ``--temperature`` (the best-of-N agent's sampling) and keeps the
+correct ones as its Trajectories (the engine's ids and logprobs) with advantage 1. ``train``
+trains a fresh copy of the policy on them for each ``lr,passes`` setting through the shared
+learner (CISPO-weighted policy term only: no value loss, no KL) and saves a
+``from_pretrained``-loadable model per setting. Validate on the held-out train slice, never
+on the test set. ``results/probes/README.md`` has the
 results that chose the reproduce preset.
 """
 
@@ -62,38 +63,33 @@ def resolve_model(model: str | None) -> str:
 def sample(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from langrl.agents._sampling import is_correct, make_env, open_episodes, sample_groups
+    from langrl.agents._sampling import is_correct
+    from langrl.agents.best_of_n import BestOfNAgent, BestOfNConfig
     from langrl.engine import EngineConfig, create_engine
-    from langrl.trajectory import Trajectory
 
-    env = make_env(args.env, {"reward": "dense"})
-    pool = env.num_tasks() - args.holdout
-    indices = random.Random(args.seed).sample(range(pool), args.num_problems)
     engine = create_engine(replace(EngineConfig(), model=resolve_model(args.model)))
-    kept: list[Trajectory] = []
+    # The best-of-N agent's sampling and Trajectory records, keeping every correct sample.
+    agent = BestOfNAgent(
+        BestOfNConfig(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature),
+        args.env, {"reward": "dense"}, engine.engine,
+    )  # fmt: skip
+    pool = agent.env.num_tasks() - args.holdout
+    indices = random.Random(args.seed).sample(range(pool), args.num_problems)
+    kept = []
     reasons: collections.Counter[str] = collections.Counter()
     tokens, start = 0, time.perf_counter()
     bar = tqdm(total=len(indices), desc="sample", unit="problem")
     try:
         for first in range(0, len(indices), 256):
             tasks = [{"index": i} for i in indices[first : first + 256]]
-            episodes = open_episodes(env, engine.tokenizer, tasks, False)
-            groups = engine.run(
-                sample_groups(engine.engine, env, episodes, n=args.n, max_tokens=args.max_tokens,
-                              temperature=args.temperature, seed=None, call=first)
-            )  # fmt: skip
+            episodes, groups = engine.run(agent.sample(tasks, args.n))
             for ep, group in zip(episodes, groups, strict=True):
                 for g in group:
                     tokens += len(g.sample.token_ids)
                     reasons[str(g.info.get("reason"))] += 1
                     if is_correct(g) and g.sample.token_ids:
-                        ids = list(g.sample.token_ids)
-                        kept.append(Trajectory(
-                            prompt_ids=list(ep.prefix_ids), completion_ids=ids,
-                            behaviour_logprobs=list(g.sample.logprobs), reward=1.0,
-                            advantages=[1.0] * len(ids),
-                            info={"task": dict(ep.task), "text": g.sample.text + g.sample.overhang},
-                        ))  # fmt: skip
+                        ones = [1.0] * len(g.sample.token_ids)
+                        kept.append(agent.trajectory(ep, g, advantages=ones))
             bar.update(len(tasks))
             bar.set_postfix(correct=len(kept), tokens=tokens)
     finally:
