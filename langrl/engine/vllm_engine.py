@@ -225,6 +225,20 @@ def engine_processes(llm: Any) -> list[tuple[str, Any, Any]]:
     return found
 
 
+def _exit_code(handle: Any, wait_s: float = 0.25) -> int | None:
+    """The exit code of a dead vLLM process from its multiprocessing handle, or ``None``.
+
+    vLLM's own monitor thread reaps the same process through the same handle; while its
+    ``waitpid`` has the status but has not yet stored it, ours finds nothing to reap and
+    reads ``None``. A short wait lets the code appear (bounded: this runs only at death)."""
+    if handle is None:
+        return None
+    deadline = time.monotonic() + wait_s
+    while (code := handle.exitcode) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return code
+
+
 def _exit_description(code: int | None) -> str:
     if code is None:
         return "exited"
@@ -304,8 +318,7 @@ class VLLMEngine(ServedEngine):
             except psutil.Error:
                 continue
             if gone:
-                code = handle.exitcode if handle is not None else None
-                return f"{role} (pid {proc.pid}) {_exit_description(code)}"
+                return f"{role} (pid {proc.pid}) {_exit_description(_exit_code(handle))}"
         if getattr(self.llm, "errored", False):
             return "vLLM reports its engine dead"
         return None

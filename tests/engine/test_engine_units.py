@@ -350,3 +350,28 @@ def test_watchdog_takes_vllms_own_word_for_a_dead_engine(tiny_policy_model) -> N
             engine.shutdown()
 
     asyncio.run(go())
+
+
+def test_exit_code_waits_for_a_code_that_another_reaper_is_storing() -> None:
+    """vLLM's monitor thread and the watchdog reap the same handle; the loser of that race
+    reads ``None`` for a moment (as in CI: 'EngineCore exited' instead of 'killed by
+    SIGKILL'). The watchdog waits a bounded time for the code to be stored."""
+    from langrl.engine.vllm_engine import _exit_code, _exit_description
+
+    class ReapedByAnotherThread:
+        reads = 0
+
+        @property
+        def exitcode(self) -> int | None:
+            self.reads += 1
+            return None if self.reads < 4 else -9
+
+    assert _exit_description(_exit_code(ReapedByAnotherThread())) == "killed by SIGKILL"
+
+    class NeverStored:
+        exitcode = None
+
+    started = time.monotonic()
+    assert _exit_description(_exit_code(NeverStored(), wait_s=0.1)) == "exited"
+    assert time.monotonic() - started < 1.0
+    assert _exit_code(None) is None
