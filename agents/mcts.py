@@ -148,6 +148,12 @@ class MCTSConfig:
     used when ``root_noise_fraction > 0``. Paper: no noise."""
     root_noise_fraction: float = 0.0
     """Weight of the Dirichlet noise in the root priors, in [0, 1); 0 = off. Paper: off."""
+    value_head: bool = True
+    """Back up V(leaf) from the learner's value head (``PolicyEngine.values``, a forward
+    pass of the transformers copy beside vLLM on every expansion). False backs up
+    ``first_play_value`` for a leaf that does not end the episode and skips that pass: use
+    it when the head is not trained (``c_value = 0``), whose output is then a constant
+    anyway, so only terminal rewards steer the search. Paper: True (value head trained)."""
     merge_identical: bool = True
     """Merge sampled steps with identical token ids into one child (one entry in the prior
     softmax, see ``TreeSearch._expand``); saves engine calls and keeps visit counts of one
@@ -662,10 +668,13 @@ class TreeSearch:
             )
             # V(node) only needs the node's own ids: ask for it alongside the samples.
             try:
-                generation, values = await asyncio.gather(
-                    self._engine(self.engine.generate(prefix, sampling)),
-                    self._engine(self.engine.values([prefix])),
-                )
+                if cfg.value_head:
+                    generation, values = await asyncio.gather(
+                        self._engine(self.engine.generate(prefix, sampling)),
+                        self._engine(self.engine.values([prefix])),
+                    )
+                else:
+                    generation = await self._engine(self.engine.generate(prefix, sampling))
             except PromptTooLongError:
                 if node is self.root:
                     raise  # the task itself does not fit: collect() skips it
@@ -723,7 +732,8 @@ class TreeSearch:
                         )
                     )
                 node.children = children
-                node.value_estimate = float(values[0])
+                if cfg.value_head:
+                    node.value_estimate = float(values[0])
                 self.stats.expansions += 1
                 self.stats.unique_children += len(children)
         finally:
@@ -732,7 +742,7 @@ class TreeSearch:
             self._expansions_in_flight -= 1
             progress, self._progress = self._progress, asyncio.Event()
             progress.set()
-        return node.value_estimate
+        return node.value_estimate if cfg.value_head else cfg.first_play_value
 
     # --- trajectory extraction ---
 

@@ -33,6 +33,8 @@ def test_preset_builds_for_every_agent_with_one_budget(agent, tmp_path):
     assert config.learner.c_value == 0.0
     if agent != "cispo":
         assert config.agent_config.min_reward == 1.0
+    if agent == "mcts":  # an untrained head would only cost a forward per expansion
+        assert config.agent_config.value_head is False
 
 
 def _write_eval(path: Path, correct: list[int], k: int = 4) -> None:

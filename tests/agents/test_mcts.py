@@ -315,6 +315,26 @@ def test_new_leaf_has_one_visit_and_its_own_value():
     assert leaf.prior == max(c.prior for c in root.children)
 
 
+def test_without_the_value_head_leaves_back_up_first_play_value_and_values_is_never_called():
+    class NoValues(FakeEngine):
+        async def values(self, states):
+            raise AssertionError("values() called with MCTSConfig.value_head=False")
+
+    agent, engine = make_agent(
+        NoValues(), num_workers=2, iterations_per_worker=3, value_head=False,
+        first_play_value=-0.25,
+    )  # fmt: skip
+    result = search(agent)
+    nodes = list(iter_nodes(result.root))
+    assert all(n.value_estimate is None for n in nodes) and result.path_values == []
+    for node in nodes:
+        if node.children:  # the expansion's own visit backs up first_play_value
+            assert node.value_sum == pytest.approx(
+                -0.25 + sum(c.value_sum for c in node.children)
+            )
+    assert result.root.visits == 6
+
+
 def test_terminal_children_are_never_expanded_and_back_up_the_env_reward():
     answers = ["<answer>3 * 7 + 5 - 2</answer>", "<answer>3 + 5</answer>", "<step>cut"]
     agent, engine = make_agent(
