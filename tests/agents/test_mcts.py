@@ -329,9 +329,7 @@ def test_without_the_value_head_leaves_back_up_first_play_value_and_values_is_ne
     assert all(n.value_estimate is None for n in nodes) and result.path_values == []
     for node in nodes:
         if node.children:  # the expansion's own visit backs up first_play_value
-            assert node.value_sum == pytest.approx(
-                -0.25 + sum(c.value_sum for c in node.children)
-            )
+            assert node.value_sum == pytest.approx(-0.25 + sum(c.value_sum for c in node.children))
     assert result.root.visits == 6
 
 
