@@ -24,6 +24,7 @@ it imports only the standard library, torch and vLLM.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Mapping
@@ -55,6 +56,36 @@ _ALIGN = 64
 def shm_directory() -> str:
     """Where chunk files go: ``/dev/shm`` (RAM-backed) when it exists, else the temp dir."""
     return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+def _reserved_file(nbytes: int, directories: list[str]) -> tuple[int, str]:
+    """A new file of ``nbytes`` whose blocks are allocated, in the first of ``directories``
+    with room; ``(fd, path)``.
+
+    ``ftruncate`` alone makes a sparse file, and writing through its mapping on a full
+    tmpfs kills the process with SIGBUS (Docker's default /dev/shm is 64 MB, less than one
+    chunk of a 1.5B model); ``posix_fallocate`` fails with ENOSPC up front instead, so the
+    next directory (the temp dir, on disk) is tried."""
+    errors = []
+    for directory in dict.fromkeys(directories):  # in order, once each
+        fd, path = tempfile.mkstemp(prefix="langrl-weights-", dir=directory)
+        try:
+            os.posix_fallocate(fd, 0, nbytes)
+            return fd, path
+        except OSError as e:
+            os.close(fd)
+            os.unlink(path)
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                # A file system without fallocate: only a sparse file is possible here.
+                fd, path = tempfile.mkstemp(prefix="langrl-weights-", dir=directory)
+                os.ftruncate(fd, nbytes)
+                return fd, path
+            errors.append(f"{directory}: {e.strerror}")
+    raise OSError(
+        errno.ENOSPC,
+        f"no room for a {nbytes / 2**20:.0f} MiB weight chunk ({'; '.join(errors)}); "
+        "free space there or push with EngineConfig.weight_push='rpc'",
+    )
 
 
 @dataclass
@@ -136,9 +167,8 @@ def write_chunk(
         offsets.append(total)
         total += _aligned(_nbytes(state[name]))
     total = max(total, 1)
-    fd, path = tempfile.mkstemp(prefix="langrl-weights-", dir=directory or shm_directory())
+    fd, path = _reserved_file(total, [directory or shm_directory(), tempfile.gettempdir()])
     try:
-        os.ftruncate(fd, total)
         buf = torch.from_file(path, shared=True, size=total, dtype=torch.uint8)
         for name, off in zip(names, offsets, strict=True):
             t = state[name].detach()

@@ -9,6 +9,7 @@ what vLLM then serves against the transformers copy that got the same weights.
 from __future__ import annotations
 
 import asyncio
+import errno
 import glob
 import math
 import os
@@ -53,6 +54,36 @@ def test_chunks_round_trip_every_dtype_and_outlive_the_unlinked_file() -> None:
     for name, t in loaded:
         assert t.dtype == state[name].dtype and t.shape == state[name].shape
         assert torch.equal(t, state[name]), name
+
+
+def _full_in(monkeypatch: pytest.MonkeyPatch, *full_dirs: Path) -> None:
+    """Make ``posix_fallocate`` fail with ENOSPC for files in ``full_dirs``, as on a full
+    tmpfs (the real one: a 1 MiB tmpfs mount, where the old sparse file died of SIGBUS)."""
+    real = os.posix_fallocate
+
+    def fallocate(fd: int, offset: int, length: int) -> None:
+        where = Path(os.readlink(f"/proc/self/fd/{fd}")).parent
+        if where in full_dirs:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, offset, length)
+
+    monkeypatch.setattr(wt.os, "posix_fallocate", fallocate)
+
+
+def test_a_chunk_that_does_not_fit_goes_to_the_temp_dir(monkeypatch, tmp_path) -> None:
+    shm, disk = tmp_path / "shm", tmp_path / "disk"
+    shm.mkdir(), disk.mkdir()
+    monkeypatch.setattr(wt.tempfile, "tempdir", str(disk))
+    _full_in(monkeypatch, shm)
+    state = {"w": torch.randn(8, 8)}
+    info = wt.write_chunk(state, ["w"], str(shm))
+    assert Path(info["path"]).parent == disk and not list(shm.iterdir())  # nothing left
+    assert torch.equal(wt.read_chunk(wt.ShmUpdateInfo(**info))[0][1], state["w"])
+
+    _full_in(monkeypatch, shm, disk)
+    with pytest.raises(OSError, match=r"no room for a 0 MiB weight chunk \(.*shm: .*disk: "):
+        wt.write_chunk(state, ["w"], str(shm))
+    assert list(disk.iterdir()) == [Path(info["path"])]  # no half-written file left
 
 
 def test_plan_chunks_keeps_order_and_budget() -> None:
