@@ -1,5 +1,6 @@
 """Reproduce the seed paper's comparison at toy scale: MCTS-distill, CISPO and best-of-N
-trained from the same tiny policy under one generation budget, all evaluated on the test set.
+trained from the same tiny policy for the same training wall time (a per-agent token budget),
+all evaluated on the test set.
 
     python scripts/reproduce.py                       # every stage; run it again to resume
     python scripts/reproduce.py --agents cispo bon    # only these agents (and the start policy)
@@ -10,9 +11,9 @@ sessions; a training run that was cut off continues from its last checkpoint):
 
 1. ``results/evals/start.json``: the starting policy, seeded mean@16 on all 820 test problems.
 2. per agent, ``scripts/train_agent.py --config configs/reproduce.yaml --agent X`` in
-   ``runs/reproduce/X`` (``--resume`` when it holds a checkpoint). The preset gives every agent
-   the same budget of generated tokens (``max_gen_tokens``) and the same learner settings, and
-   evaluates on a held-out slice of the *train* split for the learning curves (hyperparameters
+   ``runs/reproduce/X`` (``--resume`` when it holds a checkpoint). The preset gives each agent
+   the budget of generated tokens (``max_gen_tokens``) it generates in the same training wall
+   time on 2 CPU cores (an equal-token comparison is a ``--variant``), and evaluates on a held-out slice of the *train* split for the learning curves (hyperparameters
    were chosen on that slice, never on the test set). Its ``eval_history.csv`` is copied to
    ``results/curves/X.csv``.
 3. per agent, ``results/evals/X.json``: the final checkpoint, evaluated as in stage 1.
@@ -54,7 +55,7 @@ VARIANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Train MCTS-distill, CISPO and best-of-N under one budget; table and plot.",
+        description="Train MCTS-distill, CISPO and best-of-N under matched budgets; table and plot.",
         allow_abbrev=False,
     )
     p.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)

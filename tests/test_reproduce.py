@@ -23,9 +23,20 @@ def _module():
 
 
 @pytest.mark.parametrize("agent", ["mcts", "cispo", "bon"])
-def test_preset_builds_for_every_agent_with_one_budget(agent, tmp_path):
+def test_preset_builds_for_every_agent_with_its_budget(agent, tmp_path):
     config = load_config(ROOT / "configs" / "reproduce.yaml", [], agent=agent, model=None)
-    assert config.max_gen_tokens and config.eval_every_tokens
+    # Wall-matched token budgets (26 min here), a few in-run evaluations each, and the
+    # equal-token variant's override reaches every agent.
+    budgets = {"mcts": 4_000_000, "cispo": 6_300_000, "bon": 12_000_000}
+    assert config.max_gen_tokens == budgets[agent]
+    assert 3 <= config.max_gen_tokens // config.eval_every_tokens <= 6
+    variant = load_config(
+        ROOT / "configs" / "reproduce.yaml",
+        ["--max_gen_tokens", "4000000"],
+        agent=agent,
+        model=None,
+    )
+    assert variant.max_gen_tokens == 4_000_000
     # The curves are validation scores on held-out train problems, never the test set.
     assert config.eval.split == "train" and config.eval.first_problem == -config.holdout
     # No agent of this preset trains a value head: CISPO has no use for one, and best-of-N
