@@ -3,7 +3,7 @@
 ``MCTSConfig.value_head=False`` (the reproduce preset's MCTS, whose head is not trained)
 backs up ``first_play_value`` instead of calling ``PolicyEngine.values``, a forward pass of
 the transformers copy that runs beside vLLM on the same CPU cores. This runs the same
-searches (the preset's search settings, the same seeds, the same train problems) both
+searches (``configs/reproduce.yaml``'s MCTS settings, the same seeds, the same train problems) both
 ways through one vLLM engine on the tiny default policy, alternating the two settings
 ``--repeats`` times, and prints wall time, generated tokens per second and correct trees;
 the ratio row compares the two in this same run.
@@ -17,30 +17,22 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import replace
+from pathlib import Path
 
-from langrl.agents.mcts import MCTSAgent, MCTSConfig
+from langrl.agents.mcts import MCTSAgent
+from langrl.config import load_config
 from langrl.engine import EngineConfig, create_engine
 from langrl.tiny import ensure_policy
 
-#: The search settings of configs/reproduce.yaml (mcts:), the value head aside.
-PRESET = {
-    "num_workers": 8,
-    "iterations_per_worker": 4,
-    "num_expansions": 4,
-    "c_puct": 0.5,
-    "virtual_loss": 1.0,
-    "max_step_tokens": 32,
-    "temperature": 0.8,
-    "finish_max_tokens": 96,
-    "extraction": "best_terminal",
-}
+#: The preset whose MCTS searches are measured (its ``mcts`` section, merged per agent).
+PRESET = Path(__file__).resolve().parent.parent / "configs" / "reproduce.yaml"
 
 
-def run_once(engine, value_head: bool, tasks: list[dict], seed: int) -> dict[str, float]:
+def run_once(engine, preset, value_head: bool, tasks: list[dict], seed: int) -> dict[str, float]:
     agent = MCTSAgent(
-        MCTSConfig(**PRESET, value_head=value_head, seed=seed),
-        "Countdown-v0",
-        {"reward": "dense"},
+        replace(preset.agent_config, value_head=value_head, seed=seed),
+        preset.env_id,
+        preset.env_kwargs,
         engine.engine,  # the async engine: collect() runs on the engine's loop
     )
     start = time.perf_counter()
@@ -62,15 +54,16 @@ def main() -> None:
     parser.add_argument("--model", help="policy directory (default: the tiny default policy)")
     args = parser.parse_args()
 
+    preset = load_config(PRESET, [], agent="mcts", model=None)
     model = args.model or str(ensure_policy("default"))
     engine = create_engine(replace(EngineConfig(), model=model))
     tasks = [{"index": i} for i in range(args.problems)]
     try:
-        run_once(engine, True, tasks[:4], seed=99)  # warm-up: compile, caches
+        run_once(engine, preset, True, tasks[:4], seed=99)  # warm-up: compile, caches
         rows: dict[bool, list[dict[str, float]]] = {True: [], False: []}
         for r in range(args.repeats):
             for value_head in (True, False):  # alternate: drifting load hits both alike
-                rows[value_head].append(run_once(engine, value_head, tasks, seed=r))
+                rows[value_head].append(run_once(engine, preset, value_head, tasks, seed=r))
     finally:
         engine.shutdown()
 
