@@ -238,13 +238,7 @@ def stop_processes(procs: list[Any], grace_s: float = SHUTDOWN_GRACE_S) -> list[
     handles never signal a reused pid."""
     import psutil
 
-    def running(proc: Any) -> bool:
-        try:
-            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
-
-    alive = [p for p in procs if running(p)]
+    alive = [p for p in procs if _has_ended(p) is False]
     if not alive:
         return []
     _, alive = psutil.wait_procs(alive, timeout=grace_s)
@@ -255,6 +249,19 @@ def stop_processes(procs: list[Any], grace_s: float = SHUTDOWN_GRACE_S) -> list[
             killed.append(proc.pid)
     psutil.wait_procs(alive, timeout=grace_s)
     return killed
+
+
+def _has_ended(proc: Any) -> bool | None:
+    """Whether the process of a psutil handle has exited (gone, a zombie, or its pid now
+    another process's); ``None`` when that cannot be told (access denied)."""
+    import psutil
+
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return None
 
 
 def _exit_code(handle: Any, wait_s: float = 0.25) -> int | None:
@@ -340,16 +347,8 @@ class VLLMEngine(ServedEngine):
 
     def _find_death(self) -> str | None:
         """What died, in words, or ``None`` while vLLM's processes all run."""
-        import psutil
-
         for role, proc, handle in self._processes:
-            try:
-                gone = proc.status() == psutil.STATUS_ZOMBIE
-            except psutil.NoSuchProcess:
-                gone = True
-            except psutil.Error:
-                continue
-            if gone:
+            if _has_ended(proc):
                 return f"{role} (pid {proc.pid}) {_exit_description(_exit_code(handle))}"
         if getattr(self.llm, "errored", False):
             return "vLLM reports its engine dead"
