@@ -114,6 +114,8 @@ NUM_TRANSCRIPTS = 2
 
 #: ``MCTSConfig.extraction`` values.
 EXTRACTIONS = ("max_visits", "best_terminal")
+#: ``MCTSConfig.priors`` values.
+PRIORS = ("policy", "sampling")
 
 
 @dataclass
@@ -165,7 +167,15 @@ class MCTSConfig:
     with the format-failure reward. Paper: 64."""
     temperature: float = 0.8
     """Sampling temperature of the step completions and of the finishing sample. Priors
-    always use temperature-1 logprobs (via ``engine.score`` when this is not 1). Paper: 0.8."""
+    also sets the priors' distribution (``priors``). Paper: 0.8."""
+    priors: str = "policy"
+    """Which logprobs of a sampled step become its prior (softmax over a node's distinct
+    children). ``"policy"``: the policy's own, at temperature 1; at any other
+    ``temperature`` that costs an ``engine.score`` pass (a transformers forward beside vLLM
+    on the same cores) per expansion. ``"sampling"``: the logprobs the step was sampled with
+    (at ``temperature``, returned by the engine with the sample), so no extra pass; at
+    T < 1 these priors are sharper than the policy's. At ``temperature = 1`` the two are
+    the same. Paper: the policy's."""
     finish_max_tokens: int = 256
     """Token budget of the policy sample that finishes a max-visit path which stops before
     the episode ends. Paper: none (its trajectory could stop short)."""
@@ -176,6 +186,12 @@ class MCTSConfig:
     highest-reward node that ends the episode (ties: more visits, then earlier in the
     tree), falling back to ``max_visits`` when no simulation reached an end; it uses what
     ``search/best_minus_chosen`` shows max-visit leaves behind at small search budgets."""
+    paths_per_search: int = 1
+    """Trajectories one search emits: the chosen path (``extraction``), then, with
+    ``best_terminal``, the next-best distinct paths to ends of the episode (by reward, then
+    visits), up to this many in all. A search that finds several solutions then distils
+    each of them instead of one; search statistics describe the chosen path. Must be 1
+    with ``max_visits``. Paper: 1."""
     min_reward: float | None = None
     """Drop a search whose trajectory's reward is below this (``None`` keeps every one, as
     the paper does). With ``1.0`` and ``best_terminal`` the agent distils only solutions
@@ -193,7 +209,7 @@ class MCTSConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_workers", "iterations_per_worker", "num_expansions",
-                     "max_step_tokens", "finish_max_tokens"):  # fmt: skip
+                     "max_step_tokens", "finish_max_tokens", "paths_per_search"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"MCTSConfig.{name} must be an int >= 1, got {value!r}")
@@ -220,10 +236,19 @@ class MCTSConfig:
             isinstance(self.seed, bool) or not isinstance(self.seed, int)
         ):
             raise ValueError(f"MCTSConfig.seed must be an int or None, got {self.seed!r}")
+        if self.priors not in PRIORS:
+            raise ValueError(
+                f"MCTSConfig.priors must be one of {', '.join(PRIORS)}, got {self.priors!r}"
+            )
         if self.extraction not in EXTRACTIONS:
             raise ValueError(
                 f"MCTSConfig.extraction must be one of {', '.join(EXTRACTIONS)}, "
                 f"got {self.extraction!r}"
+            )
+        if self.paths_per_search > 1 and self.extraction != "best_terminal":
+            raise ValueError(
+                f"MCTSConfig.paths_per_search={self.paths_per_search} needs "
+                f"extraction='best_terminal' (max-visit extraction yields one path)"
             )
 
 
@@ -335,6 +360,14 @@ def best_terminal(root: Node) -> Node | None:
     return best
 
 
+def path_parts(path: Sequence[Node]) -> tuple[list[int], list[float], str, list[int]]:
+    """Token ids, behaviour logprobs, text and policy versions of a path's steps (root
+    excluded), concatenated in order."""
+    ids = [t for n in path for t in n.step_ids]
+    logprobs = [lp for n in path for lp in n.step_logprobs]
+    return ids, logprobs, "".join(n.text for n in path), [n.policy_version for n in path]
+
+
 def softmax(logits: Sequence[float]) -> list[float]:
     """Numerically stable softmax of a short list."""
     top = max(logits)
@@ -424,13 +457,16 @@ class SearchResult:
     summed over a batch as ``gen/tokens`` and ``gen/samples``)."""
     path_values: list[float] = field(default_factory=list)
     """V(s) of the expanded nodes on the chosen path, root first (value calibration)."""
+    more_trajectories: list[Trajectory] = field(default_factory=list)
+    """The other paths the search emits (``MCTSConfig.paths_per_search``), best first."""
 
 
 # --- the agent ---
 
 
 class MCTSAgent:
-    """MCTS-distill agent: one parallel tree search per task, one trajectory per search.
+    """MCTS-distill agent: one parallel tree search per task; each search emits its chosen
+    trajectory (and with ``paths_per_search > 1`` the next-best paths to other ends).
 
     Args:
         config: Search hyperparameters.
@@ -463,7 +499,8 @@ class MCTSAgent:
 
     async def collect(self, tasks: Sequence[Mapping[str, Any]]) -> RolloutBatch:
         """Search every task concurrently (the engine batches across all of their workers)
-        and return one trajectory per task, with search statistics as ``search/`` metrics."""
+        and return their trajectories (those ``min_reward`` keeps), with search statistics
+        as ``search/`` metrics."""
         seeds = [self._draw_seed() for _ in tasks]  # drawn in task order: reproducible
         outcomes = await asyncio.gather(
             *(self.search(task, seed=s) for task, s in zip(tasks, seeds, strict=True)),
@@ -499,9 +536,10 @@ class MCTSAgent:
                 np.mean([t.info["is_correct"] for t in trajectories])
             )
         kept = [
-            r.trajectory
+            t
             for r in results
-            if self.config.min_reward is None or r.trajectory.reward >= self.config.min_reward
+            for t in (r.trajectory, *r.more_trajectories)
+            if self.config.min_reward is None or t.reward >= self.config.min_reward
         ]
         metrics["gen/trajectories"] = float(len(kept))
         return RolloutBatch(
@@ -596,7 +634,8 @@ class TreeSearch:
             stats["best_minus_chosen"] = stats["best_reward_in_tree"] - trajectory.reward
         trajectory.info["search"] = dict(stats)
         path_values = [n.value_estimate for n in last.path() if n.value_estimate is not None]
-        return SearchResult(self.root, trajectory, stats, transcript, self.stats, path_values)
+        more = self._more_paths(last)
+        return SearchResult(self.root, trajectory, stats, transcript, self.stats, path_values, more)
 
     async def _worker(self) -> None:
         for _ in range(self.config.iterations_per_worker):
@@ -693,8 +732,9 @@ class TreeSearch:
                     key = tuple(sample.token_ids) if cfg.merge_identical else i
                     groups.setdefault(key, []).append(sample)
                 distinct = [samples[0] for samples in groups.values()]
-            if cfg.temperature == 1.0:
-                # At T = 1 (top_p = 1) the sampling distribution is the policy itself.
+            if cfg.temperature == 1.0 or cfg.priors == "sampling":
+                # The engine's logprobs are the sampling distribution's; at T = 1 (top_p = 1)
+                # that is the policy itself.
                 logits = [s.cumulative_logprob for s in distinct]
             else:
                 scored = await self._engine(
@@ -762,10 +802,7 @@ class TreeSearch:
                 key=lambda c: (c.visits, c.q(0.0, cfg.first_play_value), c.prior),
             )
         path = node.path()[1:]
-        ids = [t for n in path for t in n.step_ids]
-        logprobs = [lp for n in path for lp in n.step_logprobs]
-        text = "".join(n.text for n in path)
-        versions = [n.policy_version for n in path]
+        ids, logprobs, text, versions = path_parts(path)
         finished_by_sampling = not node.terminal
         if node.terminal:
             reward, outcome = node.reward, node.outcome
@@ -790,7 +827,48 @@ class TreeSearch:
             text += graded.sample.text + graded.sample.overhang
             versions.append(graded.policy_version)
             reward, outcome = graded.reward, graded.info
-        trajectory = Trajectory(
+        trajectory = self._trajectory(
+            ids, logprobs, text, versions, reward, outcome, len(path), finished_by_sampling
+        )
+        transcript = (
+            f"{self.info['prompt']}{text}\n\n[reward {reward:.3f} ({outcome.get('reason')}); "
+            f"{len(path)} steps from the tree{', finished by sampling' if finished_by_sampling else ''}]"
+        )
+        return trajectory, transcript, node
+
+    def _more_paths(self, chosen: Node) -> list[Trajectory]:
+        """Up to ``paths_per_search - 1`` trajectories to other ends of the episode in the
+        tree, best first (reward, then visits, then tree order, as ``best_terminal``)."""
+        if self.config.paths_per_search == 1:
+            return []
+        ends = [n for n in iter_nodes(self.root) if n.terminal and n is not chosen]
+        ends.sort(key=lambda n: (n.reward, n.visits), reverse=True)  # stable: tree order
+        out = []
+        for node in ends[: self.config.paths_per_search - 1]:
+            path = node.path()[1:]
+            out.append(
+                self._trajectory(
+                    *path_parts(path),
+                    node.reward,
+                    node.outcome,
+                    len(path),
+                    finished_by_sampling=False,
+                )
+            )
+        return out
+
+    def _trajectory(
+        self,
+        ids: list[int],
+        logprobs: list[float],
+        text: str,
+        versions: list[int],
+        reward: float,
+        outcome: Mapping[str, Any],
+        num_tree_steps: int,
+        finished_by_sampling: bool,
+    ) -> Trajectory:
+        return Trajectory(
             prompt_ids=list(self.prompt_ids),
             completion_ids=ids,
             behaviour_logprobs=logprobs,
@@ -804,12 +882,7 @@ class TreeSearch:
                 "text": text,
                 "reason": outcome.get("reason"),
                 "is_correct": bool(outcome.get("is_correct", False)),
-                "num_tree_steps": len(path),
+                "num_tree_steps": num_tree_steps,
                 "finished_by_sampling": finished_by_sampling,
             },
         )
-        transcript = (
-            f"{self.info['prompt']}{text}\n\n[reward {reward:.3f} ({outcome.get('reason')}); "
-            f"{len(path)} steps from the tree{', finished by sampling' if finished_by_sampling else ''}]"
-        )
-        return trajectory, transcript, node

@@ -25,9 +25,9 @@ def _module():
 @pytest.mark.parametrize("agent", ["mcts", "cispo", "bon"])
 def test_preset_builds_for_every_agent_with_its_budget(agent, tmp_path):
     config = load_config(ROOT / "configs" / "reproduce.yaml", [], agent=agent, model=None)
-    # Wall-matched token budgets (26 min here), a few in-run evaluations each, and the
-    # equal-token variant's override reaches every agent.
-    budgets = {"mcts": 4_000_000, "cispo": 6_300_000, "bon": 12_000_000}
+    # Wall-matched token budgets (26 to 30 min here), a few in-run evaluations each, and
+    # the equal-token variant's override reaches every agent.
+    budgets = {"mcts": 6_000_000, "cispo": 6_300_000, "bon": 12_000_000}
     assert config.max_gen_tokens == budgets[agent]
     assert 3 <= config.max_gen_tokens // config.eval_every_tokens <= 6
     variant = load_config(
@@ -46,6 +46,10 @@ def test_preset_builds_for_every_agent_with_its_budget(agent, tmp_path):
         assert config.agent_config.min_reward == 1.0
     if agent == "mcts":  # an untrained head would only cost a forward per expansion
         assert config.agent_config.value_head is False
+        # No scoring pass per expansion, and every solution a tree finds is distilled.
+        assert config.agent_config.priors == "sampling"
+        assert config.agent_config.paths_per_search > 1
+        assert config.agent_config.extraction == "best_terminal"
 
 
 def _write_eval(path: Path, correct: list[int], k: int = 4) -> None:

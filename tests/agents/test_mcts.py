@@ -226,6 +226,8 @@ def check_tree_invariants(root: Node, engine: FakeEngine) -> None:
         ("temperature", 0.0),
         ("seed", "x"),
         ("extraction", "max_q"),
+        ("priors", "raw"),
+        ("paths_per_search", 0),
     ],
 )
 def test_config_rejects_bad_values(field, value):
@@ -368,6 +370,17 @@ def test_identical_completions_merge_into_one_child_with_one_softmax_entry():
 
 def test_priors_use_the_cumulative_logprob_at_temperature_one():
     agent, engine = make_agent(num_workers=1, iterations_per_worker=1, temperature=1.0)
+    root = search(agent).root
+    n = len(PROMPT)
+    logits = [sum(engine.lp(n, j, t) for j, t in enumerate(c.step_ids)) for c in root.children]
+    assert [c.prior for c in root.children] == pytest.approx(softmax(logits))
+    assert engine.score_calls == 0
+
+
+def test_sampling_priors_use_the_sampled_logprobs_and_skip_scoring():
+    agent, engine = make_agent(
+        num_workers=1, iterations_per_worker=1, temperature=0.8, priors="sampling"
+    )
     root = search(agent).root
     n = len(PROMPT)
     logits = [sum(engine.lp(n, j, t) for j, t in enumerate(c.step_ids)) for c in root.children]
@@ -689,6 +702,63 @@ def test_extraction_rules_differ_where_the_best_end_is_rarely_visited(extraction
     tree.root.children = ends
     trajectory, _, _ = asyncio.run(tree._extract())
     assert trajectory.info["text"] == chosen
+
+
+def test_paths_per_search_emits_the_best_distinct_ends_best_first():
+    agent, engine = make_agent(extraction="best_terminal", paths_per_search=3)
+    tree = TreeSearch(agent, TASK, None)
+    ends = []
+    for text, reward, visits in (("<answer>3 + 5</answer>", -1 / 3, 5),
+                                 ("<answer>3 * 7 + 5 - 2</answer>", 1.0, 1),
+                                 ("<answer>3 * 5 + 7 + 2</answer>", 1.0, 2),
+                                 ("<answer>3 * 5</answer>", -0.5, 9)):  # fmt: skip
+        ids = engine.tokenizer(text)["input_ids"]
+        ends.append(Node(state=None, parent=tree.root, step_ids=ids, step_logprobs=[-0.1] * len(ids),
+                         text=text, terminal=True, reward=reward, visits=visits, policy_version=3,
+                         outcome={"reason": "answer", "is_correct": reward == 1.0}))  # fmt: skip
+    tree.root.children = ends
+    trajectory, _, last = asyncio.run(tree._extract())
+    more = tree._more_paths(last)
+    # The chosen one (best reward, more visits), then the rest by reward: 3 paths in all.
+    assert trajectory.info["text"] == "<answer>3 * 5 + 7 + 2</answer>"
+    assert [t.info["text"] for t in more] == ["<answer>3 * 7 + 5 - 2</answer>", "<answer>3 + 5</answer>"]  # fmt: skip
+    assert [t.reward for t in more] == pytest.approx([1.0, -1 / 3])
+    assert [t.info["is_correct"] for t in more] == [True, False]
+    assert all(t.completion_ids == engine.tokenizer(t.info["text"])["input_ids"] for t in more)
+    assert all(t.policy_version == 3 and not t.info["finished_by_sampling"] for t in more)
+
+
+def two_solutions_script(done: str) -> list[str]:
+    if done.count("</step>") == 0:
+        return ["<step>3 * 5 = 15</step>", "<answer>3 * 5 + 7 + 2</answer>",
+                "<answer>3 * 7 + 5 - 2</answer>", "<answer>3 + 5</answer>"]  # fmt: skip
+    return ["<answer>3 * 5 + 7 + 2</answer>", "<answer>3 * 5 + 7</answer>"]
+
+
+def test_paths_per_search_with_min_reward_distils_every_solution_once():
+    config = dict(num_workers=3, iterations_per_worker=6, extraction="best_terminal",
+                  paths_per_search=50, min_reward=1.0)  # fmt: skip
+    agent, _ = make_agent(FakeEngine(two_solutions_script), **config)
+    result = search(agent)
+    solutions = {
+        "".join(n.text for n in node.path()[1:])
+        for node in iter_nodes(result.root)
+        if node.terminal and node.reward == 1.0
+    }
+    assert len(solutions) == 3  # two at the root, one below its first step
+    kept = [t for t in (result.trajectory, *result.more_trajectories) if t.reward >= 1.0]
+    assert sorted(t.info["text"] for t in kept) == sorted(solutions)
+    assert len(result.more_trajectories) > len(kept) - 1  # wrong ends too, before min_reward
+    # collect() keeps exactly those: every solution once, nothing below min_reward.
+    agent, _ = make_agent(FakeEngine(two_solutions_script), **config)
+    batch = asyncio.run(agent.collect([TASK]))
+    assert sorted(t.info["text"] for t in batch.trajectories) == sorted(solutions)
+    assert batch.metrics["gen/trajectories"] == len(solutions)
+
+
+def test_paths_per_search_needs_best_terminal():
+    with pytest.raises(ValueError, match="paths_per_search"):
+        MCTSConfig(paths_per_search=2, extraction="max_visits")
 
 
 def test_best_terminal_is_none_without_an_end_and_prefers_visits_on_ties():
