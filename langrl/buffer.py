@@ -1,6 +1,7 @@
 """The trajectory buffer: the boundary between generation (agents) and learning (learner).
 
-Agents ``put`` Trajectories as rollouts finish; the trainer ``get``s fixed-size batches:
+Agents ``put`` Trajectories as rollouts finish; the trainer ``get``s batches of a given size
+(larger, on request, by the trajectories that would otherwise expire):
 first the trajectories at the staleness bound (the last version they can be trained at is
 the current one, so the next weight push would drop them), then the freshest: the highest
 ``policy_version`` first and, within a version, in arrival order. A batch is therefore as
@@ -108,15 +109,27 @@ class TrajectoryBuffer:
             return len(self._items) >= batch_size
 
     def get(
-        self, batch_size: int, current_version: int, timeout: float | None = 0.0
+        self,
+        batch_size: int,
+        current_version: int,
+        timeout: float | None = 0.0,
+        expiring_up_to: int | None = None,
     ) -> list[Trajectory] | None:
         """``batch_size`` trajectories, stale ones dropped first: those exactly
         ``max_staleness`` behind ``current_version`` (trainable now, stale after the next
         push), then the freshest (highest ``policy_version``); within a version, the
         earliest arrivals. ``None`` if that many did not arrive within ``timeout`` seconds
-        (``0`` = do not wait, ``None`` = wait forever)."""
+        (``0`` = do not wait, ``None`` = wait forever).
+
+        ``expiring_up_to``: when the expiring ones alone outnumber ``batch_size``, take
+        them all, up to this many (for the last step before a weight push, which would
+        drop the rest)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if expiring_up_to is not None and expiring_up_to < batch_size:
+            raise ValueError(
+                f"expiring_up_to must be >= batch_size ({batch_size}), got {expiring_up_to}"
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
@@ -127,23 +140,30 @@ class TrajectoryBuffer:
                         range(len(self._items)),
                         key=lambda i: self._priority(self._items[i], current_version),
                     )
-                    taken = set(order[:batch_size])
-                    batch = [self._items[i] for i in order[:batch_size]]
+                    size = batch_size
+                    if expiring_up_to is not None:
+                        expiring = sum(self._expiring(t, current_version) for t in self._items)
+                        size = max(batch_size, min(expiring, expiring_up_to))
+                    taken = set(order[:size])
+                    batch = [self._items[i] for i in order[:size]]
                     self._items = deque(t for i, t in enumerate(self._items) if i not in taken)
-                    self.num_got += batch_size
+                    self.num_got += size
                     return batch
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
                 self._cond.wait(remaining)
 
-    def _priority(self, traj: Trajectory, current_version: int) -> tuple[bool, int]:
-        """Sort key of ``get``: expiring ones first, then by version, newest first."""
-        expiring = (
+    def _expiring(self, traj: Trajectory, current_version: int) -> bool:
+        """Trainable at ``current_version``, stale at the next one."""
+        return (
             self.max_staleness is not None
             and current_version - traj.policy_version == self.max_staleness
         )
-        return (not expiring, -traj.policy_version)
+
+    def _priority(self, traj: Trajectory, current_version: int) -> tuple[bool, int]:
+        """Sort key of ``get``: expiring ones first, then by version, newest first."""
+        return (not self._expiring(traj, current_version), -traj.policy_version)
 
     def clear(self) -> None:
         with self._cond:

@@ -107,6 +107,13 @@ class TrainConfig:
     max_staleness: int | None = 1
     """Largest accepted ``policy version at training - version that sampled``; older
     trajectories are dropped (counted in ``perf/dropped_stale``). ``None`` = no bound."""
+    train_expiring: bool = True
+    """Async mode: the step before a weight push also trains the buffered trajectories that
+    the push would make too stale (``max_staleness``), so its batch can exceed
+    ``batch_size`` (at most twice it; any beyond are dropped). Rollouts are sized to need
+    from an estimated yield, and a yield is random (CISPO drops zero-variance groups): in
+    the reproduce preset's CISPO run 7% of the generated trajectories were dropped stale
+    without this. False keeps every batch at exactly ``batch_size``."""
     max_empty_rollouts: int = 20
     """Stop with an error after this many consecutive rollouts that produced no trajectory
     (CISPO drops zero-variance groups; a policy that always earns the same reward would

@@ -99,6 +99,7 @@ PERF_SAMPLES_PER_S = "perf/samples_per_s"
 PERF_STALENESS = "perf/staleness"
 PERF_STALENESS_MAX = "perf/staleness_max"
 PERF_DROPPED_STALE = "perf/dropped_stale"
+PERF_BATCH_TRAJECTORIES = "perf/batch_trajectories"
 PERF_POLICY_VERSION = "perf/policy_version"
 PERF_ROLLOUT_S = "perf/rollout_s"
 PERF_UPDATE_S = "perf/update_s"
@@ -183,6 +184,7 @@ TAGS: dict[str, str] = {
     PERF_STALENESS: "mean (learner version - trajectory policy version) in the batch",
     PERF_STALENESS_MAX: "max staleness in the batch",
     PERF_DROPPED_STALE: "trajectories dropped so far for exceeding max_staleness",
+    PERF_BATCH_TRAJECTORIES: "trajectories in the batch (batch_size, more with train_expiring)",
     PERF_POLICY_VERSION: "engine weight version after the last sync",
     PERF_ROLLOUT_S: "wall seconds of the last agent.collect",
     PERF_UPDATE_S: "wall seconds of the learner step",

@@ -632,7 +632,12 @@ def _train(
                     )
             if out_of_budget:
                 break
-            trajectories = buffer.get(config.batch_size, version)
+            # Before a push, take what it would make too stale rather than dropping it.
+            last_of_window = config.mode == "async" and schedule.sync_due(step + 1)
+            expiring_up_to = (
+                2 * config.batch_size if config.train_expiring and last_of_window else None
+            )
+            trajectories = buffer.get(config.batch_size, version, expiring_up_to=expiring_up_to)
             staleness = [version - t.policy_version for t in trajectories]
             # Overlap the update with generating what later steps need, and no more.
             if config.mode == "async" and pending is None and step + 1 < config.total_steps:
@@ -678,6 +683,7 @@ def _train(
                     tags.PERF_STALENESS: float(np.mean(staleness)),
                     tags.PERF_STALENESS_MAX: float(max(staleness)),
                     tags.PERF_DROPPED_STALE: float(buffer.dropped_stale),
+                    tags.PERF_BATCH_TRAJECTORIES: float(len(trajectories)),
                     tags.PERF_POLICY_VERSION: float(version),
                     tags.PERF_UPDATE_S: update_s,
                     tags.PERF_WAIT_S: wait_s,

@@ -56,6 +56,28 @@ def test_what_expires_at_the_next_push_goes_first_so_nothing_trainable_is_droppe
     assert buf.dropped_stale == 0 and len(buf) == 0
 
 
+def test_expiring_up_to_takes_every_expiring_one_before_a_push_but_no_more():
+    buf = TrajectoryBuffer(capacity=100, max_staleness=1)
+    buf.put(traj(2, reward=i) for i in range(40))  # a surplus at the bound
+    buf.put(traj(3) for _ in range(8))
+    # Without it, 8 of the 40 would be dropped at the next version.
+    batch = buf.get(32, current_version=3, expiring_up_to=64)
+    assert len(batch) == 40 and [t.reward for t in batch] == list(range(40))
+    assert len(buf) == 8 and buf.get(8, current_version=4) is not None
+    assert buf.dropped_stale == 0
+    # The cap holds, and what it leaves expires as before (counted).
+    buf.put(traj(5) for _ in range(50))
+    assert len(buf.get(16, current_version=6, expiring_up_to=20)) == 20
+    buf.put(traj(6) for _ in range(20))
+    assert len(buf.get(16, current_version=7, expiring_up_to=32)) == 20
+    assert buf.dropped_stale == 30
+    # Fewer expiring than a batch: the batch stays at batch_size.
+    buf.put([traj(7) for _ in range(6)] + [traj(6)])
+    assert len(buf.get(4, current_version=7, expiring_up_to=8)) == 4 and len(buf) == 3
+    with pytest.raises(ValueError, match="expiring_up_to"):
+        buf.get(4, current_version=7, expiring_up_to=3)
+
+
 def test_beyond_the_expiring_ones_the_freshest_go_first():
     buf = TrajectoryBuffer(capacity=10, max_staleness=2)
     buf.put([traj(4, reward=0), traj(3, reward=1), traj(5, reward=2), traj(4, reward=3)])

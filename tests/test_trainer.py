@@ -206,6 +206,39 @@ def test_async_generates_only_what_the_next_window_needs(
     ]
 
 
+@pytest.mark.parametrize("train_expiring", [True, False])
+def test_async_with_random_yields_trains_what_would_expire_instead_of_dropping_it(
+    policy, tmp_path, train_expiring
+):
+    # Half the groups have no reward variance (every sample the same): rollouts yield 0, 4 or
+    # 8 for 4-trajectory batches, so rollouts sized from the estimated yield overshoot now and then.
+    config = _fixed_yield_cispo(
+        policy, tmp_path, "--total_steps", "24", "--cispo.filter_zero_variance", "true",
+        "--sync_every", "1", "--max_staleness", "1",  # the reproduce preset's
+        "--train_expiring", str(train_expiring).lower(),
+    )  # fmt: skip
+    engine = FakeSyncEngine(
+        policy, completions=("<answer>{lo} / {hi}</answer>", "no answer here"), uniform_frac=0.5
+    )
+    try:
+        result = train(config, engine)
+    finally:
+        engine.shutdown()
+    assert result["step"] == 24
+    dropped = _values(tmp_path, tags.PERF_DROPPED_STALE)[-1]
+    sizes = _values(tmp_path, tags.PERF_BATCH_TRAJECTORIES)
+    assert max(_values(tmp_path, tags.PERF_STALENESS_MAX)) <= 1  # never beyond the bound
+    assert sum(sizes) == result["trained_trajectories_total"]
+    if train_expiring:
+        assert dropped == 0
+        assert min(sizes) == 4 and 4 < max(sizes) <= 8  # surpluses happened, were trained
+        # What was generated was trained, but for the last rollout's leftovers.
+        waste = result["generated_trajectories_total"] - result["trained_trajectories_total"]
+        assert 0 <= waste <= 8
+    else:  # the same run with fixed batches: the surplus expires
+        assert dropped > 0 and set(sizes) == {4.0}
+
+
 def test_sync_mode_generates_a_full_rollout_per_empty_buffer(policy, tmp_path):
     config = _fixed_yield_cispo(policy, tmp_path, "--mode", "sync", "--sync_every", "2")
     result = _train(config, policy)

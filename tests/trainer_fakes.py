@@ -5,6 +5,8 @@ as ``SyncEngine`` drives the real one (``run``, ``submit``, ``load_weights``).""
 from __future__ import annotations
 
 import asyncio
+import random
+import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -24,11 +26,22 @@ COMPLETIONS = (
 
 
 class TokenizedScriptedEngine(PolicyEngine):
-    """Sample ``i`` of a request is ``completions[(calls + i) % len]``, tokenized for real."""
+    """Sample ``i`` of a request is ``completions[(calls + i) % len]`` (``[calls % len]`` for
+    all of a ``uniform_frac`` share of requests), tokenized for real; ``{lo}`` and ``{hi}`` in
+    a completion become the smaller and larger of the prompt's first two Countdown numbers
+    (``<answer>{lo} / {hi}</answer>`` is legal and scores above -1 for every target)."""
 
-    def __init__(self, model_path: str | Path, completions: Sequence[str] = COMPLETIONS) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        completions: Sequence[str] = COMPLETIONS,
+        uniform_frac: float = 0.0,
+    ) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         self.completions = list(completions)
+        #: Share of requests (drawn per call, seeded by the call's index) whose samples are
+        #: all the same completion: a CISPO group without reward variance, so yields vary.
+        self.uniform_frac = uniform_frac
         self.policy_version = 0
         self.calls = 0
         self.pushed: list[int] = []
@@ -36,8 +49,12 @@ class TokenizedScriptedEngine(PolicyEngine):
     async def generate(self, prompt, sampling: SamplingConfig) -> Generation:
         ids = list(prompt)
         samples = []
+        uniform = random.Random(self.calls).random() < self.uniform_frac
+        numbers = re.search(r"Numbers: ([\d ]+)", self.tokenizer.decode(ids))
+        lo, hi = sorted(int(x) for x in numbers.group(1).split()[:2]) if numbers else (1, 1)
         for i in range(sampling.n):
-            text = self.completions[(self.calls + i) % len(self.completions)]
+            text = self.completions[(self.calls + (0 if uniform else i)) % len(self.completions)]
+            text = text.format(lo=lo, hi=hi)
             tok = self.tokenizer(text, add_special_tokens=False)["input_ids"][: sampling.max_tokens]
             samples.append(
                 Sample(tok, self.tokenizer.decode(tok), [-1.0] * len(tok), -len(tok), "stop")
