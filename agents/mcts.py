@@ -81,13 +81,14 @@ import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from langrl.agents.base import RolloutBatch, encode_prompt
+from langrl.agents.cispo import group_advantages
 from langrl.agents.rollout import sample_and_grade
 from langrl.engine.base import PolicyEngine, PromptTooLongError, SamplingConfig
 from langrl.envs.base import action_tags
@@ -116,6 +117,8 @@ NUM_TRANSCRIPTS = 2
 EXTRACTIONS = ("max_visits", "best_terminal")
 #: ``MCTSConfig.priors`` values.
 PRIORS = ("policy", "sampling")
+#: ``MCTSConfig.advantages`` values.
+ADVANTAGES = ("value", "tree")
 
 
 @dataclass
@@ -192,6 +195,16 @@ class MCTSConfig:
     visits), up to this many in all. A search that finds several solutions then distils
     each of them instead of one; search statistics describe the chosen path. Must be 1
     with ``max_visits``. Paper: 1."""
+    advantages: str = "value"
+    """How the learner weighs a trajectory's tokens. ``"value"``: ``A_t = r - V_old(s_t)``
+    from the learner's value head (the paper's). ``"tree"``: the paths one search emits
+    (``paths_per_search``) are a group, each path's advantage its reward minus their mean
+    (CISPO's ``group_advantages``), so the search's wrong ends teach as its right ones do,
+    and a step shared by several paths is pushed by the sum of theirs: by how much better
+    its subtree's ends were than the tree's. The paths are then ``paths_per_search`` ends
+    of the tree drawn uniformly (all when fewer; the best-first choice would bias the mean
+    up). A search whose paths all scored the same teaches nothing and is dropped
+    (``gen/zero_variance_groups``). Use it with no ``min_reward``. Paper: ``"value"``."""
     min_reward: float | None = None
     """Drop a search whose trajectory's reward is below this (``None`` keeps every one, as
     the paper does). With ``1.0`` and ``best_terminal`` the agent distils only solutions
@@ -244,6 +257,16 @@ class MCTSConfig:
             raise ValueError(
                 f"MCTSConfig.extraction must be one of {', '.join(EXTRACTIONS)}, "
                 f"got {self.extraction!r}"
+            )
+        if self.advantages not in ADVANTAGES:
+            raise ValueError(
+                f"MCTSConfig.advantages must be one of {', '.join(ADVANTAGES)}, "
+                f"got {self.advantages!r}"
+            )
+        if self.advantages == "tree" and self.paths_per_search < 2:
+            raise ValueError(
+                "MCTSConfig.advantages='tree' needs paths_per_search >= 2 (a group of one "
+                "path has no spread)"
             )
         if self.paths_per_search > 1 and self.extraction != "best_terminal":
             raise ValueError(
@@ -368,6 +391,26 @@ def path_parts(path: Sequence[Node]) -> tuple[list[int], list[float], str, list[
     return ids, logprobs, "".join(n.text for n in path), [n.policy_version for n in path]
 
 
+def tree_advantages(
+    groups: Sequence[Sequence[Trajectory]], min_std: float = 1e-6
+) -> tuple[list[list[Trajectory]], float]:
+    """Each search's paths with per-token advantages ``r - mean(r)`` over that search's
+    paths, and how many searches were dropped for a reward std at or below ``min_std``."""
+    out, dropped = [], 0
+    for group in groups:
+        adv, std = group_advantages([t.reward for t in group])
+        if std <= min_std:
+            dropped += 1
+            continue
+        out.append(
+            [
+                replace(t, advantages=[a] * len(t.completion_ids))
+                for t, a in zip(group, adv, strict=True)
+            ]
+        )
+    return out, float(dropped)
+
+
 def softmax(logits: Sequence[float]) -> list[float]:
     """Numerically stable softmax of a short list."""
     top = max(logits)
@@ -457,8 +500,10 @@ class SearchResult:
     summed over a batch as ``gen/tokens`` and ``gen/samples``)."""
     path_values: list[float] = field(default_factory=list)
     """V(s) of the expanded nodes on the chosen path, root first (value calibration)."""
-    more_trajectories: list[Trajectory] = field(default_factory=list)
-    """The other paths the search emits (``MCTSConfig.paths_per_search``), best first."""
+    emitted: list[Trajectory] = field(default_factory=list)
+    """What the search hands to the learner (before ``min_reward``): the chosen trajectory
+    and the next-best paths (``MCTSConfig.paths_per_search``), or with ``advantages="tree"``
+    a uniform sample of the tree's ends."""
 
 
 # --- the agent ---
@@ -535,10 +580,13 @@ class MCTSAgent:
             metrics["train/correct_frac"] = float(
                 np.mean([t.info["is_correct"] for t in trajectories])
             )
+        groups = [r.emitted for r in results]
+        if self.config.advantages == "tree":
+            groups, metrics["gen/zero_variance_groups"] = tree_advantages(groups)
         kept = [
             t
-            for r in results
-            for t in (r.trajectory, *r.more_trajectories)
+            for group in groups
+            for t in group
             if self.config.min_reward is None or t.reward >= self.config.min_reward
         ]
         metrics["gen/trajectories"] = float(len(kept))
@@ -634,8 +682,13 @@ class TreeSearch:
             stats["best_minus_chosen"] = stats["best_reward_in_tree"] - trajectory.reward
         trajectory.info["search"] = dict(stats)
         path_values = [n.value_estimate for n in last.path() if n.value_estimate is not None]
-        more = self._more_paths(last)
-        return SearchResult(self.root, trajectory, stats, transcript, self.stats, path_values, more)
+        if self.config.advantages == "tree":
+            emitted = self._sampled_ends()
+        else:
+            emitted = [trajectory, *self._more_paths(last)]
+        return SearchResult(
+            self.root, trajectory, stats, transcript, self.stats, path_values, emitted
+        )
 
     async def _worker(self) -> None:
         for _ in range(self.config.iterations_per_worker):
@@ -854,6 +907,22 @@ class TreeSearch:
                     len(path),
                     finished_by_sampling=False,
                 )
+            )
+        return out
+
+    def _sampled_ends(self) -> list[Trajectory]:
+        """Trajectories to ``paths_per_search`` ends of the episode in the tree drawn
+        uniformly without replacement (all of them when fewer), in tree order: a group
+        whose mean estimates the tree's mean end reward without favouring the best."""
+        ends = [n for n in iter_nodes(self.root) if n.terminal]
+        if len(ends) > self.config.paths_per_search:
+            keep = set(self.rng.sample(range(len(ends)), self.config.paths_per_search))
+            ends = [n for i, n in enumerate(ends) if i in keep]
+        out = []
+        for node in ends:
+            path = node.path()[1:]
+            out.append(
+                self._trajectory(*path_parts(path), node.reward, node.outcome, len(path), False)
             )
         return out
 

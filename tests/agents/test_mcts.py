@@ -27,12 +27,14 @@ from langrl.agents.mcts import (
     puct_score,
     select_child,
     softmax,
+    tree_advantages,
     value_calibration,
 )
 from langrl.agents.rollout import grade_completion
 from langrl.engine.base import Generation, PolicyEngine, Sample, SamplingConfig
 from langrl.engine.common import find_stop, stop_overhang
 from langrl.metrics import TAGS
+from langrl.trajectory import Trajectory
 
 TASK = {"numbers": [3, 5, 7, 2], "target": 24}
 PROMPT = "Numbers: 3 5 7 2\nTarget: 24\n"
@@ -228,6 +230,7 @@ def check_tree_invariants(root: Node, engine: FakeEngine) -> None:
         ("extraction", "max_q"),
         ("priors", "raw"),
         ("paths_per_search", 0),
+        ("advantages", "q"),
     ],
 )
 def test_config_rejects_bad_values(field, value):
@@ -746,14 +749,51 @@ def test_paths_per_search_with_min_reward_distils_every_solution_once():
         if node.terminal and node.reward == 1.0
     }
     assert len(solutions) == 3  # two at the root, one below its first step
-    kept = [t for t in (result.trajectory, *result.more_trajectories) if t.reward >= 1.0]
+    assert result.emitted[0] is result.trajectory  # the chosen one first
+    kept = [t for t in result.emitted if t.reward >= 1.0]
     assert sorted(t.info["text"] for t in kept) == sorted(solutions)
-    assert len(result.more_trajectories) > len(kept) - 1  # wrong ends too, before min_reward
+    assert len(result.emitted) > len(kept)  # wrong ends too, before min_reward
     # collect() keeps exactly those: every solution once, nothing below min_reward.
     agent, _ = make_agent(FakeEngine(two_solutions_script), **config)
     batch = asyncio.run(agent.collect([TASK]))
     assert sorted(t.info["text"] for t in batch.trajectories) == sorted(solutions)
     assert batch.metrics["gen/trajectories"] == len(solutions)
+
+
+def test_tree_advantages_centre_each_search_and_drop_the_flat_ones():
+    def traj(reward, n):
+        return Trajectory([1], [2] * n, [-0.1] * n, reward, policy_version=0)
+
+    groups = [[traj(1.0, 3), traj(-1.0, 2), traj(0.0, 1)], [traj(0.5, 2), traj(0.5, 4)]]
+    out, dropped = tree_advantages(groups)
+    assert dropped == 1.0 and len(out) == 1
+    assert [t.advantages for t in out[0]] == [[1.0] * 3, [-1.0] * 2, [0.0]]
+    assert groups[0][0].advantages is None  # copies, the inputs are left as they were
+
+
+def test_tree_advantages_give_every_end_of_a_search_its_centred_reward():
+    config = dict(num_workers=3, iterations_per_worker=6, extraction="best_terminal",
+                  paths_per_search=50, advantages="tree")  # fmt: skip
+    agent, _ = make_agent(FakeEngine(two_solutions_script), **config)
+    batch = asyncio.run(agent.collect([TASK]))
+    rewards = [t.reward for t in batch.trajectories]
+    assert len(rewards) >= 4 and len(set(rewards)) > 1  # right and wrong ends alike
+    mean = sum(rewards) / len(rewards)
+    for t in batch.trajectories:
+        assert t.advantages == pytest.approx([t.reward - mean] * len(t.completion_ids))
+    assert batch.metrics["gen/zero_variance_groups"] == 0.0
+    # Every end of the tree, not the best-first few: the group mean is the tree's.
+    result = search(make_agent(FakeEngine(two_solutions_script), **config)[0])
+    ends = ["".join(n.text for n in node.path()[1:]) for node in iter_nodes(result.root) if node.terminal]  # fmt: skip
+    assert sorted(t.info["text"] for t in result.emitted) == sorted(ends)
+    # Fewer paths than ends: a seeded uniform draw without replacement.
+    drawn = []
+    for _ in range(2):
+        agent, _ = make_agent(FakeEngine(two_solutions_script), **{**config, "paths_per_search": 2})
+        drawn.append([t.info["text"] for t in asyncio.run(agent.search(TASK, seed=5)).emitted])
+    assert drawn[0] == drawn[1] and len(set(drawn[0])) == 2 and set(drawn[0]) <= set(ends)
+    with pytest.raises(ValueError, match="paths_per_search"):
+        MCTSConfig(advantages="tree", extraction="best_terminal")
 
 
 def test_paths_per_search_needs_best_terminal():
