@@ -896,19 +896,7 @@ class TreeSearch:
             return []
         ends = [n for n in iter_nodes(self.root) if n.terminal and n is not chosen]
         ends.sort(key=lambda n: (n.reward, n.visits), reverse=True)  # stable: tree order
-        out = []
-        for node in ends[: self.config.paths_per_search - 1]:
-            path = node.path()[1:]
-            out.append(
-                self._trajectory(
-                    *path_parts(path),
-                    node.reward,
-                    node.outcome,
-                    len(path),
-                    finished_by_sampling=False,
-                )
-            )
-        return out
+        return [self._end_trajectory(n) for n in ends[: self.config.paths_per_search - 1]]
 
     def _sampled_ends(self) -> list[Trajectory]:
         """Trajectories to ``paths_per_search`` ends of the episode in the tree drawn
@@ -918,13 +906,14 @@ class TreeSearch:
         if len(ends) > self.config.paths_per_search:
             keep = set(self.rng.sample(range(len(ends)), self.config.paths_per_search))
             ends = [n for i, n in enumerate(ends) if i in keep]
-        out = []
-        for node in ends:
-            path = node.path()[1:]
-            out.append(
-                self._trajectory(*path_parts(path), node.reward, node.outcome, len(path), False)
-            )
-        return out
+        return [self._end_trajectory(n) for n in ends]
+
+    def _end_trajectory(self, node: Node) -> Trajectory:
+        """The trajectory of the tree path from the root to ``node``, an end of the episode."""
+        path = node.path()[1:]
+        return self._trajectory(
+            *path_parts(path), node.reward, node.outcome, len(path), finished_by_sampling=False
+        )
 
     def _trajectory(
         self,
