@@ -1,15 +1,15 @@
 """langrl.agents: the algorithms that turn tasks into Trajectories (installed from ``agents/``).
 
-``AGENTS`` maps each agent name to ``(ConfigClass, AgentClass)``; ``make_agent`` builds one.
-Entries are imported lazily, so that one agent's import error (or a module still being
-written) does not break the others:
+Built-in agents, imported lazily so that one agent's import error does not break the others:
 
-* ``mcts``  -> ``langrl.agents.mcts``       (tree-search distillation)
-* ``cispo`` -> ``langrl.agents.cispo``      (group-relative CISPO baseline)
-* ``bon``   -> ``langrl.agents.best_of_n``  (best-of-N baseline)
+* ``mcts``  -> ``langrl.agents.mcts.MCTSAgent``           (tree-search distillation)
+* ``cispo`` -> ``langrl.agents.cispo.CISPOAgent``         (group-relative CISPO baseline)
+* ``bon``   -> ``langrl.agents.best_of_n.BestOfNAgent``   (best-of-N baseline)
 
-Every agent is built as ``AgentClass(config, env_id, env_kwargs, engine)`` and implements
-``langrl.agents.base.Agent``.
+An agent of your own is named ``module:ClassName`` (``--agent my_agents:Reinforce``), the way
+Gymnasium names an env of your own. Every agent class follows ``langrl.agents.base.Agent``:
+it declares ``name``, ``config_class``, ``env_uses`` and ``learner_defaults(config)``, is
+built as ``AgentClass(config, env_id, env_kwargs, engine)`` and implements ``collect``.
 """
 
 from __future__ import annotations
@@ -18,29 +18,60 @@ import importlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-#: name -> (module, config class name, agent class name); the one place agents are listed.
-AGENT_SPECS: dict[str, tuple[str, str, str]] = {
-    "mcts": ("langrl.agents.mcts", "MCTSConfig", "MCTSAgent"),
-    "cispo": ("langrl.agents.cispo", "CISPOConfig", "CISPOAgent"),
-    "bon": ("langrl.agents.best_of_n", "BestOfNConfig", "BestOfNAgent"),
+#: Built-in agent name -> ``module:ClassName``; the one place they are listed.
+AGENT_SPECS: dict[str, str] = {
+    "mcts": "langrl.agents.mcts:MCTSAgent",
+    "cispo": "langrl.agents.cispo:CISPOAgent",
+    "bon": "langrl.agents.best_of_n:BestOfNAgent",
 }
 
-
-def _check_name(name: str) -> None:
-    if name not in AGENT_SPECS:
-        raise ValueError(f"unknown agent {name!r}; valid agents: {', '.join(AGENT_SPECS)}")
+#: What an agent class must declare (see ``langrl.agents.base.Agent``).
+AGENT_CLASS_MEMBERS = ("name", "config_class", "env_uses", "learner_defaults", "collect")
 
 
-def agent_classes(name: str) -> tuple[type, type]:
-    """``(ConfigClass, AgentClass)`` of agent ``name`` (imports its module)."""
-    _check_name(name)
-    module_name, config_name, agent_name = AGENT_SPECS[name]
-    module = importlib.import_module(module_name)
-    return getattr(module, config_name), getattr(module, agent_name)
+class AgentSpecError(ValueError):
+    """An agent name that names no usable agent class (one line)."""
+
+
+def agent_class(spec: str) -> type:
+    """The agent class that ``spec`` names: a built-in name (``mcts``, ``cispo``, ``bon``) or
+    ``module:ClassName``. Imports its module; raises ``AgentSpecError`` (one line) when the
+    module or class is missing or the class lacks a member of the agent contract."""
+    if not isinstance(spec, str) or not spec:
+        raise AgentSpecError(f"agent must be a name or module:ClassName, got {spec!r}")
+    target = AGENT_SPECS.get(spec, spec)
+    module_name, colon, class_name = target.partition(":")
+    if not colon or not module_name or not class_name:
+        raise AgentSpecError(
+            f"unknown agent {spec!r}; valid agents: {', '.join(AGENT_SPECS)}, or "
+            "module:ClassName for an agent of your own"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001  (ImportError or the module's own error)
+        raise AgentSpecError(
+            f"agent {spec!r} cannot be imported: {type(err).__name__}: {' '.join(str(err).split())}"
+        ) from None
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type):
+        raise AgentSpecError(f"agent {spec!r}: module {module_name!r} has no class {class_name!r}")
+    missing = [m for m in AGENT_CLASS_MEMBERS if not hasattr(cls, m)]
+    if missing:
+        raise AgentSpecError(
+            f"agent {spec!r}: {class_name} lacks {', '.join(missing)} of the agent contract "
+            "(see langrl.agents.base.Agent)"
+        )
+    return cls
+
+
+def agent_classes(spec: str) -> tuple[type, type]:
+    """``(ConfigClass, AgentClass)`` of agent ``spec`` (imports its module)."""
+    cls = agent_class(spec)
+    return cls.config_class, cls
 
 
 class _LazyRegistry(Mapping[str, tuple[type, type]]):
-    """``AGENTS[name]`` imports the agent's module on first access."""
+    """``AGENTS[name]`` imports the built-in agent's module on first access."""
 
     def __getitem__(self, name: str) -> tuple[type, type]:
         if name not in AGENT_SPECS:
@@ -62,20 +93,29 @@ AGENTS: Mapping[str, tuple[type, type]] = _LazyRegistry()
 
 
 def make_agent(
-    name: str,
+    spec: str,
     config: Any,
     env_id: str,
     env_kwargs: Mapping[str, Any] | None,
     engine: Any,
 ) -> Any:
-    """Build agent ``name``; ``config`` is its config instance, or a dict of its fields, or
-    ``None`` for the defaults. ``engine`` is the shared async ``PolicyEngine``."""
-    config_cls, agent_cls = agent_classes(name)
+    """Build agent ``spec`` (a name or ``module:ClassName``); ``config`` is its config
+    instance, a dict of its fields, or ``None`` for the defaults. ``engine`` is the shared
+    async ``PolicyEngine``."""
+    cls = agent_class(spec)
     if config is None:
-        config = config_cls()
+        config = cls.config_class()
     elif isinstance(config, Mapping):
-        config = config_cls(**config)
-    return agent_cls(config, env_id, env_kwargs, engine)
+        config = cls.config_class(**config)
+    return cls(config, env_id, env_kwargs, engine)
 
 
-__all__ = ["AGENTS", "AGENT_SPECS", "agent_classes", "make_agent"]
+__all__ = [
+    "AGENTS",
+    "AGENT_CLASS_MEMBERS",
+    "AGENT_SPECS",
+    "AgentSpecError",
+    "agent_class",
+    "agent_classes",
+    "make_agent",
+]

@@ -1,6 +1,7 @@
 """Small helpers shared by the sampling agents (CISPO, best-of-N) and evaluation.
 
-Only bookkeeping lives here: opening episodes (env reset -> start state + prompt ids) and
+Only bookkeeping lives here: the sampling agents' shared config fields
+(``SamplingAgentConfig``), opening episodes (env reset -> start state + prompt ids) and
 summarising graded samples as metrics. Sampling and grading themselves are
 ``agents.rollout.sample_and_grade``; losses are the learner's.
 """
@@ -12,16 +13,40 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import gymnasium as gym
-
-import langrl  # noqa: F401  (registers the envs)
-from langrl.agents.base import encode_prompt
 from langrl.agents.rollout import GradedSample, sample_and_grade
+from langrl.checks import check_int, check_ints
 from langrl.engine.base import PolicyEngine, PromptTooLongError, SamplingConfig
+from langrl.envs import make_env
 from langrl.trajectory import Trajectory
 
 #: Final reasons of a well-formed, legal answer (right or wrong value).
 FORMAT_OK_REASONS = frozenset({"correct", "wrong_value"})
+
+
+@dataclass
+class SamplingAgentConfig:
+    """Rollout settings shared by the agents that sample whole answers in groups (CISPO's
+    ``CISPOConfig``, best-of-N's ``BestOfNConfig``); each adds its group size and how it
+    turns a group into trajectories. Bad values are refused naming the subclass's field."""
+
+    num_prompts: int = 8
+    """Prompts per ``collect`` call when the trainer picks the tasks."""
+    max_tokens: int = 128
+    """Most new tokens per complete answer (prompt excluded)."""
+    temperature: float = 1.0
+    """Sampling temperature of every answer (> 0; 1 samples the policy as it is)."""
+    seed: int | None = None
+    """Base of per-request sampling seeds (reproducible runs); ``None`` = engine RNG. Seeded
+    requests cost vLLM some batching speed."""
+    num_text_samples: int = 2
+    """Transcripts returned for TensorBoard's text tab per ``collect``."""
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        check_ints(self, {"num_prompts": 1, "max_tokens": 1, "num_text_samples": 0})
+        check_int(owner, "seed", self.seed, optional=True)
+        if not self.temperature > 0:
+            raise ValueError(f"{owner}.temperature must be > 0, got {self.temperature}")
 
 
 @dataclass
@@ -34,16 +59,11 @@ class Episode:
     prompt: str
 
 
-def make_env(env_id: str, env_kwargs: Mapping[str, Any] | None) -> Any:
-    """The unwrapped env (``get_state``/``set_state``); the registry's step limit is copied
-    into it by its ``SyncStepLimit`` wrapper at construction."""
-    return gym.make(env_id, **dict(env_kwargs or {})).unwrapped
-
-
 def open_episodes(
-    env: Any, tokenizer: Any, tasks: Sequence[Mapping[str, Any]], use_chat_template: bool
+    env: Any, engine: PolicyEngine, tasks: Sequence[Mapping[str, Any]]
 ) -> list[Episode]:
-    """Reset ``env`` to each task and encode its prompt once."""
+    """Reset ``env`` to each task and encode its prompt once, as the engine's served model
+    wants it (``engine.encode_prompt``: chat template or plain prompt)."""
     episodes = []
     for task in tasks:
         _, info = env.reset(options=dict(task))
@@ -51,7 +71,7 @@ def open_episodes(
             Episode(
                 task=task,
                 start_state=env.get_state(),
-                prefix_ids=encode_prompt(tokenizer, info, use_chat_template),
+                prefix_ids=engine.encode_prompt(info),
                 prompt=info["prompt"],
             )
         )
@@ -93,10 +113,17 @@ class GroupSamplingAgent:
     """Shared body of the agents that sample whole answers in groups (CISPO, best-of-N):
     they differ only in which samples become Trajectories and with what advantages.
 
-    The config must have ``max_tokens``, ``temperature``, ``seed`` and ``use_chat_template``.
+    The config is a ``SamplingAgentConfig``. Subclasses set ``name`` and ``config_class``
+    (see ``langrl.agents.base.Agent``); they need only rollouts of an env.
     """
 
     name = ""
+    env_uses: tuple[str, ...] = ("rollouts",)
+
+    @classmethod
+    def learner_defaults(cls, config: Any) -> dict[str, Any]:
+        """No learner field follows from a sampling agent unless it says so (CISPO does)."""
+        return {}
 
     def __init__(
         self, config: Any, env_id: str, env_kwargs: Mapping[str, Any] | None, engine: PolicyEngine
@@ -111,7 +138,7 @@ class GroupSamplingAgent:
     ) -> tuple[list[Episode], list[list[GradedSample]]]:
         """Open every task and sample ``n`` graded completions of each, all concurrently."""
         cfg = self.config
-        episodes = open_episodes(self.env, self.engine.tokenizer, tasks, cfg.use_chat_template)
+        episodes = open_episodes(self.env, self.engine, tasks)
         call = self._num_calls
         self._num_calls += 1
         groups = await sample_groups(
@@ -136,6 +163,7 @@ class GroupSamplingAgent:
             behaviour_logprobs=list(g.sample.logprobs),
             reward=g.reward,
             advantages=advantages,
+            temperature=self.config.temperature,  # what `sample` drew it at
             policy_version=g.policy_version,
             agent=self.name,
             info={

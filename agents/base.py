@@ -1,16 +1,19 @@
-"""What every agent shares: the agent protocol, the rollout record, prompt encoding.
+"""What every agent shares: the agent contract (``Agent``) and the rollout record.
 
 An agent turns a batch of tasks into Trajectories by talking to the policy engine; it knows
 nothing about the learner. Tasks are the ``options`` dicts that ``env.reset(options=...)``
 accepts (``{"index": i}``, ``{"numbers": [...], "target": t}``, ``{"question": ...}``).
+Prompts are encoded by the engine (``PolicyEngine.encode_prompt``), which owns the chat
+template flag. The contract in prose: docs/design.md, "Contracts".
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
+from langrl.engine.base import PolicyEngine
 from langrl.trajectory import Trajectory
 
 
@@ -32,23 +35,44 @@ class RolloutBatch:
 
 
 class Agent(Protocol):
-    """The protocol ``scripts/train_agent.py`` drives. One implementation per file in agents/."""
+    """The contract an agent class meets; the training app reads nothing else of it (no
+    branches on agent names). The built-in agents (``mcts``, ``cispo``, ``bon``) and a user's
+    ``--agent my_module:MyAgent`` are driven the same way.
 
-    name: str
+    Class attributes:
+        name: Short name, recorded on every Trajectory (``Trajectory.agent``) and in logs.
+        config_class: The agent's config dataclass; the app builds it from the config's
+            section of the same ``name`` (``--cispo.group_size 16``), and its
+            ``__post_init__`` refuses bad values with ``ValueError``.
+        env_uses: What the agent needs of an env, as keys of
+            ``langrl.envs.base.CONTRACT_MEMBERS``: ``("rollouts",)`` to sample and grade whole
+            answers, ``("rollouts", "search")`` to branch from snapshots as well
+            (``get_state``/``set_state``/``task_info``). The app checks the env with
+            ``contract_problems(env, env_uses)`` before any engine starts.
+
+    Class method ``learner_defaults(config) -> dict``: ``LearnerConfig`` fields that follow
+    from the agent and its config (CISPO supplies its own advantages and trains no value
+    head: ``{"c_value": 0.0}``); the run's explicit learner settings override them.
+
+    An agent is built as ``AgentClass(config, env_id, env_kwargs, engine)``: its config
+    instance, a registered env id, ``gym.make`` keyword arguments (``langrl.envs.make_env``),
+    and the shared async ``PolicyEngine``. ``await agent.collect(tasks)`` runs on the
+    engine's event loop and returns a ``RolloutBatch``.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    env_uses: ClassVar[tuple[str, ...]]
+
+    def __init__(
+        self, config: Any, env_id: str, env_kwargs: Mapping[str, Any] | None, engine: PolicyEngine
+    ) -> None: ...
+
+    @classmethod
+    def learner_defaults(cls, config: Any) -> dict[str, Any]:
+        """``LearnerConfig`` fields this agent sets for the run (``{}`` for none)."""
+        ...
 
     async def collect(self, tasks: Sequence[Mapping[str, Any]]) -> RolloutBatch:
         """Run the agent on ``tasks`` against the shared engine and return trajectories."""
         ...
-
-
-def encode_prompt(tokenizer: Any, info: Mapping[str, Any], use_chat_template: bool) -> list[int]:
-    """Token ids of an env's prompt: the chat messages through the model's chat template when
-    asked for and available, else the compact plain prompt. Encoded once per episode; every
-    later token id comes from the engine, so text is never re-tokenized."""
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        # return_dict=False: transformers 5 returns a BatchEncoding dict by default.
-        ids = tokenizer.apply_chat_template(
-            list(info["messages"]), add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        return [int(t) for t in ids]
-    return list(tokenizer(info["prompt"], add_special_tokens=False)["input_ids"])

@@ -13,56 +13,34 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langrl.agents._sampling import GroupSamplingAgent, summarize, transcript
+from langrl.agents._sampling import (
+    GroupSamplingAgent,
+    SamplingAgentConfig,
+    summarize,
+    transcript,
+)
 from langrl.agents.base import RolloutBatch
 from langrl.agents.rollout import GradedSample
+from langrl.checks import check_ints
 from langrl.trajectory import Trajectory
 
 
 @dataclass
-class BestOfNConfig:
-    """Rollout settings of the best-of-N agent."""
+class BestOfNConfig(SamplingAgentConfig):
+    """Rollout settings of the best-of-N agent: one trajectory per prompt of
+    ``num_prompts``; the generation fields are ``SamplingAgentConfig``'s."""
 
-    # --- batch ---
-    num_prompts: int = 8
-    """Prompts per ``collect`` call when the trainer picks the tasks; one trajectory each."""
     n: int = 16
     """N: samples per prompt, the best is kept (paper: 64)."""
-
-    # --- generation ---
-    max_tokens: int = 128
-    """Most new tokens per complete answer (prompt excluded)."""
-    temperature: float = 1.0
-    """Sampling temperature; the learner must scale its logits by the same value."""
-    use_chat_template: bool = False
-    """Encode prompts with the model's chat template (instruct models)."""
-    seed: int | None = None
-    """Base of per-request sampling seeds (reproducible runs); ``None`` = engine RNG. Seeded
-    requests cost vLLM some batching speed."""
 
     # --- selection ---
     min_reward: float | None = None
     """Drop a prompt whose best reward is below this (``None`` keeps every best, as the
     paper does)."""
-    num_text_samples: int = 2
-    """Transcripts returned for TensorBoard's text tab per ``collect``."""
 
     def __post_init__(self) -> None:
-        for name, low in (("num_prompts", 1), ("n", 1), ("max_tokens", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"BestOfNConfig.{name} must be an int >= {low}, got {value!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"BestOfNConfig.temperature must be > 0, got {self.temperature}")
-        if self.num_text_samples < 0:
-            raise ValueError(
-                f"BestOfNConfig.num_text_samples must be >= 0, got {self.num_text_samples}"
-            )
-
-    @property
-    def tasks_per_collect(self) -> int:
-        """How many tasks the trainer hands to one ``collect``."""
-        return self.num_prompts
+        super().__post_init__()
+        check_ints(self, {"n": 1})
 
 
 def pick_best(group: Sequence[GradedSample]) -> GradedSample | None:
@@ -86,6 +64,7 @@ class BestOfNAgent(GroupSamplingAgent):
     """
 
     name = "bon"
+    config_class = BestOfNConfig
 
     async def collect(self, tasks: Sequence[Mapping[str, Any]]) -> RolloutBatch:
         cfg = self.config

@@ -21,32 +21,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langrl.agents._sampling import GroupSamplingAgent, summarize, transcript
+from langrl.agents._sampling import (
+    GroupSamplingAgent,
+    SamplingAgentConfig,
+    summarize,
+    transcript,
+)
 from langrl.agents.base import RolloutBatch
+from langrl.checks import check_ints
 from langrl.trajectory import Trajectory
 
 
 @dataclass
-class CISPOConfig:
-    """Rollout settings of the CISPO agent (loss settings are in ``LearnerConfig``)."""
+class CISPOConfig(SamplingAgentConfig):
+    """Rollout settings of the CISPO agent (loss settings are in ``LearnerConfig``).
+    ``num_prompts`` is B, the prompts per ``collect`` (paper: 128); the generation fields
+    are ``SamplingAgentConfig``'s."""
 
-    # --- batch ---
-    num_prompts: int = 8
-    """B: prompts per ``collect`` call when the trainer picks the tasks (paper: 128)."""
     group_size: int = 8
     """G: samples per prompt; advantages are relative to the group (paper: 16). >= 2."""
-
-    # --- generation ---
-    max_tokens: int = 128
-    """Most new tokens per complete answer (prompt excluded)."""
-    temperature: float = 1.0
-    """Sampling temperature; the learner must scale its logits by the same value."""
-    use_chat_template: bool = False
-    """Encode prompts with the model's chat template (instruct models) instead of the plain
-    prompt (the tiny policy)."""
-    seed: int | None = None
-    """Base of per-request sampling seeds (reproducible runs); ``None`` = engine RNG. Seeded
-    requests cost vLLM some batching speed."""
 
     # --- advantages ---
     std_scaling: bool = False
@@ -60,29 +53,14 @@ class CISPOConfig:
     """Drop zero-variance groups (default). False keeps them with zero advantages: no
     policy gradient, but they still train the value head and count in the learner's token
     normaliser (useful when a weak policy fails every sample)."""
-    num_text_samples: int = 2
-    """Transcripts returned for TensorBoard's text tab per ``collect``."""
 
     def __post_init__(self) -> None:
-        for name, low in (("num_prompts", 1), ("group_size", 2), ("max_tokens", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"CISPOConfig.{name} must be an int >= {low}, got {value!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"CISPOConfig.temperature must be > 0, got {self.temperature}")
+        super().__post_init__()
+        check_ints(self, {"group_size": 2})
         if not self.std_eps > 0:
             raise ValueError(f"CISPOConfig.std_eps must be > 0, got {self.std_eps}")
         if not self.min_reward_std >= 0:
             raise ValueError(f"CISPOConfig.min_reward_std must be >= 0, got {self.min_reward_std}")
-        if self.num_text_samples < 0:
-            raise ValueError(
-                f"CISPOConfig.num_text_samples must be >= 0, got {self.num_text_samples}"
-            )
-
-    @property
-    def tasks_per_collect(self) -> int:
-        """How many tasks the trainer hands to one ``collect``."""
-        return self.num_prompts
 
 
 def group_advantages(
@@ -111,6 +89,13 @@ class CISPOAgent(GroupSamplingAgent):
     """
 
     name = "cispo"
+    config_class = CISPOConfig
+
+    @classmethod
+    def learner_defaults(cls, config: CISPOConfig) -> dict[str, Any]:
+        """``c_value = 0``: CISPO's trajectories carry their own group advantages, so the
+        learner never uses V; training the head would only send its gradient into the trunk."""
+        return {"c_value": 0.0}
 
     async def collect(self, tasks: Sequence[Mapping[str, Any]]) -> RolloutBatch:
         cfg = self.config

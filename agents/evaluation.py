@@ -29,15 +29,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from langrl.agents._sampling import (
-    is_correct,
-    is_format_ok,
-    make_env,
-    open_episodes,
-    transcript,
-)
+from langrl.agents._sampling import is_correct, is_format_ok, open_episodes, transcript
 from langrl.agents.rollout import sample_and_grade
+from langrl.checks import check_int, check_ints
 from langrl.engine.base import PolicyEngine, PromptTooLongError, SamplingConfig
+from langrl.envs import make_env
 
 
 @dataclass
@@ -67,8 +63,6 @@ class EvalConfig:
     reward are the two fields above). Lets a run train under one rule and be scored under
     another: ``{use_all_numbers: false}`` scores a Countdown run trained with
     ``env_kwargs: {use_all_numbers: true}`` by the usual rule, as the test table is."""
-    use_chat_template: bool = False
-    """Encode prompts with the model's chat template (instruct models)."""
     max_concurrency: int = 256
     """Most problems in flight at once (each is one engine request with ``n = k``)."""
     seed: int | None = None
@@ -82,20 +76,8 @@ class EvalConfig:
     """Show a tqdm bar."""
 
     def __post_init__(self) -> None:
-        for name, low in (("k", 1), ("max_tokens", 1), ("max_concurrency", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"EvalConfig.{name} must be an int >= {low}, got {value!r}")
-        if self.num_problems is not None and (
-            isinstance(self.num_problems, bool)
-            or not isinstance(self.num_problems, int)
-            or self.num_problems < 1
-        ):
-            raise ValueError(
-                f"EvalConfig.num_problems must be None or an int >= 1, got {self.num_problems!r}"
-            )
-        if isinstance(self.first_problem, bool) or not isinstance(self.first_problem, int):
-            raise ValueError(f"EvalConfig.first_problem must be an int, got {self.first_problem!r}")
+        check_ints(self, {"k": 1, "max_tokens": 1, "max_concurrency": 1, "first_problem": None})
+        check_int("EvalConfig", "num_problems", self.num_problems, 1, optional=True)
         if not self.temperature > 0:
             raise ValueError(f"EvalConfig.temperature must be > 0, got {self.temperature}")
         if self.split not in ("train", "test"):
@@ -196,7 +178,7 @@ async def evaluate_async(
     if tasks is None:
         tasks = default_tasks(env_id, kwargs, config)
     env = make_env(env_id, kwargs)
-    episodes = open_episodes(env, engine.tokenizer, tasks, config.use_chat_template)
+    episodes = open_episodes(env, engine, tasks)
     # A task's split index identifies the problem (paired comparisons, seeds); tasks given
     # by content have none, and their position in ``tasks`` stands in.
     task_indices = [int(ep.task.get("index", i)) for i, ep in enumerate(episodes)]

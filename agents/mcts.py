@@ -1,7 +1,7 @@
 """MCTS-distill: parallel pUCT tree search over reasoning steps, distilled into the policy.
 
 The method of "tree search distillation" (the seed paper of this project; see
-``DESIGN.md``, "The reference method"): for each prompt, ``num_workers`` coroutines share
+``docs/design.md``, "The reference method"): for each prompt, ``num_workers`` coroutines share
 one search tree whose edges are reasoning *steps* (``<step>...</step>`` or the final
 ``<answer>...</answer>``, or the tags the env names in its ``ACTION_TAGS``). Each simulation selects a path by pUCT with virtual loss,
 expands the leaf with K sampled one-step completions (priors = softmax over their summed
@@ -84,13 +84,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
-from langrl.agents.base import RolloutBatch, encode_prompt
+from langrl.agents.base import RolloutBatch
 from langrl.agents.cispo import group_advantages
 from langrl.agents.rollout import sample_and_grade
+from langrl.checks import check_int, check_ints
 from langrl.engine.base import PolicyEngine, PromptTooLongError, SamplingConfig
+from langrl.envs import make_env
 from langrl.envs.base import action_tags
 from langrl.stats import pearson
 from langrl.trajectory import Trajectory
@@ -158,7 +159,8 @@ class MCTSConfig:
     pass of the transformers copy beside vLLM on every expansion). False backs up
     ``first_play_value`` for a leaf that does not end the episode and skips that pass: use
     it when the head is not trained (``c_value = 0``), whose output is then a constant
-    anyway, so only terminal rewards steer the search. Paper: True (value head trained)."""
+    anyway, so only terminal rewards steer the search; the run's ``c_value`` then defaults
+    to 0 (``MCTSAgent.learner_defaults``). Paper: True (value head trained)."""
     merge_identical: bool = True
     """Merge sampled steps with identical token ids into one child (one entry in the prior
     softmax, see ``TreeSearch._expand``); saves engine calls and keeps visit counts of one
@@ -187,8 +189,9 @@ class MCTSConfig:
     """Which path of the tree becomes the trajectory. ``"max_visits"`` follows the most
     visited child from the root (the paper). ``"best_terminal"`` takes the path to the
     highest-reward node that ends the episode (ties: more visits, then earlier in the
-    tree), falling back to ``max_visits`` when no simulation reached an end; it uses what
-    ``search/best_minus_chosen`` shows max-visit leaves behind at small search budgets."""
+    tree), falling back to ``max_visits`` when no simulation reached an end; it distils the
+    best end the search found, which the max-visit path can miss
+    (``search/best_minus_chosen``)."""
     paths_per_search: int = 1
     """Trajectories one search emits: the chosen path (``extraction``), then, with
     ``best_terminal``, the next-best distinct paths to ends of the episode (by reward, then
@@ -212,20 +215,15 @@ class MCTSConfig:
     ``c_value = 0`` (a value head fit on kept trajectories alone would learn V = 1 and
     cancel ``A = r - V``)."""
 
-    use_chat_template: bool = False
-    """Encode the prompt with the tokenizer's chat template (system + user messages) when it
-    has one; False uses the compact plain prompt, which the tiny model is trained on.
-    Paper: True (instruct model)."""
     seed: int | None = None
     """Seeds the root noise and gives every engine request a derived seed, for
     reproducible searches; None leaves sampling to the engine's RNG (fastest in vLLM)."""
 
     def __post_init__(self) -> None:
-        for name in ("num_workers", "iterations_per_worker", "num_expansions",
-                     "max_step_tokens", "finish_max_tokens", "paths_per_search"):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MCTSConfig.{name} must be an int >= 1, got {value!r}")
+        positive = ("num_workers", "iterations_per_worker", "num_expansions",
+                    "max_step_tokens", "finish_max_tokens", "paths_per_search")  # fmt: skip
+        check_ints(self, dict.fromkeys(positive, 1))
+        check_int("MCTSConfig", "seed", self.seed, optional=True)
         if not self.c_puct >= 0:
             raise ValueError(f"MCTSConfig.c_puct must be >= 0, got {self.c_puct}")
         if not self.virtual_loss >= 0:
@@ -245,10 +243,6 @@ class MCTSConfig:
             )
         if not self.temperature > 0:
             raise ValueError(f"MCTSConfig.temperature must be > 0, got {self.temperature}")
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int)
-        ):
-            raise ValueError(f"MCTSConfig.seed must be an int or None, got {self.seed!r}")
         if self.priors not in PRIORS:
             raise ValueError(
                 f"MCTSConfig.priors must be one of {', '.join(PRIORS)}, got {self.priors!r}"
@@ -521,6 +515,15 @@ class MCTSAgent:
     """
 
     name = "mcts"
+    config_class = MCTSConfig
+    #: Search branches the env from snapshots (``get_state``/``set_state``/``task_info``).
+    env_uses = ("rollouts", "search")
+
+    @classmethod
+    def learner_defaults(cls, config: MCTSConfig) -> dict[str, Any]:
+        """``c_value = 0`` when the search does not read the value head (``value_head``
+        False): nothing would use what the head learns."""
+        return {} if config.value_head else {"c_value": 0.0}
 
     def __init__(
         self,
@@ -535,8 +538,7 @@ class MCTSAgent:
         # in between, so coroutines never see each other's state. Reset and step go through
         # the unwrapped env, whose get_state/set_state branch the tree (the registry's
         # SyncStepLimit has already copied the step limit into it).
-        self._gym_env = gym.make(env_id, **dict(env_kwargs or {}))
-        self.env = self._gym_env.unwrapped
+        self.env = make_env(env_id, env_kwargs)
         # One expansion samples a single action: generation stops after either of the env's
         # closing tags (``</step>``/``</answer>`` unless the env names its own).
         self.step_stop = action_tags(self.env).action_stop
@@ -627,9 +629,7 @@ class TreeSearch:
         self.root = Node(state=self.env.get_state())
         self._expansions_in_flight = 0
         self._progress = asyncio.Event()  # replaced by a fresh one after every expansion
-        self.prompt_ids = encode_prompt(
-            self.engine.tokenizer, self.info, self.config.use_chat_template
-        )
+        self.prompt_ids = self.engine.encode_prompt(self.info)
 
     # --- helpers ---
 
@@ -932,6 +932,7 @@ class TreeSearch:
             behaviour_logprobs=logprobs,
             reward=float(reward),
             advantages=None,
+            temperature=self.config.temperature,  # every step and the finishing sample's
             # The oldest weights that sampled any part of it: staleness is never understated.
             policy_version=min(versions),
             agent=MCTSAgent.name,

@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from langrl.agents.mcts import MCTSAgent, iter_nodes
-from langrl.config import load_config
+from langrl.training.config import load_config
 from langrl.engine import EngineConfig, create_engine
 from langrl.tiny import ensure_policy
 

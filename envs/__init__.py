@@ -6,9 +6,13 @@
 * ``GSM8K-v0`` -> ``GSM8KEnv`` (``max_episode_steps=16``)
 
 ``gym.make("langrl:Countdown-v0")`` imports ``langrl`` (and so registers) on its own.
+``make_env(env_id, env_kwargs)`` is the unwrapped env that agents and evaluation drive.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import gymnasium as gym
 from gymnasium.envs.registration import WrapperSpec
@@ -44,6 +48,7 @@ __all__ = [
     "SyncStepLimit",
     "UnicodeText",
     "action_tags",
+    "make_env",
     "parse_action",
     "register_envs",
     "reward_for",
@@ -80,3 +85,10 @@ def register_envs() -> None:
     for spec in ENV_SPECS:
         if spec["id"] not in gym.registry:
             gym.register(**spec)
+
+
+def make_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> Any:
+    """``gym.make(env_id, **env_kwargs).unwrapped``: the env itself, with ``get_state`` /
+    ``set_state`` for snapshots; the registry's step limit is copied into it by its
+    ``SyncStepLimit`` wrapper at construction."""
+    return gym.make(env_id, **dict(env_kwargs or {})).unwrapped

@@ -363,7 +363,7 @@ class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
         ``TASK_OPTION_KEYS`` + ``_task_from_options`` (tasks given by content).
 
     What agents, evaluation and the trainer use (``CONTRACT_MEMBERS``, checked by
-    ``langrl.config.check_env`` before any engine starts):
+    ``langrl.training.config.check_env`` before any engine starts):
         ``__init__(split=..., reward=...)``; ``num_tasks()`` and
         ``reset(options={"index": i})``, whose info holds ``prompt`` and ``messages``;
         ``step(action)`` with ``reason`` / ``is_correct`` in the info that ends an episode

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from os import PathLike
@@ -408,29 +407,6 @@ class GSM8KEnv(ReasoningEnv[GSM8KTask]):
     TASK_TYPE = GSM8KTask
     load_tasks = staticmethod(load_gsm8k)
     TASK_OPTION_KEYS = frozenset({"question", "answer"})
-
-    def __init__(
-        self,
-        *,
-        split: str = "train",
-        data_path: str | PathLike | None = None,
-        tasks: Sequence[GSM8KTask] | None = None,
-        reward: str | RewardConfig = "dense",
-        max_steps: int | None = None,
-        max_action_chars: int = 2048,
-        max_observation_chars: int = 16384,
-        render_mode: str | None = None,
-    ) -> None:
-        super().__init__(
-            split=split,
-            data_path=data_path,
-            tasks=tasks,
-            reward=reward,
-            max_steps=max_steps,
-            max_action_chars=max_action_chars,
-            max_observation_chars=max_observation_chars,
-            render_mode=render_mode,
-        )
 
     def _task_from_options(self, options: dict[str, Any]) -> GSM8KTask:
         question, answer = options.get("question"), options.get("answer")

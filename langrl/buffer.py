@@ -14,7 +14,7 @@ sampled by policy version ``v`` is dropped when the learner's version is more th
 ``max_staleness`` ahead of ``v``. Both kinds of drop are counted. (How much to generate so
 that nothing goes stale is the trainer's job: ``count`` tells it what is held.)
 
-It is one of the three boundaries DESIGN.md keeps clean (engine client, buffer, learner):
+It is one of the three boundaries docs/design.md keeps clean (engine client, buffer, learner):
 thread-safe with a ``threading.Condition`` so producers on the engine's event-loop thread and
 the learner thread can share it, and nothing more; a Ray actor can later stand behind the
 same ``put`` / ``get`` without touching agents or the trainer.

@@ -4,18 +4,21 @@ The value head is an MLP then ``tanh`` on the LM's final hidden state (after the
 final norm), applied per token, as in the tree-search-distillation paper. The engine's
 ``values()`` and the learner call the very same ``PolicyValueModel.forward``; the reference
 code's search used a different function (it skipped a LayerNorm), which we do not repeat.
+
+``token_logprobs`` is the one logprob computation of both too: the learner's (its policy and
+KL terms) and the engine's scoring (``completion_logprobs``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 # In a subfolder: vLLM loads every top-level *.safetensors file as LM weights.
@@ -67,29 +70,104 @@ def check_plain_lm_head(lm: PreTrainedModel) -> None:
             )
 
 
+def logprobs_from_logits(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float | torch.Tensor = 1.0
+) -> torch.Tensor:
+    """``log softmax(logits / temperature)[target]`` per position, in float32.
+
+    ``logits`` (B, T, V), ``targets`` (B, T) -> (B, T). Dividing by the sampling temperature
+    makes these comparable with the engine's behaviour logprobs (taken under the sampling
+    distribution). ``temperature`` is a number or a tensor broadcastable to ``logits``
+    (e.g. (B, T, 1): one per position).
+    """
+    scaled = logits.float() / temperature  # (B, T, V); upcast: ratios need fp32 precision
+    picked = scaled.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    return picked - torch.logsumexp(scaled, dim=-1)  # (B, T)
+
+
+def entropy_from_logits(
+    logits: torch.Tensor, temperature: float | torch.Tensor = 1.0
+) -> torch.Tensor:
+    """Entropy ``H = -sum_v p_v log p_v`` of ``softmax(logits / temperature)`` per position.
+
+    ``logits`` (B, T, V) -> (B, T), float32. Computed as ``logsumexp(z) - sum_v p_v z_v``.
+    ``temperature`` as in ``logprobs_from_logits``.
+    """
+    scaled = logits.float() / temperature  # (B, T, V)
+    probs = torch.softmax(scaled, dim=-1)  # (B, T, V)
+    return torch.logsumexp(scaled, dim=-1) - (probs * scaled).sum(-1)  # (B, T)
+
+
+def token_logprobs(
+    lm: PreTrainedModel,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
+    chunk_size: int | None = None,
+    with_entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logprobs (N,), entropies (N,))`` of ``targets`` (N,) given final hidden states (N, H).
+
+    ``temperature``: one number for all N positions, or a tensor (N,) with each position's
+    own (e.g. the temperature of the trajectory it belongs to). The float32 output layer
+    (``lm_head_fp32``) runs on ``chunk_size`` positions at a time,
+    so at most ``chunk_size x V`` logits exist at once, forward AND backward: with autograd
+    on, each chunk is checkpointed (its logits are recomputed during backward instead of
+    kept), which costs one more output-layer matmul per position (none when all N fit in one
+    chunk). ``None`` = one pass over
+    all N positions, logits kept for backward (peak ``N x V``). The entropy (of
+    ``softmax(logits / temperature)``) carries no gradient. Same maths as
+    ``logprobs_from_logits`` / ``entropy_from_logits`` on full logits, chunked.
+    ``with_entropy=False`` skips the entropy (zeros in its place; saves a softmax).
+    """
+    per_position = isinstance(temperature, torch.Tensor)
+
+    def chunk(
+        h: torch.Tensor, t: torch.Tensor, temp: float | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = temp.unsqueeze(-1) if per_position else temp  # (n, 1) or a number
+        logits = lm_head_fp32(lm, h)  # (n, V) float32
+        with torch.no_grad():
+            entropy = (
+                entropy_from_logits(logits, scale)  # (n,)
+                if with_entropy
+                else logits.new_zeros(logits.shape[0])  # (n,): a scorer needs none
+            )
+        return logprobs_from_logits(logits, t, scale), entropy  # (n,), (n,)
+
+    if chunk_size is None or hidden.shape[0] == 0:
+        return chunk(hidden, targets, temperature)
+    # Checkpoint only when there are several chunks: one chunk's logits peak the same either
+    # way (kept, or recomputed during backward), and recomputing them costs a matmul.
+    recompute = torch.is_grad_enabled() and hidden.shape[0] > chunk_size
+    hs, ts = hidden.split(chunk_size), targets.split(chunk_size)
+    temps = temperature.split(chunk_size) if per_position else [temperature] * len(hs)
+    parts = [
+        checkpoint(chunk, h, t, temp, use_reentrant=False) if recompute else chunk(h, t, temp)
+        for h, t, temp in zip(hs, ts, temps, strict=True)
+    ]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
 class ValueHead(nn.Module):
     """``tanh(W2 gelu(W1 h))``: per-token state value in [-1, 1].
+
+    A new head starts at ``V = 0`` for every state (``W2 = 0``, ``b2 = 0``), so early
+    advantages ``A = r - V`` are the raw reward until the head has fitted a baseline.
 
     Args:
         hidden_size: Width of the LM's hidden states.
         inner_size: Width of the MLP (default ``hidden_size``).
-        init_value: V(s) of every state at initialisation, in (-1, 1): ``W2 = 0`` and
-            ``b2 = atanh(init_value)``. 0.0 (default) makes early advantages the raw reward;
-            a typical reward (e.g. the initial policy's mean) makes them centred from step 0.
     """
 
-    def __init__(
-        self, hidden_size: int, inner_size: int | None = None, init_value: float = 0.0
-    ) -> None:
+    def __init__(self, hidden_size: int, inner_size: int | None = None) -> None:
         super().__init__()
-        if not -1.0 < init_value < 1.0:
-            raise ValueError(f"ValueHead: init_value must be in (-1, 1) (tanh), got {init_value}")
         inner = inner_size or hidden_size
         self.fc1 = nn.Linear(hidden_size, inner)
         self.fc2 = nn.Linear(inner, 1)
-        # W2 = 0: every state starts at exactly V = init_value, whatever the hidden state.
+        # W2 = 0: every state starts at exactly V = tanh(0) = 0, whatever the hidden state.
         nn.init.zeros_(self.fc2.weight)
-        nn.init.constant_(self.fc2.bias, math.atanh(init_value))
+        nn.init.zeros_(self.fc2.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T)
         return torch.tanh(self.fc2(nn.functional.gelu(self.fc1(hidden)))).squeeze(-1)
@@ -117,15 +195,14 @@ class PolicyValueModel(nn.Module):
         *,
         dtype: torch.dtype = torch.float32,
         device: str = "cpu",
-        value_init: float = 0.0,
     ) -> PolicyValueModel:
         """Load the LM with ``from_pretrained`` and the value head if ``path`` has one.
 
-        A saved head wins; otherwise a new head starts at ``V = value_init`` everywhere (see
+        A saved head wins; otherwise a new head starts at ``V = 0`` everywhere (see
         ``ValueHead``) with ``fc1`` drawn from torch's global RNG.
         """
         lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
-        head = ValueHead(lm.config.hidden_size, init_value=value_init)
+        head = ValueHead(lm.config.hidden_size)
         head_file = Path(path) / VALUE_HEAD_FILE
         if head_file.is_file():
             head.load_state_dict(load_file(str(head_file)))
@@ -156,19 +233,11 @@ class PolicyValueModel(nn.Module):
         return lm_head_fp32(self.lm, hidden), values
 
     def hidden_and_values(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        detach_trunk: bool = False,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(final hidden states (B, T, H), values (B, T))`` without the output projection.
-
-        ``detach_trunk=True`` feeds the value head detached hidden states: the values (and so
-        the value loss's gradient) are unchanged for the head, but nothing reaches the LM.
-        """
+        """``(final hidden states (B, T, H), values (B, T))`` without the output projection."""
         hidden = self.hidden_states(input_ids, attention_mask)  # (B, T, H)
-        return hidden, self.values_from_hidden(hidden.detach() if detach_trunk else hidden)
+        return hidden, self.values_from_hidden(hidden)
 
     def hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None

@@ -8,6 +8,7 @@ and never re-tokenizes sampled text.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,14 +21,15 @@ class Trajectory:
         prompt_ids: Token ids of the context the completion was sampled from (not trained on).
         completion_ids: Token ids the engine sampled, in order (trained on).
         behaviour_logprobs: Per completion token, its logprob under the *sampling*
-            distribution (temperature applied) of the policy version that sampled it.
+            distribution (at ``temperature``) of the policy version that sampled it.
             Same length as ``completion_ids``.
         reward: Scalar episode reward (the environment's training reward).
         advantages: Optional per-token advantages (same length as ``completion_ids``).
             ``None`` means the learner computes ``A_t = reward - sg(V_old(s_t))`` from its
             value head (the MCTS-distill rule); group-relative agents (CISPO) supply them.
-        loss_mask: Optional per-token 0/1 mask of which completion tokens carry policy loss
-            (``None`` = all). Lets an agent exclude tokens it did not sample.
+        temperature: The temperature the engine sampled the completion at (> 0). The
+            behaviour logprobs are at this temperature, so the learner divides this
+            trajectory's logits by it before comparing the two. 1.0 = the raw policy.
         policy_version: Engine weight version that sampled the completion; the learner
             reports ``current_version - policy_version`` as staleness.
         agent: Name of the agent that produced it (for logging only).
@@ -39,7 +41,7 @@ class Trajectory:
     behaviour_logprobs: list[float]
     reward: float
     advantages: list[float] | None = None
-    loss_mask: list[int] | None = None
+    temperature: float = 1.0
     policy_version: int = 0
     agent: str = ""
     info: dict[str, Any] = field(default_factory=dict)
@@ -57,9 +59,9 @@ class Trajectory:
             raise ValueError(
                 f"Trajectory.advantages has {len(self.advantages)} entries, completion_ids has {n}"
             )
-        if self.loss_mask is not None and len(self.loss_mask) != n:
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ValueError(
-                f"Trajectory.loss_mask has {len(self.loss_mask)} entries, completion_ids has {n}"
+                f"Trajectory.temperature must be a finite number > 0, got {self.temperature!r}"
             )
 
     @property

@@ -11,7 +11,8 @@ A checkpoint directory (``.../checkpoints/step_N``) is a ``from_pretrained``-loa
 a run's ``checkpoints`` folder resolves to its latest checkpoint. Sampling is seeded
 (``--seed``, default 0), so an evaluation repeats. Prints mean@k and pass@k with the
 half-width of their 95% intervals over problems, then one line per metric (``--json``: a
-JSON object of the scalars instead). ``--json-out`` also keeps ``per_problem_correct`` and
+JSON object of the scalars instead). ``--verbose`` also shows vLLM's INFO lines and
+langrl's INFO logs. ``--json-out`` also keeps ``per_problem_correct`` and
 ``task_indices``: two such files on the same problems give a paired comparison with
 ``langrl.agents.evaluation.paired_diff_ci95``, tighter than two separate intervals.
 """
@@ -53,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json-out", default=None, metavar="PATH",
                    help="write the whole result (scalars, settings, per-problem counts) as JSON")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    # Listed for --help; main() takes it out of argv first (logging is set up before parsing).
+    p.add_argument("--verbose", action="store_true",
+                   help="also show vLLM's INFO lines and langrl's INFO logs")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -78,9 +82,13 @@ def _finite_or_none(value: float) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
+    from langrl.logging_setup import setup_logging, take_verbose
+
+    argv, verbose = take_verbose(sys.argv[1:] if argv is None else argv)
+    setup_logging(verbose)  # before anything imports vLLM: its processes inherit the level
     args = parse_args(argv)
     from langrl.agents.evaluation import EvalConfig, evaluate
-    from langrl.config import ConfigError, check_env, check_model
+    from langrl.training.config import ConfigError, check_env, check_model
 
     try:
         eval_config = EvalConfig(
@@ -90,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
             num_problems=args.num_problems,
             first_problem=args.first_problem,
             split=args.split,
-            use_chat_template=args.chat_template,
             seed=args.seed,
             progress=not args.quiet,
         )

@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-problems", type=int, default=1024, help="train problems to sample")
     p.add_argument("--holdout", type=int, default=512, help="last train problems left out")
     p.add_argument("--n", type=int, default=16, help="samples per problem")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling and learner T")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--seed", type=int, default=0, help="which problems; the pass order")
     p.add_argument("--data", "--out", dest="data", default="correct.pkl",
@@ -119,8 +119,9 @@ def train(args: argparse.Namespace) -> int:
     for spec in args.settings:
         lr_text, passes_text = spec.split(",")
         lr, passes = float(lr_text), int(passes_text)
+        # Each trajectory carries its sampling temperature: the learner scores at that one.
         config = LearnerConfig(lr=lr, warmup_steps=5, c_value=0.0, c_kl=0.0,
-                               temperature=args.temperature, micro_batch_size=args.batch_size)  # fmt: skip
+                               micro_batch_size=args.batch_size)  # fmt: skip
         learner = Learner(model, config)
         rng = random.Random(args.seed)
         start, metrics = time.perf_counter(), {}

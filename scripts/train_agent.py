@@ -1,4 +1,4 @@
-"""Train an agent on a reasoning env: a thin CLI over ``langrl.trainer.train``.
+"""Train an agent on a reasoning env: a thin CLI over ``langrl.training.train``.
 
     python scripts/train_agent.py --agent mcts                 # tiny policy, Countdown, CPU
     python scripts/train_agent.py --agent cispo --total_steps 50 --learner.lr 3e-4
@@ -9,9 +9,10 @@
 Flags: ``--agent``, ``--config`` (YAML preset; default ``configs/tiny_cpu.yaml``), ``--env``
 (an id, or ``module:EnvId-v0`` to import a module that registers your own env),
 ``--model`` (local directory or Hugging Face name; default: the cached tiny policy, built
-on first use), ``--resume``, and any config field as ``--key value`` or
-``--section.key value`` (sections: engine, learner, eval, mcts, cispo, bon). A bad field
-is reported in one line before anything starts.
+on first use), ``--resume``, ``--verbose`` (vLLM's INFO lines and langrl's INFO logs; the
+default console shows progress, results and warnings), and any config field as
+``--key value`` or ``--section.key value`` (sections: engine, learner, eval, mcts, cispo,
+bon). A bad field is reported in one line before anything starts.
 """
 
 from __future__ import annotations
@@ -39,12 +40,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--model", help="local model directory or Hugging Face name")
     parser.add_argument("--resume", action="store_true", default=None,
                         help="continue from the last checkpoint of the run")  # fmt: skip
+    # Listed for --help; main() takes it out of argv first (logging is set up before parsing).
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show vLLM's INFO lines and langrl's INFO logs")  # fmt: skip
     return parser.parse_known_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from langrl.logging_setup import setup_logging, take_verbose
+
+    argv, verbose = take_verbose(sys.argv[1:] if argv is None else argv)
+    setup_logging(verbose)  # before anything imports vLLM: its processes inherit the level
     args, overrides = parse_args(argv)
-    from langrl.config import DEFAULT_PRESET, ConfigError, load_config
+    from langrl.training.config import DEFAULT_PRESET, ConfigError, load_config
 
     try:
         config = load_config(
@@ -59,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from langrl.signals import interrupt_on_sigterm
-    from langrl.trainer import train  # heavy imports only once the config is valid
+    from langrl.training import train  # heavy imports only once the config is valid
 
     interrupt_on_sigterm()  # `kill` saves a checkpoint and stops the engine, as Ctrl-C does
     try:

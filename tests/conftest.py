@@ -17,6 +17,8 @@ Fixtures for everyone (engines are started lazily, once per session, on first us
   ``policy_version`` keeps counting up: versions are never rewound).
 - ``tiny_policy_model`` (function): a fresh ``PolicyValueModel`` loaded from
   ``tiny_policy_path``, i.e. what the learner would start from.
+- ``load_script``: ``load_script("train_agent")`` is ``scripts/train_agent.py`` imported as a
+  fresh module (not run as ``__main__``): the one way tests reach the command-line scripts.
 """
 
 from __future__ import annotations
@@ -24,12 +26,34 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
 from langrl.engine import EngineConfig, SyncEngine, create_engine
 from langrl.policy_model import PolicyValueModel
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+@pytest.fixture
+def load_script() -> Callable[[str], ModuleType]:
+    """``load_script(name)``: ``scripts/<name>.py`` imported from its file as a new module
+    named ``name`` (its ``main``, ``parse_args``... callable; not run as ``__main__``, not put
+    in ``sys.modules``), so a test can monkeypatch it freely."""
+
+    def load(name: str) -> ModuleType:
+        path = SCRIPTS / f"{name}.py"
+        if not path.is_file():
+            raise FileNotFoundError(f"load_script: no script {path}")
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -4,22 +4,20 @@ and the report (table + plot) is computed from evaluation files with paired inte
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from langrl.config import load_config
+from langrl.training.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def reproduce(load_script):
+    """A fresh ``scripts/reproduce.py`` module (tests monkeypatch its ``run``)."""
+    return load_script("reproduce")
 
 
 @pytest.mark.parametrize("agent", ["mcts", "cispo", "bon"])
@@ -64,8 +62,7 @@ def _write_eval(path: Path, correct: list[int], k: int = 4) -> None:
     }))  # fmt: skip
 
 
-def test_report_writes_table_with_paired_differences_and_a_plot(tmp_path):
-    reproduce = _module()
+def test_report_writes_table_with_paired_differences_and_a_plot(tmp_path, reproduce):
     _write_eval(tmp_path / "evals" / "start.json", [0, 1, 0, 2, 0, 0])
     _write_eval(tmp_path / "evals" / "cispo.json", [1, 1, 1, 2, 0, 1])  # +1/4 on 4 problems
     (tmp_path / "curves").mkdir()
@@ -84,16 +81,14 @@ def test_report_writes_table_with_paired_differences_and_a_plot(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
 
-def test_report_refuses_evaluations_on_other_problems(tmp_path):
-    reproduce = _module()
+def test_report_refuses_evaluations_on_other_problems(tmp_path, reproduce):
     _write_eval(tmp_path / "evals" / "start.json", [0, 1, 0])
     _write_eval(tmp_path / "evals" / "bon.json", [0, 1, 0, 1])
     with pytest.raises(SystemExit, match="bon.json"):
         reproduce.report(tmp_path)
 
 
-def test_stages_resume_from_what_exists(tmp_path, monkeypatch):
-    reproduce = _module()
+def test_stages_resume_from_what_exists(tmp_path, monkeypatch, reproduce):
     calls: list[list[str]] = []
     monkeypatch.setattr(reproduce, "run", lambda cmd: calls.append(cmd) or 1.0)
     args = reproduce.parse_args(
@@ -118,8 +113,7 @@ def test_stages_resume_from_what_exists(tmp_path, monkeypatch):
     assert calls[-1][-1] == "--resume"
 
 
-def test_agents_with_committed_results_are_not_trained_again(tmp_path, monkeypatch):
-    reproduce = _module()
+def test_agents_with_committed_results_are_not_trained_again(tmp_path, monkeypatch, reproduce):
     calls: list[list[str]] = []
     monkeypatch.setattr(reproduce, "run", lambda cmd: calls.append(cmd) or 1.0)
     monkeypatch.setattr(reproduce, "report", lambda results: None)
@@ -132,8 +126,7 @@ def test_agents_with_committed_results_are_not_trained_again(tmp_path, monkeypat
     assert calls == []  # a new session with an earlier session's results: nothing to redo
 
 
-def test_a_variant_gets_its_own_row_run_dir_and_results(tmp_path, monkeypatch):
-    reproduce = _module()
+def test_a_variant_gets_its_own_row_run_dir_and_results(tmp_path, monkeypatch, reproduce):
     calls: list[list[str]] = []
     monkeypatch.setattr(reproduce, "run", lambda cmd: calls.append(cmd) or 1.0)
     args = reproduce.parse_args(["--results", str(tmp_path / "r"), "--runs", str(tmp_path / "runs"),

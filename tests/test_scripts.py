@@ -10,13 +10,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _main(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 @pytest.mark.parametrize(
     "argv, field",
     [
@@ -25,14 +18,16 @@ def _main(name: str):
         (["--model", "/tmp", "--env", "Nope-v0"], "env_id"),
     ],
 )
-def test_evaluate_rejects_bad_arguments_before_starting(argv, field, capsys, monkeypatch):
+def test_evaluate_rejects_bad_arguments_before_starting(
+    argv, field, capsys, monkeypatch, load_script
+):
     import langrl.engine
 
     def no_engine(*args, **kwargs):
         raise AssertionError("no engine may start on bad arguments")
 
     monkeypatch.setattr(langrl.engine, "create_engine", no_engine)
-    assert _main("evaluate")(argv) == 2
+    assert load_script("evaluate").main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and field in err
 
@@ -46,7 +41,7 @@ def _sampling_fakes():
     return module
 
 
-def test_evaluate_writes_the_whole_result_as_json(tmp_path, capsys, monkeypatch):
+def test_evaluate_writes_the_whole_result_as_json(tmp_path, capsys, monkeypatch, load_script):
     import json
 
     import langrl.engine
@@ -59,7 +54,8 @@ def test_evaluate_writes_the_whole_result_as_json(tmp_path, capsys, monkeypatch)
     (model / "config.json").write_text("{}")
     out = tmp_path / "out" / "eval.json"
     argv = ["--model", str(model), "--k", "2", "--first-problem", "-3", "--quiet"]
-    assert _main("evaluate")([*argv, "--json-out", str(out)]) == 0
+    main = load_script("evaluate").main
+    assert main([*argv, "--json-out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["task_indices"] == [817, 818, 819]  # the last 3 of the 820 test problems
     assert record["per_problem_correct"] == [0, 0, 0]
@@ -72,25 +68,20 @@ def test_evaluate_writes_the_whole_result_as_json(tmp_path, capsys, monkeypatch)
     printed = capsys.readouterr().out
     assert "mean@2" in printed and "+-" in printed and "3 problems" in printed
     # One problem has no interval: strict JSON gets null, not NaN.
-    assert _main("evaluate")([*argv, "--num-problems", "1", "--json-out", str(out)]) == 0
+    assert main([*argv, "--num-problems", "1", "--json-out", str(out)]) == 0
     assert json.loads(out.read_text())["scalars"]["eval/mean_at_k_ci95"] is None
 
 
-def test_train_agent_takes_no_flag_prefixes():
+def test_train_agent_takes_no_flag_prefixes(load_script):
     # argparse's prefix matching took "--mode sync" as "--model sync".
-    spec = importlib.util.spec_from_file_location(
-        "train_agent", ROOT / "scripts" / "train_agent.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    args, overrides = module.parse_args(["--mode", "sync", "--mod", "x"])
+    args, overrides = load_script("train_agent").parse_args(["--mode", "sync", "--mod", "x"])
     assert args.model is None
     assert overrides == ["--mode", "sync", "--mod", "x"]
 
 
-def test_evaluate_takes_no_flag_prefixes(capsys):
+def test_evaluate_takes_no_flag_prefixes(capsys, load_script):
     with pytest.raises(SystemExit):
-        _main("evaluate")(["--mod", "x"])  # not --model x
+        load_script("evaluate").main(["--mod", "x"])  # not --model x
     assert "unrecognized arguments: --mod" in capsys.readouterr().err
 
 
@@ -106,7 +97,7 @@ def test_train_agent_help_imports_nothing_heavy():
         f"    runpy.run_path({str(ROOT / 'scripts' / 'train_agent.py')!r}, run_name='__main__')\n"
         "except SystemExit:\n"
         "    pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'langrl.learner', 'langrl.config')"
+        "heavy = [m for m in ('torch', 'transformers', 'langrl.learner', 'langrl.training.config')"
         " if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )

@@ -10,6 +10,8 @@ async ``PolicyEngine`` (``SyncEngine.engine``) concurrently. Logprob conventions
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from langrl.engine.base import (
     EngineDiedError,
     Generation,
@@ -18,7 +20,9 @@ from langrl.engine.base import (
     SamplingConfig,
 )
 from langrl.engine.config import EngineConfig, EngineStartError
-from langrl.engine.sync import SyncEngine
+
+if TYPE_CHECKING:
+    from langrl.engine.sync import SyncEngine
 
 __all__ = [
     "EngineConfig",
@@ -38,6 +42,8 @@ __all__ = [
 def create_engine(config: EngineConfig) -> SyncEngine:
     """Start the policy server described by ``config``; shut it down with ``.shutdown()``
     (or use it as a context manager). Raises ``EngineStartError`` (one line) on failure."""
+    from langrl.engine.sync import SyncEngine
+
     if config.backend == "vllm":
         from langrl.engine.vllm_engine import VLLMEngine, require_vllm
 
@@ -49,7 +55,12 @@ def create_engine(config: EngineConfig) -> SyncEngine:
 
 
 def __getattr__(name: str) -> object:
-    # Backends load lazily: importing langrl.engine must not import vLLM (slow, optional).
+    # Backends and the blocking front load lazily: importing langrl.engine (or its config)
+    # must not import vLLM or torch (configs are parsed before anything heavy starts).
+    if name == "SyncEngine":
+        from langrl.engine.sync import SyncEngine
+
+        return SyncEngine
     if name == "VLLMEngine":
         from langrl.engine.vllm_engine import VLLMEngine
 

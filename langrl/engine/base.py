@@ -18,8 +18,10 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # type hints only: the interface itself imports no torch
+    import torch
 
 
 class PromptTooLongError(ValueError):
@@ -105,6 +107,20 @@ class Generation:
     policy_version: int
 
 
+def encode_prompt(tokenizer: Any, info: Mapping[str, Any], use_chat_template: bool) -> list[int]:
+    """Token ids of an env's prompt (its ``reset``/``task_info`` dict): the chat messages
+    through the tokenizer's chat template when asked for and the tokenizer has one, else the
+    compact plain prompt. Encoded once per episode; every later token id comes from the
+    engine, so text is never re-tokenized."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        # return_dict=False: transformers 5 returns a BatchEncoding dict by default.
+        ids = tokenizer.apply_chat_template(
+            list(info["messages"]), add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return [int(t) for t in ids]
+    return list(tokenizer(info["prompt"], add_special_tokens=False)["input_ids"])
+
+
 class PolicyEngine(abc.ABC):
     """Async policy server: generation, scoring, values, weight sync.
 
@@ -116,6 +132,17 @@ class PolicyEngine(abc.ABC):
     tokenizer: object
     #: Incremented by every ``load_weights``; samples carry the version that produced them.
     policy_version: int = 0
+    #: Whether ``encode_prompt`` renders an env's chat messages through the tokenizer's chat
+    #: template: a property of the served model (the served engines read
+    #: ``EngineConfig.use_chat_template``). A tokenizer without a template gets the plain
+    #: prompt either way.
+    use_chat_template: bool = False
+
+    def encode_prompt(self, info: Mapping[str, Any]) -> list[int]:
+        """Token ids of an env's prompt (its ``info`` dict from ``reset``), chat-templated per
+        ``use_chat_template``. Every agent and evaluation opens its episodes with it, so
+        training and evaluation prompts always match."""
+        return encode_prompt(self.tokenizer, info, self.use_chat_template)
 
     @abc.abstractmethod
     async def generate(self, prompt: Sequence[int] | str, sampling: SamplingConfig) -> Generation:

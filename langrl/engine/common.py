@@ -4,7 +4,7 @@
   ``values()`` and ``score()`` from a transformers ``PolicyValueModel`` copy of the served
   weights (the very code the learner trains), concurrent calls coalesced into one batched
   forward in a worker thread; ``load_weights`` (blocking, from any thread) and
-  ``load_weights_async``; the weight-version gate; prompt encoding.
+  ``load_weights_async``; the weight-version gate; the chat-template flag.
 - ``find_stop``: stop-string matching with vLLM's semantics (the stop string is kept).
 - ``stop_overhang``: what the sampled ids hold beyond a stop string (``Sample.overhang``).
 - ``check_model_path``: fail fast, before any engine process starts.
@@ -33,8 +33,7 @@ import torch
 
 from langrl.engine.base import EngineDiedError, PolicyEngine, PromptTooLongError
 from langrl.engine.config import EngineConfig, EngineStartError, model_source_error
-from langrl.learner.learner import token_logprobs
-from langrl.policy_model import PolicyValueModel, final_hidden_states
+from langrl.policy_model import PolicyValueModel, final_hidden_states, token_logprobs
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,7 +47,7 @@ _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16"
 def check_model_path(config: EngineConfig) -> EngineConfig:
     """Fail fast, before any engine starts; return ``config`` with ``max_model_len`` resolved.
 
-    The model must pass ``model_source_error`` (the check ``langrl.config`` makes too: a
+    The model must pass ``model_source_error`` (the check ``langrl.training.config`` makes too: a
     local directory with ``config.json``, or a hub name in the local Hugging Face cache or,
     online, on the hub); ``max_model_len`` must fit a local model's
     ``max_position_embeddings`` (``None`` takes it).
@@ -401,12 +400,10 @@ class ServedEngine(PolicyEngine):
 
     # --- prompts ---
 
-    def encode_prompt(self, info: Mapping[str, Any]) -> list[int]:
-        """Token ids of an env's prompt (its ``info`` dict from ``reset``), chat-templated
-        when ``config.use_chat_template`` and the tokenizer has a template."""
-        from langrl.agents.base import encode_prompt  # agents build on the engine, not back
-
-        return encode_prompt(self.tokenizer, info, self.config.use_chat_template)
+    @property
+    def use_chat_template(self) -> bool:  # type: ignore[override]
+        """``EngineConfig.use_chat_template``: how ``encode_prompt`` renders env prompts."""
+        return self.config.use_chat_template
 
     def _prompt_ids(self, prompt: Sequence[int] | str) -> list[int]:
         """Token ids of a ``generate`` prompt; text is tokenized as is (no template)."""

@@ -54,15 +54,17 @@ class EngineConfig:
             there with ``finish_reason="length"``. At most ``max_position_embeddings``.
         use_chat_template: Whether ``encode_prompt(info)`` renders an env's chat messages
             through the tokenizer's chat template (when it has one; the tiny models do not)
-            instead of using the compact plain prompt. Default ``True``: instruct models
-            expect their template. Plain-text prompts passed to ``generate`` are never
-            templated.
+            instead of using the compact plain prompt. A property of the served model, and
+            the one flag for it: every agent and evaluation encodes its prompts through the
+            engine, so training and evaluation prompts match. Default ``False`` (the
+            plain prompt); instruct models expect their template, so their presets turn it
+            on. Plain-text prompts passed to ``generate`` are never templated.
 
     Generation server (vLLM backend):
         gpu_memory_utilization: Fraction of device memory vLLM may use for weights + KV
             cache. On CPU it is the fraction of the NUMA node's memory reserved for the KV
-            cache: the default 0.1 (about 2.4 GiB on a 24 GiB machine) is plenty for tiny
-            models; 0.92 failed on a 7.7 GiB node. In (0, 1]. Ignored when
+            cache: the default 0.1 is plenty for tiny models, and values near 1 leave the
+            learner and the value-model copy too little memory to start. In (0, 1]. Ignored when
             ``kv_cache_gib`` is set.
         kv_cache_gib: Explicit KV-cache size in GiB (``None`` = derive it from
             ``gpu_memory_utilization``). Setting it skips vLLM's memory-profiling warm-up,
@@ -110,7 +112,7 @@ class EngineConfig:
     dtype: str = "auto"
     seed: int = 0
     max_model_len: int | None = None
-    use_chat_template: bool = True
+    use_chat_template: bool = False
 
     # --- generation server (vLLM) ---
     gpu_memory_utilization: float = 0.1
@@ -175,7 +177,7 @@ class EngineConfig:
         return self.tokenizer or self.model
 
 
-# --- model source check (shared by ``langrl.config`` and the engines) -------------------
+# --- model source check (shared by ``langrl.training.config`` and the engines) -------------------
 
 # A Hugging Face repo id: ``name`` or ``org/name`` of letters, digits, ``-``, ``_``, ``.``.
 _HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
@@ -184,7 +186,7 @@ _HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
 def model_source_error(model: object) -> str | None:
     """Why ``model`` cannot be loaded by ``from_pretrained``, in one line; ``None`` if it can.
 
-    The one check behind ``langrl.config`` (error prefix ``config: model:``) and the engines'
+    The one check behind ``langrl.training.config`` (error prefix ``config: model:``) and the engines'
     ``check_model_path`` (prefix ``EngineConfig.model:``), so that a bad model is refused the
     same way before any engine or download starts:
 

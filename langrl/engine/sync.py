@@ -134,11 +134,9 @@ class SyncEngine:
         return self._engine.load_weights(lm_state, value_head_state)
 
     def encode_prompt(self, info: Mapping[str, Any]) -> list[int]:
-        """Token ids of an env prompt, chat-templated per ``EngineConfig.use_chat_template``."""
-        encode = getattr(self._engine, "encode_prompt", None)
-        if encode is None:
-            raise AttributeError(f"{type(self._engine).__name__} has no encode_prompt")
-        return encode(info)
+        """Token ids of an env prompt, chat-templated per ``EngineConfig.use_chat_template``
+        (``PolicyEngine.encode_prompt``)."""
+        return self._engine.encode_prompt(info)
 
     # --- lifetime ---
 

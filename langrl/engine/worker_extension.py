@@ -13,10 +13,14 @@ untyped tensors (and tuples) in ``collective_rpc`` arguments into plain lists, s
 them ourselves. ``encode_weights`` (frontend) and ``decode_weights`` (worker) are the pair.
 A tied tensor (``lm_head.weight`` of a model with ``tie_word_embeddings``) travels once: its
 alias record carries the canonical name instead of bytes, and decodes to the same tensor.
+
+Importing it also keeps one harmless vLLM reload warning off the console, in every process
+(``install_reload_log_filter``: why it is harmless is written beside it).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -96,6 +100,37 @@ class WeightSyncExtension:
         return float(sum(p.detach().double().sum().item() for p in model.parameters()))
 
 
+# vLLM's layerwise reload (the runner's ``reload_weights`` on the "rpc" path, the weight-
+# transfer engine's start/finish on "shm") warns "<layer class>: Failed to load weights" for
+# each layer that has tensors and received none, then puts that layer's tensors from before
+# the push back. vLLM's plain ``RotaryEmbedding`` (one instance shared by all layers) is such
+# a layer at every push, and harmlessly so: its only tensor is the non-persistent
+# ``cos_sin_cache`` buffer, computed at start from rope_theta and the context length. It is
+# not a weight, no checkpoint or learner state holds it, and it must not change. After a
+# push it is the same tensor, equal to a fresh computation, and served logprobs match the
+# learner's (tests/engine/test_weight_push.py; tests/test_logging.py checks the console).
+# So that one message for that one class stays off the console. The same warning for any
+# other layer is a weight the push missed (``FourierRotaryEmbedding`` has learned
+# coefficients, say) and still shows.
+_LAYERWISE_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+_RELOAD_MISS = "%s: Failed to load weights"
+
+
+class RotaryCacheReloadFilter(logging.Filter):
+    """Drops vLLM's "RotaryEmbedding: Failed to load weights" (see above); passes the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == _RELOAD_MISS and record.args == ("RotaryEmbedding",))
+
+
+def install_reload_log_filter() -> None:
+    """Add ``RotaryCacheReloadFilter`` to vLLM's layerwise-reload logger (once per process;
+    vLLM's ``dictConfig`` keeps a logger's filters). Runs on import, in vLLM's worker too."""
+    logger = logging.getLogger(_LAYERWISE_LOGGER)
+    if not any(isinstance(f, RotaryCacheReloadFilter) for f in logger.filters):
+        logger.addFilter(RotaryCacheReloadFilter())
+
+
 def _register_weight_transfer_backend() -> None:
     try:
         from langrl.engine.weight_transfer import register_backend
@@ -104,4 +139,5 @@ def _register_weight_transfer_backend() -> None:
     register_backend()
 
 
+install_reload_log_filter()
 _register_weight_transfer_backend()

@@ -1,33 +1,38 @@
 """Configuration of the shared torch learner (one dataclass, validated at construction).
 
+Pure: importing or validating it imports no torch (the learner maps ``dtype`` to a torch dtype).
+
 Field documentation follows TRL's ``GRPOConfig`` habit: meaning, the default's effect, valid
 values and the paper each setting comes from. References:
 
 - CISPO: MiniMax-M1 technical report (MiniMax, 2025), "CISPO" objective, section 3.1.
-- PPO clipping: Schulman et al., "Proximal Policy Optimization Algorithms" (2017); asymmetric
-  ("clip-higher") bounds: Yu et al., "DAPO" (2025).
 - k3 KL estimator: J. Schulman, "Approximating KL Divergence" (blog note, 2020).
 - Loss normalisation: DAPO (token-level) vs. GRPO, Shao et al. "DeepSeekMath" (2024)
   (per-sequence mean, then mean over sequences).
 - Coefficients c_policy = c_value = 1.0, c_kl = 0.05 and eps_high = 5.0: the
-  tree-search-distillation paper this project reproduces (see ``DESIGN.md``).
+  tree-search-distillation paper this project reproduces (see ``docs/design.md``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+from langrl.checks import check, check_ints
 
 #: Policy-loss names ``LearnerConfig.policy_loss`` accepts (keys of ``losses.POLICY_LOSSES``).
-POLICY_LOSS_NAMES: tuple[str, ...] = ("cispo", "ppo")
+POLICY_LOSS_NAMES: tuple[str, ...] = ("cispo",)
 #: Loss-normalisation modes (see ``losses.masked_mean``).
 NORMALIZATION_MODES: tuple[str, ...] = ("token", "sequence")
-#: Compute dtypes; weights and optimizer state always stay float32.
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+#: Compute dtypes (torch dtype names); weights and optimizer state always stay float32.
+DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+#: Torch device types ``LearnerConfig.device`` accepts, each optionally followed by ``:index``.
+DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda", "mps", "xpu", "hpu", "npu")
+_DEVICE = re.compile(rf"({'|'.join(DEVICE_TYPES)})(:\d+)?")
+_OWNER = "LearnerConfig"
 
 
 @dataclass
@@ -74,24 +79,15 @@ class LearnerConfig:
     # --- loss ---------------------------------------------------------------------------------
 
     policy_loss: str = "cispo"
-    """Policy-gradient objective: ``"cispo"`` (default; MiniMax-M1's clipped-IS-weight policy
-    optimisation, used by the tree-search-distillation paper for every agent) or ``"ppo"``
-    (PPO's clipped surrogate with bounds ``ppo_clip_low`` / ``ppo_clip_high``)."""
+    """Policy-gradient objective, a key of ``langrl.learner.losses.POLICY_LOSSES``:
+    ``"cispo"`` (default and only one so far; MiniMax-M1's clipped-IS-weight policy
+    optimisation, used by the tree-search-distillation paper for every agent)."""
 
     eps_high: float = 5.0
     """CISPO cap on the importance-sampling weight: the weight is ``sg(min(ratio, eps_high))``.
     5.0 (default) is the paper's value; tokens above the cap still get gradient, only scaled
-    down (unlike PPO, which drops them). Used only with ``policy_loss="cispo"``. Must be >= 1
-    (a cap below 1 would shrink even on-policy tokens)."""
-
-    ppo_clip_low: float = 0.2
-    """PPO lower clip: the ratio is clipped below at ``1 - ppo_clip_low``. 0.2 (default) is
-    Schulman et al.'s value. Used only with ``policy_loss="ppo"``. Must be in (0, 1)."""
-
-    ppo_clip_high: float = 0.2
-    """PPO upper clip: the ratio is clipped above at ``1 + ppo_clip_high``. 0.2 (default) is
-    symmetric PPO; DAPO's "clip-higher" uses 0.28. Used only with ``policy_loss="ppo"``.
-    Must be > 0."""
+    down (unlike PPO, which drops them). Must be >= 1 (a cap below 1 would shrink even
+    on-policy tokens)."""
 
     c_policy: float = 1.0
     """Weight of the policy loss in ``total = c_policy*policy + c_value*value + c_kl*kl``.
@@ -99,9 +95,8 @@ class LearnerConfig:
 
     c_value: float = 1.0
     """Weight of the value loss ``MSE(V(s_t), reward)``. 1.0 (default) is the paper's value;
-    0 stops training the value head (agents that supply advantages do not need it; the
-    training CLI sets 0 for ``cispo`` unless told otherwise, see ``langrl.config``).
-    Must be >= 0."""
+    0 stops training the value head (agents that supply their own advantages do not need it,
+    and default it to 0, as CISPO does). Must be >= 0."""
 
     c_kl: float = 0.05
     """Weight of the k3 estimate of ``KL(pi || pi_ref)`` against the frozen initial policy.
@@ -114,12 +109,6 @@ class LearnerConfig:
     more in total. ``"sequence"`` (GRPO): mean over each sequence's tokens, then mean over
     sequences, so every completion weighs the same whatever its length."""
 
-    temperature: float = 1.0
-    """The temperature the agent SAMPLED with. Learner logits are divided by it so that its
-    logprobs and the behaviour logprobs (taken under the sampling distribution) are compared
-    like with like in the importance ratio; the KL and entropy also use the scaled
-    distribution (as TRL does). 1.0 (default) = raw policy. Must be > 0."""
-
     # --- value head ---------------------------------------------------------------------------
 
     value_lr: float | None = None
@@ -131,12 +120,6 @@ class LearnerConfig:
     around -0.5, ``train/value_mean`` reached them after about 6 steps at 1e-3 (hidden 256)
     and overshot by up to 0.2 before settling (Adam momentum). Must be > 0 or None."""
 
-    value_init: float = 0.0
-    """V(s) of every state when ``model_path`` has no saved value head: the head's output bias
-    becomes ``atanh(value_init)`` (its output weights stay 0). A saved head wins (a warning
-    says so when this is not 0). 0.0 (default) = advantages start as the raw reward; the
-    initial policy's mean reward centres them from step 0. Must be in (-1, 1) (tanh range)."""
-
     value_warmup_steps: int = 0
     """The first N optimiser steps train ONLY the value head: the policy and KL terms are left
     out and the LM runs without gradient (the head reads its hidden states detached), so LM
@@ -144,11 +127,6 @@ class LearnerConfig:
     while the baseline is fitted. ``train/lr`` (the policy's) reads 0 meanwhile. 0 (default) =
     train everything from step 0 (the paper). Ignored when ``c_value`` is 0 (no value head to
     fit, e.g. CISPO), so one preset serves every agent; see ``value_warmup``. Must be >= 0."""
-
-    value_detach_trunk: bool = False
-    """True = the value loss never reaches the LM (the head reads detached hidden states) even
-    after ``value_warmup_steps``: the value head is a probe on the policy's features and cannot
-    disturb them. False (default) = the paper's shared trunk, trained by both losses."""
 
     # --- numerics -----------------------------------------------------------------------------
 
@@ -180,73 +158,68 @@ class LearnerConfig:
     """Seeds the value head's initialisation when ``model_path`` has none saved. The update
     itself is deterministic (dropout is off), so this is the only randomness."""
 
+    # The sampling temperature is not set here: each ``Trajectory`` carries the temperature it
+    # was sampled at, and the learner divides that trajectory's logits by it.
+
     def __post_init__(self) -> None:
-        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        _check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        _check(
+        check_ints(self, {"warmup_steps": 0, "value_warmup_steps": 0, "micro_batch_size": 1})
+        check_ints(self, {"logits_chunk_size": 1}, optional=True)
+        check_ints(self, {"seed": None})
+        check(self.lr > 0, _OWNER, f"lr must be > 0, got {self.lr}")
+        check(
             self.value_lr is None or self.value_lr > 0,
+            _OWNER,
             f"value_lr must be > 0 or None (= lr), got {self.value_lr}",
         )
-        _check(
-            -1 < self.value_init < 1,
-            f"value_init must be in (-1, 1) (the head ends in tanh), got {self.value_init}",
-        )
-        _check(
-            self.value_warmup_steps >= 0,
-            f"value_warmup_steps must be >= 0, got {self.value_warmup_steps}",
-        )
-        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        check(self.weight_decay >= 0, _OWNER, f"weight_decay must be >= 0, got {self.weight_decay}")
         for name in ("adam_beta1", "adam_beta2"):
             value = getattr(self, name)
-            _check(0 <= value < 1, f"{name} must be in [0, 1), got {value}")
-        _check(self.adam_eps > 0, f"adam_eps must be > 0, got {self.adam_eps}")
-        _check(
+            check(0 <= value < 1, _OWNER, f"{name} must be in [0, 1), got {value}")
+        check(self.adam_eps > 0, _OWNER, f"adam_eps must be > 0, got {self.adam_eps}")
+        check(
             self.max_grad_norm is None or self.max_grad_norm > 0,
+            _OWNER,
             f"max_grad_norm must be > 0 or None (no clipping), got {self.max_grad_norm}",
         )
-        _check(
-            self.micro_batch_size >= 1,
-            f"micro_batch_size must be >= 1, got {self.micro_batch_size}",
-        )
-        _check(
+        check(
             self.policy_loss in POLICY_LOSS_NAMES,
+            _OWNER,
             f"policy_loss must be one of {POLICY_LOSS_NAMES}, got {self.policy_loss!r}",
         )
-        _check(
+        check(
             self.eps_high >= 1,
+            _OWNER,
             f"eps_high must be >= 1 (CISPO's IS-weight cap), got {self.eps_high}",
         )
-        _check(
-            0 < self.ppo_clip_low < 1, f"ppo_clip_low must be in (0, 1), got {self.ppo_clip_low}"
-        )
-        _check(self.ppo_clip_high > 0, f"ppo_clip_high must be > 0, got {self.ppo_clip_high}")
         for name in ("c_policy", "c_value", "c_kl"):
             value = getattr(self, name)
-            _check(
-                value >= 0 and math.isfinite(value), f"{name} must be finite and >= 0, got {value}"
+            check(
+                value >= 0 and math.isfinite(value),
+                _OWNER,
+                f"{name} must be finite and >= 0, got {value}",
             )
-        _check(
+        check(
             self.c_policy + self.c_value + self.c_kl > 0,
+            _OWNER,
             f"at least one of c_policy, c_value, c_kl must be > 0 (got {self.c_policy}, "
             f"{self.c_value}, {self.c_kl}): the loss would be identically zero",
         )
-        _check(
+        check(
             self.loss_normalization in NORMALIZATION_MODES,
+            _OWNER,
             f"loss_normalization must be one of {NORMALIZATION_MODES}, "
             f"got {self.loss_normalization!r}",
         )
-        _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
-        _check(
-            self.logits_chunk_size is None or self.logits_chunk_size >= 1,
-            f"logits_chunk_size must be >= 1 or None (one chunk), got {self.logits_chunk_size}",
+        check(self.dtype in DTYPES, _OWNER, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        check(
+            isinstance(self.device, str) and _DEVICE.fullmatch(self.device) is not None,
+            _OWNER,
+            f"device {self.device!r} is not a torch device: use one of {DEVICE_TYPES}, "
+            "optionally with ':<index>' (e.g. 'cuda:1')",
         )
-        _check(self.dtype in DTYPES, f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device {self.device!r} is not a torch device: {err}") from err
-        _check(
-            not (self.dtype == "bfloat16" and device.type == "mps"),
+        check(
+            not (self.dtype == "bfloat16" and self.device.split(":")[0] == "mps"),
+            _OWNER,
             f"dtype='bfloat16' is not supported with device={self.device!r}; use 'float32'",
         )
 
@@ -256,17 +229,9 @@ class LearnerConfig:
         ``c_value`` is 0 (nothing to fit)."""
         return self.value_warmup_steps if self.c_value > 0 else 0
 
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        """``dtype`` as a ``torch.dtype``."""
-        return DTYPES[self.dtype]
-
     def policy_loss_kwargs(self) -> dict[str, float]:
         """Hyperparameters of the selected policy loss, as keyword arguments of its function."""
-        per_loss: dict[str, dict[str, float]] = {
-            "cispo": {"eps_high": self.eps_high},
-            "ppo": {"clip_low": self.ppo_clip_low, "clip_high": self.ppo_clip_high},
-        }
+        per_loss: dict[str, dict[str, float]] = {"cispo": {"eps_high": self.eps_high}}
         return per_loss[self.policy_loss]
 
     def to_dict(self) -> dict[str, Any]:
@@ -281,9 +246,3 @@ class LearnerConfig:
         if unknown:
             raise ValueError(f"unknown LearnerConfig fields {unknown}; known: {sorted(known)}")
         return cls(**data)
-
-
-def _check(condition: bool, message: str) -> None:
-    # Not `assert`: validation must survive `python -O`.
-    if not condition:
-        raise ValueError(f"LearnerConfig: {message}")

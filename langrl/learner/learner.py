@@ -1,11 +1,11 @@
 """The torch learner every agent shares: one optimiser step per batch of ``Trajectory``.
 
-The learner is agent-agnostic (``DESIGN.md``: MCTS-distill, CISPO and best-of-N all emit the
+The learner is agent-agnostic (``docs/design.md``: MCTS-distill, CISPO and best-of-N all emit the
 same ``Trajectory``). Per step it computes
 
     total = c_policy * policy + c_value * value + c_kl * kl
 
-where ``policy`` is CISPO (MiniMax-M1) or PPO-clip against the engine's behaviour logprobs,
+where ``policy`` is CISPO (MiniMax-M1) against the engine's behaviour logprobs,
 ``value`` is ``MSE(V(s_t), reward)`` at every completion token, and ``kl`` is the k3 estimate
 of ``KL(pi || pi_ref)`` against the frozen initial policy, all from ``losses``. Missing
 advantages are ``A_t = reward - sg(V_old(s_t))`` (tree-search-distillation paper; no GAE).
@@ -20,6 +20,9 @@ Alignment (one convention, used for logprobs, values and masks): a sequence is
 its logprob comes from the logits at position ``P + i - 1``, and its state value
 ``V(s_t)`` (state = the prefix before token ``i``) is the value head at that same position.
 All per-token tensors therefore live on the "shifted" grid of positions ``0 .. T-2``.
+
+Temperature: each trajectory's logits are divided by its own ``Trajectory.temperature`` (the
+one its behaviour logprobs were sampled at) for the policy ratio, the KL and the entropy.
 
 Checkpoints are plain resumable records (nanoGPT): a ``from_pretrained``-loadable model
 directory plus optimizer state, step, config and caller-supplied ``extra``, written
@@ -49,25 +52,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from langrl.learner.config import LearnerConfig
-from langrl.learner.losses import (
-    POLICY_LOSSES,
-    entropy_from_logits,
-    k3_kl,
-    logprobs_from_logits,
-    masked_mean,
-    value_loss,
-)
+from langrl.learner.losses import POLICY_LOSSES, k3_kl, masked_mean, value_loss
 from langrl.policy_model import (
-    VALUE_HEAD_FILE,
     PolicyValueModel,
     check_plain_lm_head,
     final_hidden_states,
-    lm_head_fp32,
+    token_logprobs,
 )
 from langrl.stats import pearson
 from langrl.trajectory import Trajectory
@@ -94,6 +88,9 @@ METRIC_TAGS: tuple[str, ...] = (
     "train/skipped_steps",
     "perf/learner_tokens_per_s",
 )
+
+#: ``LearnerConfig.dtype`` -> compute dtype (weights and optimizer state stay float32).
+TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 #: Names of the optimiser's parameter groups (``param_groups[i]["name"]``), in order: the LM
 #: (trunk and output layer), then the value head (its own lr, ``LearnerConfig.value_lr``).
@@ -130,7 +127,9 @@ class _MicroBatch:
     attention_mask: torch.Tensor  # (B, T) long
     targets: torch.Tensor  # (B, T-1) long: token j+1, predicted at position j
     completion_mask: torch.Tensor  # (B, T-1) bool: position predicts a completion token
-    policy_mask: torch.Tensor  # (B, T-1) bool: completion_mask & the trajectory's loss_mask
+    # Each row's sampling temperature: one number when all rows share it (the division is
+    # then by a scalar, exactly as with one temperature per run), else (B,) float32.
+    temperature: float | torch.Tensor
     old_logprobs: torch.Tensor  # (B, T-1) float: behaviour logprobs (0 elsewhere)
     advantages: torch.Tensor  # (B, T-1) float: given advantages (0 elsewhere)
     has_advantages: torch.Tensor  # (B, T-1) bool: True where the agent supplied A_t
@@ -152,7 +151,6 @@ def _collate(trajectories: Sequence[Trajectory], pad_id: int) -> _MicroBatch:
     attention_mask = torch.zeros((batch, width), dtype=torch.long)  # (B, T)
     grid = (batch, width - 1)
     completion_mask = torch.zeros(grid, dtype=torch.bool)  # (B, T-1)
-    policy_mask = torch.zeros(grid, dtype=torch.bool)  # (B, T-1)
     old_logprobs = torch.zeros(grid, dtype=torch.float32)  # (B, T-1)
     advantages = torch.zeros(grid, dtype=torch.float32)  # (B, T-1)
     has_advantages = torch.zeros(grid, dtype=torch.bool)  # (B, T-1)
@@ -164,20 +162,23 @@ def _collate(trajectories: Sequence[Trajectory], pad_id: int) -> _MicroBatch:
         # Completion token i is at position p + i and predicted from position p + i - 1.
         span = slice(p - 1, p + c - 1)
         completion_mask[row, span] = True
-        policy_mask[row, span] = (
-            True if traj.loss_mask is None else torch.tensor(traj.loss_mask, dtype=torch.bool)
-        )
         old_logprobs[row, span] = torch.tensor(traj.behaviour_logprobs, dtype=torch.float32)
         if traj.advantages is not None:
             advantages[row, span] = torch.tensor(traj.advantages, dtype=torch.float32)
             has_advantages[row, span] = True
         returns[row, span] = float(traj.reward)
+    temperatures = {float(t.temperature) for t in trajectories}
+    temperature = (
+        temperatures.pop()
+        if len(temperatures) == 1
+        else torch.tensor([float(t.temperature) for t in trajectories], dtype=torch.float32)
+    )  # a number, or (B,)
     return _MicroBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
         targets=input_ids[:, 1:],
         completion_mask=completion_mask,
-        policy_mask=policy_mask,
+        temperature=temperature,
         old_logprobs=old_logprobs,
         advantages=advantages,
         has_advantages=has_advantages,
@@ -205,49 +206,6 @@ def _embeddings_tied(lm: PreTrainedModel) -> bool:
     """True if the output projection shares storage with the input embedding."""
     out = lm.get_output_embeddings()
     return out is not None and out.weight is lm.get_input_embeddings().weight
-
-
-def token_logprobs(
-    lm: PreTrainedModel,
-    hidden: torch.Tensor,
-    targets: torch.Tensor,
-    temperature: float = 1.0,
-    chunk_size: int | None = None,
-    with_entropy: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logprobs (N,), entropies (N,))`` of ``targets`` (N,) given final hidden states (N, H).
-
-    The float32 output layer (``lm_head_fp32``) runs on ``chunk_size`` positions at a time,
-    so at most ``chunk_size x V`` logits exist at once, forward AND backward: with autograd
-    on, each chunk is checkpointed (its logits are recomputed during backward instead of
-    kept), which costs one more output-layer matmul per position (none when all N fit in one
-    chunk). ``None`` = one pass over
-    all N positions, logits kept for backward (peak ``N x V``). The entropy (of
-    ``softmax(logits / temperature)``) carries no gradient. Same maths as
-    ``logprobs_from_logits`` / ``entropy_from_logits`` on full logits, chunked.
-    ``with_entropy=False`` skips the entropy (zeros in its place; saves a softmax).
-    """
-
-    def chunk(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = lm_head_fp32(lm, h)  # (n, V) float32
-        with torch.no_grad():
-            entropy = (
-                entropy_from_logits(logits, temperature)  # (n,)
-                if with_entropy
-                else logits.new_zeros(logits.shape[0])  # (n,): a scorer needs none
-            )
-        return logprobs_from_logits(logits, t, temperature), entropy  # (n,), (n,)
-
-    if chunk_size is None or hidden.shape[0] == 0:
-        return chunk(hidden, targets)
-    # Checkpoint only when there are several chunks: one chunk's logits peak the same either
-    # way (kept, or recomputed during backward), and recomputing them costs a matmul.
-    recompute = torch.is_grad_enabled() and hidden.shape[0] > chunk_size
-    parts = [
-        checkpoint(chunk, h, t, use_reentrant=False) if recompute else chunk(h, t)
-        for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size), strict=True)
-    ]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def _on_grid(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -354,16 +312,7 @@ class Learner:
             torch.manual_seed(self.config.seed)
             # Master weights stay float32 whatever the compute dtype (see config.dtype).
             self.model = PolicyValueModel.from_pretrained(
-                self.model_path,
-                dtype=torch.float32,
-                device=str(self.device),
-                value_init=self.config.value_init,
-            )
-        if self.config.value_init != 0 and (self.model_path / VALUE_HEAD_FILE).is_file():
-            logger.warning(
-                "value_init=%s ignored: %s has a saved value head, which wins",
-                self.config.value_init,
-                self.model_path,
+                self.model_path, dtype=torch.float32, device=str(self.device)
             )
         # Dropout off: the learner's logprobs must be the engine's function of the weights,
         # and V_old = the current forward's values (no second no-grad pass needed).
@@ -433,13 +382,11 @@ class Learner:
             for k in range(0, len(order), size)
         ]
         # Whole-batch counts (CPU, no sync): the normalisers that make accumulation exact.
-        n_policy_tokens = sum(int(mb.policy_mask.sum()) for mb in micro)
-        n_value_tokens = sum(int(mb.completion_mask.sum()) for mb in micro)
+        n_tokens = sum(int(mb.completion_mask.sum()) for mb in micro)
         if cfg.loss_normalization == "token":
-            policy_norm, value_norm = max(n_policy_tokens, 1), max(n_value_tokens, 1)
+            normalizer = max(n_tokens, 1)
         else:
-            policy_norm = max(sum(int(mb.policy_mask.any(-1).sum()) for mb in micro), 1)
-            value_norm = max(sum(int(mb.completion_mask.any(-1).sum()) for mb in micro), 1)
+            normalizer = max(sum(int(mb.completion_mask.any(-1).sum()) for mb in micro), 1)
 
         # --- forward / backward per micro-batch ---
         value_only = self.global_step < cfg.value_warmup  # value warm-up: head only
@@ -448,7 +395,7 @@ class Learner:
         row_values: list[torch.Tensor] = []  # per trajectory, in `order`
         for mb in micro:
             parts, mb_row_values = self._forward_backward(
-                mb.to(self.device), policy_norm, value_norm, value_only
+                mb.to(self.device), normalizer, value_only
             )
             for name, value in parts.items():
                 sums[name] = sums[name] + value if name in sums else value
@@ -475,17 +422,17 @@ class Learner:
         flat = torch.cat([scalars, *row_values]).tolist()  # sync
         values = dict(zip(names, flat[: len(names)], strict=True))
         rewards = [float(batch[i].reward) for i in order]
-        per_policy_token = 1.0 / max(n_policy_tokens, 1)
+        per_token = 1.0 / max(n_tokens, 1)
         metrics = {
             "loss/policy": values["loss/policy"],
             "loss/value": values["loss/value"],
             "loss/kl": values["loss/kl"],
             "loss/total": values["loss/total"],
-            "train/clip_frac": values["sum/clip_frac"] * per_policy_token,
-            "train/ratio_mean": values["sum/ratio_mean"] * per_policy_token,
-            "train/entropy": values["sum/entropy"] * per_policy_token,
-            "train/advantage_mean": values["sum/advantage"] * per_policy_token,
-            "train/value_mean": values["sum/value"] / max(n_value_tokens, 1),
+            "train/clip_frac": values["sum/clip_frac"] * per_token,
+            "train/ratio_mean": values["sum/ratio_mean"] * per_token,
+            "train/entropy": values["sum/entropy"] * per_token,
+            "train/advantage_mean": values["sum/advantage"] * per_token,
+            "train/value_mean": values["sum/value"] / max(n_tokens, 1),
             "train/reward_mean_batch": sum(rewards) / len(rewards),
             "train/grad_norm": values["grad_norm"],
             "train/lr": lrs[POLICY_GROUP],
@@ -496,7 +443,7 @@ class Learner:
         if corr is not None:
             metrics["train/value_reward_corr"] = corr
         if self.ref_model is not None:
-            metrics["train/kl"] = values["sum/kl"] * per_policy_token
+            metrics["train/kl"] = values["sum/kl"] * per_token
         version = current_version if current_version is not None else self.current_version
         if version is not None:
             staleness = [version - t.policy_version for t in batch]
@@ -506,7 +453,7 @@ class Learner:
         return metrics
 
     def _forward_backward(
-        self, mb: _MicroBatch, policy_norm: int, value_norm: int, value_only: bool
+        self, mb: _MicroBatch, normalizer: int, value_only: bool
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Loss of one micro-batch (normalised by whole-batch counts), backward.
 
@@ -516,12 +463,15 @@ class Learner:
         (the LM is still the reference then) without running the reference model.
         """
         cfg = self.config
-        temperature = cfg.temperature
         chunk = cfg.logits_chunk_size
         # Logprobs only where the loss reads them: every term using them (policy, KL,
-        # entropy, ratio) is masked by policy_mask, so no logits exist for prompt or padding.
-        mask = mb.policy_mask  # (B, T-1)
+        # entropy, ratio, value) is masked by completion_mask, so no logits exist for prompt
+        # or padding.
+        mask = mb.completion_mask  # (B, T-1)
         targets = mb.targets[mask]  # (N,)
+        temperature = mb.temperature  # each trained position's: its trajectory's
+        if isinstance(temperature, torch.Tensor):
+            temperature = temperature[:, None].expand(mask.shape)[mask]  # (B,) -> (N,)
         kl_tokens: torch.Tensor | None = None
         ref_logprobs: torch.Tensor | None = None
         if self.ref_model is not None and not value_only:
@@ -544,7 +494,7 @@ class Learner:
                 values = self.model.values_from_hidden(hidden)  # (B, T)
             else:
                 hidden, values = self.model.hidden_and_values(
-                    mb.input_ids, mb.attention_mask, detach_trunk=cfg.value_detach_trunk
+                    mb.input_ids, mb.attention_mask
                 )  # (B, T, H), (B, T)
         values = values[:, :-1].float()  # (B, T-1): V of the prefix ending at position j
         # Position j predicts token j+1; the float32 output layer runs outside autocast.
@@ -565,21 +515,21 @@ class Learner:
             logprobs,
             mb.old_logprobs,
             advantages,
-            mb.policy_mask,
+            mask,
             normalization=cfg.loss_normalization,
-            normalizer=policy_norm,
+            normalizer=normalizer,
             **self._policy_loss_kwargs,
         )
         value = value_loss(
             values,
             mb.returns,
-            mb.completion_mask,
+            mask,
             normalization=cfg.loss_normalization,
-            normalizer=value_norm,
+            normalizer=normalizer,
         )
         if ref_logprobs is not None:
             kl_tokens = k3_kl(logprobs, ref_logprobs)  # (B, T-1)
-            kl = masked_mean(kl_tokens, mb.policy_mask, cfg.loss_normalization, policy_norm)
+            kl = masked_mean(kl_tokens, mask, cfg.loss_normalization, normalizer)
         else:
             kl = torch.zeros((), device=logprobs.device)
         if value_only:
@@ -590,10 +540,10 @@ class Learner:
 
         # Diagnostics as sums over tokens; the caller divides by whole-batch counts.
         with torch.no_grad():
-            n_policy = mb.policy_mask.sum()
+            n_tokens = mask.sum()
             entropy = _on_grid(entropy_flat, mask)  # (B, T-1)
 
-            def token_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            def token_sum(x: torch.Tensor) -> torch.Tensor:
                 return torch.where(mask, x, torch.zeros_like(x)).sum()
 
             parts = {
@@ -601,18 +551,18 @@ class Learner:
                 "loss/value": value.detach(),
                 "loss/kl": kl.detach(),
                 "loss/total": total.detach(),
-                "sum/clip_frac": diagnostics["clip_frac"] * n_policy,
-                "sum/ratio_mean": diagnostics["ratio_mean"] * n_policy,
-                "sum/entropy": token_sum(entropy, mb.policy_mask),
-                "sum/advantage": token_sum(advantages, mb.policy_mask),
-                "sum/value": token_sum(values.detach(), mb.completion_mask),
+                "sum/clip_frac": diagnostics["clip_frac"] * n_tokens,
+                "sum/ratio_mean": diagnostics["ratio_mean"] * n_tokens,
+                "sum/entropy": token_sum(entropy),
+                "sum/advantage": token_sum(advantages),
+                "sum/value": token_sum(values.detach()),
             }
             if kl_tokens is not None:
-                parts["sum/kl"] = token_sum(kl_tokens.detach(), mb.policy_mask)
+                parts["sum/kl"] = token_sum(kl_tokens.detach())
             elif self.ref_model is not None:  # value warm-up: the LM is the reference
                 parts["sum/kl"] = torch.zeros((), device=logprobs.device)
-            row_values = torch.where(mb.completion_mask, values.detach(), 0.0).sum(-1)  # (B,)
-            row_values = row_values / mb.completion_mask.sum(-1).clamp(min=1)  # (B,)
+            row_values = torch.where(mask, values.detach(), 0.0).sum(-1)  # (B,)
+            row_values = row_values / mask.sum(-1).clamp(min=1)  # (B,)
         return parts, row_values
 
     def _check_structure(self, batch: Sequence[Trajectory]) -> None:
@@ -673,7 +623,7 @@ class Learner:
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.config.dtype == "float32":
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.config.torch_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=TORCH_DTYPES[self.config.dtype])
 
     # --- weights for the engine -------------------------------------------------------------
 

@@ -10,11 +10,12 @@ References:
 - CISPO: MiniMax-M1 technical report (MiniMax, 2025), eq. (4): the importance-sampling weight
   is clipped and stop-gradiented, and multiplies a REINFORCE term, so no token's gradient is
   dropped.
-- PPO: Schulman et al., "Proximal Policy Optimization Algorithms" (2017), eq. (7); clip-higher:
-  Yu et al., "DAPO" (2025).
 - k3 KL estimator: J. Schulman, "Approximating KL Divergence" (2020), also GRPO's (DeepSeekMath,
   Shao et al. 2024, eq. 4).
 - Normalisation: DAPO's token-level mean vs. GRPO's per-sequence mean.
+
+``logprobs_from_logits`` and ``entropy_from_logits`` live with the model
+(``langrl.policy_model``, whose ``token_logprobs`` the engine shares) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -22,6 +23,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
+from langrl.policy_model import entropy_from_logits, logprobs_from_logits
+
+__all__ = [
+    "POLICY_LOSSES",
+    "cispo_policy_loss",
+    "entropy_from_logits",
+    "k3_kl",
+    "logprobs_from_logits",
+    "masked_mean",
+    "value_loss",
+]
 
 Diagnostics = dict[str, torch.Tensor]
 PolicyLossFn = Callable[..., tuple[torch.Tensor, Diagnostics]]
@@ -60,30 +73,6 @@ def _token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return masked_mean(values.detach().float(), mask, "token")
 
 
-def logprobs_from_logits(
-    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
-) -> torch.Tensor:
-    """``log softmax(logits / temperature)[target]`` per position, in float32.
-
-    ``logits`` (B, T, V), ``targets`` (B, T) -> (B, T). Dividing by the sampling temperature
-    makes these comparable with the engine's behaviour logprobs (taken under the sampling
-    distribution).
-    """
-    scaled = logits.float() / temperature  # (B, T, V); upcast: ratios need fp32 precision
-    picked = scaled.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
-    return picked - torch.logsumexp(scaled, dim=-1)  # (B, T)
-
-
-def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy ``H = -sum_v p_v log p_v`` of ``softmax(logits / temperature)`` per position.
-
-    ``logits`` (B, T, V) -> (B, T), float32. Computed as ``logsumexp(z) - sum_v p_v z_v``.
-    """
-    scaled = logits.float() / temperature  # (B, T, V)
-    probs = torch.softmax(scaled, dim=-1)  # (B, T, V)
-    return torch.logsumexp(scaled, dim=-1) - (probs * scaled).sum(-1)  # (B, T)
-
-
 def cispo_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -97,8 +86,8 @@ def cispo_policy_loss(
     """CISPO (MiniMax-M1, eq. 4): ``L = -mean[ sg(min(r_t, eps_high)) * A_t * log pi(a_t) ]``.
 
     ``r_t = exp(log pi(a_t) - log mu(a_t))`` is the importance ratio against the behaviour
-    policy ``mu``. All tensors (B, T). Unlike PPO the weight is capped, not the update, so every
-    token keeps a gradient. Diagnostics: ``clip_frac`` (fraction of tokens with r_t > eps_high,
+    policy ``mu``. All tensors (B, T). Unlike PPO's clipped surrogate, the weight is capped,
+    not the update, so every token keeps a gradient. Diagnostics: ``clip_frac`` (fraction of tokens with r_t > eps_high,
     i.e. where the cap is active) and ``ratio_mean``.
     """
     ratio = torch.exp(logprobs - old_logprobs)  # (B, T)
@@ -112,43 +101,13 @@ def cispo_policy_loss(
     return loss, diagnostics
 
 
-def ppo_clip_policy_loss(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    normalization: str = "token",
-    normalizer: float | None = None,
-) -> tuple[torch.Tensor, Diagnostics]:
-    """PPO clipped surrogate (Schulman et al. 2017, eq. 7; asymmetric bounds as in DAPO).
-
-    ``L = -mean[ min(r_t A_t, clip(r_t, 1 - clip_low, 1 + clip_high) A_t) ]``, tensors (B, T).
-    Diagnostics: ``clip_frac`` = fraction of tokens whose clipped branch is active (zero
-    gradient): ``r_t < 1 - clip_low`` with ``A_t < 0``, or ``r_t > 1 + clip_high`` with
-    ``A_t > 0`` (TRL's definition); ``ratio_mean``.
-    """
-    ratio = torch.exp(logprobs - old_logprobs)  # (B, T)
-    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)  # (B, T)
-    per_token = -torch.min(ratio * advantages, clipped * advantages)  # (B, T)
-    loss = masked_mean(per_token, mask, normalization, normalizer)
-    is_clipped = ((ratio < 1 - clip_low) & (advantages < 0)) | (
-        (ratio > 1 + clip_high) & (advantages > 0)
-    )  # (B, T)
-    diagnostics = {
-        "clip_frac": _token_mean(is_clipped.float(), mask),
-        "ratio_mean": _token_mean(ratio, mask),
-    }
-    return loss, diagnostics
-
-
 #: Policy losses by ``LearnerConfig.policy_loss`` name; hyperparameters come from
-#: ``LearnerConfig.policy_loss_kwargs()``.
+#: ``LearnerConfig.policy_loss_kwargs()``. A new objective is a function with
+#: ``cispo_policy_loss``'s signature, an entry here, its name in
+#: ``langrl.learner.config.POLICY_LOSS_NAMES`` and its keyword arguments in
+#: ``policy_loss_kwargs``.
 POLICY_LOSSES: dict[str, PolicyLossFn] = {
     "cispo": cispo_policy_loss,
-    "ppo": ppo_clip_policy_loss,
 }
 
 

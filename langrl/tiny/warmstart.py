@@ -7,14 +7,21 @@ an instruct model at 3.1%). No model can be downloaded here, so we make one:
 supervised next-token prediction on step-by-step solutions from the Countdown solver
 (``langrl.envs.countdown.solution_steps``) for problems of the TRAIN split, a share of them
 deliberately imperfect (see ``make_trace``). The capacity and training budget of the tiny
-model, plus those traces, keep it far from perfect. The calibration is in DESIGN.md.
+model, plus those traces, keep it far from perfect. The calibration is in docs/design.md.
 
 ``ensure_policy(preset)`` builds such a policy once per (preset, config, format version)
 and reuses it; concurrent callers are serialised by a file lock, and a build becomes
 visible only through an atomic rename of a finished temporary folder.
 
+The default policy also ships with the package (``SHIPPED_POLICIES``, written by
+``scripts/build_tiny_policy.py --ship``): when the shipped build's record has the config
+hash asked for (which covers ``FORMAT_VERSION``) and its files have their recorded sha256,
+``ensure_policy`` copies it into the cache instead of building (a second, not 10-20 minutes).
+A changed config or format version builds as before. ``tests/tiny/test_shipped_policy.py``
+checks that the shipped build is what the current code builds.
+
     >>> path = ensure_policy("test")          # seconds; for tests that need the format
-    >>> path = ensure_policy("default")       # minutes, once; the real default policy
+    >>> path = ensure_policy("default")       # the shipped build, copied into the cache
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -30,6 +38,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,22 +64,35 @@ __all__ = [
     "FORMAT_VERSION",
     "POLICY_CONFIGS",
     "RECORD_FILE",
+    "SHIPPED_POLICIES",
     "WarmStartConfig",
     "build_policy",
     "config_hash",
     "default_policy_path",
     "ensure_policy",
+    "file_hashes",
     "iter_traces",
     "langrl_home",
     "make_trace",
+    "shipped_policy",
+    "trace_batches",
     "warm_start",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Bump when the meaning of a cached policy changes without its config changing (tokenizer,
 #: trace format, training code): old cache folders are then ignored, not reused.
 FORMAT_VERSION = 2  # 2: byte-level tokenizer that AutoTokenizer reloads faithfully
-#: Written into a built policy's folder: config, loss curve, build time, trace counts.
+#: Written into a built policy's folder: config, loss curve (one loss a step), build time,
+#: trace counts, and the sha256 of every other file of the folder.
 RECORD_FILE = "warmstart.json"
+#: Built policies shipped inside the package, by ``POLICY_CONFIGS`` name (only the default
+#: one: the test policy builds in seconds). ``scripts/build_tiny_policy.py --ship`` rebuilds
+#: them; ``ensure_policy`` copies one into the cache when its record matches (``shipped_policy``).
+SHIPPED_POLICIES: dict[str, Path] = {
+    "default": Path(__file__).resolve().parent / "shipped" / "tiny-default"
+}
 #: Kinds of deliberately imperfect traces (see ``make_trace``).
 IMPERFECT_KINDS = ("arith_slip", "wrong_operation")
 
@@ -79,7 +101,7 @@ IMPERFECT_KINDS = ("arith_slip", "wrong_operation")
 class WarmStartConfig:
     """Supervised warm start of a tiny policy on Countdown solver traces.
 
-    The defaults are the real default policy (DESIGN.md calibration: hidden 256, 4 layers,
+    The defaults are the real default policy (docs/design.md calibration: hidden 256, 4 layers,
     AdamW, 64 traces a step, lr 2e-3); ``POLICY_CONFIGS["test"]`` is the seconds-long one.
     """
 
@@ -154,7 +176,7 @@ class WarmStartConfig:
 
 #: The cached policies ``ensure_policy`` knows by name.
 POLICY_CONFIGS: dict[str, WarmStartConfig] = {
-    # The default policy of every agent and script; see DESIGN.md for its calibration.
+    # The default policy of every agent and script; see docs/design.md for its calibration.
     "default": WarmStartConfig(),
     # For tests that need a model that writes the format: seconds on 2 idle cores. One
     # thread: tests share the 2 cores with other tests, where 2 threads thrash (>10x slower).
@@ -197,7 +219,7 @@ def _arith_slip(actions: list[str], rng: random.Random) -> list[str] | None:
     r = int(result)
     wrong = {r + d for d in (-10, -2, -1, 1, 2, 10)}
     if op == "*" and _INT.fullmatch(x) and _INT.fullmatch(y):
-        # A neighbouring product, the tiny model's typical slip (DESIGN.md).
+        # A neighbouring product, the tiny model's typical slip (docs/design.md).
         a, b = int(x), int(y)
         wrong |= {a * (b + 1), a * (b - 1), (a + 1) * b, (a - 1) * b}
     options = sorted(w for w in wrong if w > 0 and w != r)
@@ -256,7 +278,7 @@ def make_trace(
     ``config.imperfect_fraction`` the trace carries a deliberate mistake, ``kind``:
 
     - ``arith_slip``: a step before the last states a wrong result (``7 * 4 = 32``), the
-      DESIGN.md failure of the tiny model; the answer stays correct.
+      typical failure of the tiny model (docs/design.md); the answer stays correct.
     - ``wrong_operation``: the last step applies a wrong operator but claims the target
       (``23 - 1 = 24``) and the answer uses that operator: a wrong final expression.
 
@@ -317,6 +339,21 @@ def _collate(
     return ids, mask, labels
 
 
+def trace_batches(
+    config: WarmStartConfig, tokenizer: PreTrainedTokenizerBase
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]]:
+    """The warm start's batches, one a step: right-padded ``(ids, attention_mask, labels)``
+    of ``config.batch_size`` traces of ``iter_traces(config)``, and the traces' kinds."""
+    traces = iter_traces(config)
+    while True:
+        batch, kinds = [], []
+        for _ in range(config.batch_size):
+            prompt, completion, kind = next(traces)
+            kinds.append(kind)
+            batch.append(_encode(tokenizer, prompt, completion))
+        yield (*_collate(batch, tokenizer.pad_token_id), kinds)
+
+
 def _lr_at(step: int, config: WarmStartConfig) -> float:
     """Linear warmup to ``lr``, then cosine decay to ``lr * min_lr_ratio``."""
     if step < config.warmup_steps:
@@ -332,9 +369,12 @@ def warm_start(
     config: WarmStartConfig,
     *,
     progress: bool = True,
+    stop_after: int | None = None,
 ) -> dict:
     """Train ``model.lm`` in place on ``config.steps`` batches of traces; the value head is
     not touched. Loss: mean cross-entropy over completion tokens (EOS included).
+    ``stop_after`` runs only the first that many steps of the same run (same batches and
+    learning-rate schedule): how a test replays the start of a recorded build.
 
     Returns statistics: ``losses`` (one per step) and ``kinds`` (trace counts per kind).
     """
@@ -351,18 +391,15 @@ def warm_start(
         lr=config.lr,
         betas=(0.9, 0.95),
     )
-    traces = iter_traces(config)
+    batches = trace_batches(config, tokenizer)
     kinds: Counter[str] = Counter()
     losses: list[float] = []
-    bar = tqdm(range(config.steps), desc=f"warm start ({config.preset})", disable=not progress)
+    steps = config.steps if stop_after is None else min(stop_after, config.steps)
+    bar = tqdm(range(steps), desc=f"warm start ({config.preset})", disable=not progress)
     for step in bar:
         # --- batch ---
-        batch = []
-        for _ in range(config.batch_size):
-            prompt, completion, kind = next(traces)
-            kinds[kind] += 1
-            batch.append(_encode(tokenizer, prompt, completion))
-        ids, mask, labels = _collate(batch, tokenizer.pad_token_id)
+        ids, mask, labels, batch_kinds = next(batches)
+        kinds.update(batch_kinds)
 
         # --- update ---
         for group in optimizer.param_groups:
@@ -414,9 +451,20 @@ def build_policy(
         "build_seconds": round(time.perf_counter() - started, 1),
         "torch": torch.__version__,
         **stats,
+        "sha256": file_hashes(path),
     }
     (path / RECORD_FILE).write_text(json.dumps(record, indent=1))
     return path
+
+
+def file_hashes(path: str | os.PathLike) -> dict[str, str]:
+    """sha256 of every file of a policy folder but its record, by relative POSIX path."""
+    path = Path(path)
+    return {
+        item.relative_to(path).as_posix(): hashlib.sha256(item.read_bytes()).hexdigest()
+        for item in sorted(path.rglob("*"))
+        if item.is_file() and item.relative_to(path).as_posix() != RECORD_FILE
+    }
 
 
 # --- cache ---
@@ -480,16 +528,57 @@ def _is_complete(path: Path) -> bool:
     return (path / RECORD_FILE).is_file()
 
 
+def shipped_policy(config: WarmStartConfig) -> Path | None:
+    """The shipped build of ``config`` (a folder of ``SHIPPED_POLICIES``), or None.
+
+    A shipped build counts when its record has the current ``FORMAT_VERSION`` and
+    ``config_hash(config)`` and each file it lists has its recorded sha256 (a checkout that
+    holds Git LFS pointers or a truncated file then warns and builds instead).
+    """
+    wanted = config_hash(config)
+    for folder in SHIPPED_POLICIES.values():
+        if not _is_complete(folder):
+            continue
+        record = json.loads((folder / RECORD_FILE).read_text())
+        if record.get("format_version") != FORMAT_VERSION or record.get("config_hash") != wanted:
+            continue
+        recorded = record.get("sha256") or {}
+        actual = {name: _sha256(folder / name) for name in recorded}
+        if not recorded or actual != recorded:
+            bad = sorted(name for name in recorded if actual[name] != recorded[name])
+            warnings.warn(
+                f"the shipped policy {folder} does not match its record (files {bad}); "
+                "building it instead",
+                stacklevel=2,
+            )
+            continue
+        return folder
+    return None
+
+
+def _sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def _copy_policy(source: Path, target: Path) -> None:
+    """Copy the files ``source``'s record lists, and the record, into the folder ``target``."""
+    record = json.loads((source / RECORD_FILE).read_text())
+    for name in [*record["sha256"], RECORD_FILE]:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / name, target / name)
+
+
 def ensure_policy(
     preset: str = "default", config: WarmStartConfig | None = None, *, progress: bool = True
 ) -> Path:
     """Path of the cached warm-started policy ``preset`` (or of ``config``), built on first
     use and reused afterwards.
 
-    ``"test"`` builds in seconds, ``"default"`` in minutes. A build runs in a temporary
-    folder beside the target and is renamed into place only when complete, under a file
-    lock, so concurrent callers neither build twice nor ever see a half-written policy.
-    Delete the folder to force a rebuild.
+    ``"default"`` is copied from the shipped build (``shipped_policy``) when it matches
+    the config, else built (10-20 minutes on 2 CPU cores); ``"test"`` builds in seconds.
+    A build (or copy) runs in a temporary folder beside the target and is renamed into
+    place only when complete, under a file lock, so concurrent callers neither build twice
+    nor ever see a half-written policy. Delete the folder to force a rebuild (or a copy).
     """
     target = default_policy_path(preset, config)
     if _is_complete(target):
@@ -505,7 +594,12 @@ def ensure_policy(
                     shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            build_policy(tmp, config, progress=progress)
+            shipped = shipped_policy(config)
+            if shipped is not None:
+                logger.info("copying the shipped policy %s to %s", shipped, target)
+                _copy_policy(shipped, tmp)
+            else:
+                build_policy(tmp, config, progress=progress)
             _make_shareable(tmp)
             if target.exists():  # an incomplete leftover (not ours): replace it
                 shutil.rmtree(target)

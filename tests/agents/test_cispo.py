@@ -65,9 +65,11 @@ def test_collect_emits_group_relative_per_token_advantages():
 def test_requests_use_config_sampling():
     engine = ScriptedEngine({PROMPT_A: [CORRECT_A, WRONG_A]})
     cfg = CISPOConfig(num_prompts=1, group_size=6, max_tokens=33, temperature=0.7, seed=5)
-    _collect(CISPOAgent(cfg, "Countdown-v0", {}, engine), [TASK_A])
+    batch = _collect(CISPOAgent(cfg, "Countdown-v0", {}, engine), [TASK_A])
     ((_, sampling),) = engine.requests
     assert (sampling.n, sampling.max_tokens, sampling.temperature) == (6, 33, 0.7)
+    # The trajectories say what they were sampled at: the learner scores them there.
+    assert batch.trajectories and all(t.temperature == 0.7 for t in batch.trajectories)
     assert sampling.seed is not None and "</answer>" in sampling.stop
 
 

@@ -495,6 +495,7 @@ def test_trajectory_follows_max_visits_with_the_sampled_ids_and_logprobs():
     assert traj.reward == pytest.approx(env_reward([n.text for n in path]))
     assert traj.advantages is None
     assert traj.policy_version == 7 and traj.agent == "mcts"
+    assert traj.temperature == agent.config.temperature  # the steps' sampling temperature
     assert traj.info["text"] == "".join(n.text for n in path)
     assert not traj.info["finished_by_sampling"] and engine.finish_calls == []
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_train import _config, recorded_steps  # noqa: F401  (e2e settings; a fixture)
 
-from langrl.trainer import train
+from langrl.training import train
 
 pytestmark = pytest.mark.slow
 

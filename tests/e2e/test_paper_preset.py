@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from langrl.config import load_config
+from langrl.training.config import load_config
 from langrl.learner import Learner, latest_checkpoint
 from langrl.tiny.bpe_tokenizer import build_bpe_tokenizer
 from langrl.tiny.model import TinyModelSpec, build_random_policy
-from langrl.trainer import train
+from langrl.training import train
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ def test_paper_preset_trains_one_mcts_step_on_cpu(tmp_path, monkeypatch):
     ]  # fmt: skip
     config = load_config(PAPER, overrides, agent="mcts", model=str(model))
     # What the test keeps from the paper preset: chat template, CISPO loss, bf16 learner.
-    assert config.agent_config.use_chat_template and config.engine.use_chat_template
+    assert config.engine.use_chat_template
     assert (config.learner.policy_loss, config.learner.dtype) == ("cispo", "bfloat16")
 
     seen: list = []

@@ -17,9 +17,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from langrl import metrics as tags
-from langrl.config import load_config
+from langrl.training.config import load_config
 from langrl.learner import Learner, latest_checkpoint
-from langrl.trainer import train
+from langrl.training import train
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,9 @@
 """Fast tests of the engine's pieces: config validation, start-up checks, stop strings,
-request coalescing, the weight gate, top-p. No engine is started here."""
+request coalescing, the weight gate, top-p. No engine is started here.
+
+Nothing here asserts how long something took, and nothing is ordered by sleeping: the order
+of concurrent steps comes from events (and event-loop turns), so the tests hold on a loaded
+machine. ``HANG_GUARD_S`` only turns a hang into a failure."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +32,9 @@ from langrl.engine.common import (
 from langrl.engine.hf_engine import processed_logprobs
 from langrl.engine.worker_extension import decode_weights, encode_weights
 from langrl.tiny.bpe_tokenizer import build_bpe_tokenizer
+
+#: Seconds after which a wait that must end is taken for a hang (a guard, not a measurement).
+HANG_GUARD_S = 60.0
 
 # --- config ---
 
@@ -78,7 +86,7 @@ def test_check_model_path_errors(tmp_path: Path) -> None:
 
 
 def test_check_model_path_shares_the_config_check_for_hub_names(offline_hub_cache) -> None:
-    # The same check as langrl.config (model_source_error), under the engine's prefix.
+    # The same check as langrl.training.config (model_source_error), under the engine's prefix.
     with pytest.raises(
         EngineStartError, match="^EngineConfig.model: 'org/missing' .*HF_HUB_OFFLINE"
     ):
@@ -89,11 +97,24 @@ def test_check_model_path_shares_the_config_check_for_hub_names(offline_hub_cach
 
 
 @pytest.mark.parametrize("backend", ["vllm", "hf"])
-def test_bad_path_fails_fast_with_one_line(tmp_path: Path, backend: str) -> None:
-    start = time.monotonic()
+def test_bad_path_fails_fast_with_one_line(
+    tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "Fast" as in: refused before anything slow starts (no model load, no vLLM start).
+    import langrl.engine.hf_engine as hf_engine
+    import langrl.engine.vllm_engine as vllm_engine
+
+    started: list[str] = []
+
+    def slow_start(name: str):
+        return lambda *args, **kwargs: started.append(name)
+
+    monkeypatch.setattr(hf_engine, "load_value_model", slow_start("hf load_value_model"))
+    monkeypatch.setattr(vllm_engine, "load_value_model", slow_start("vllm load_value_model"))
+    monkeypatch.setattr(vllm_engine, "_start_async_llm", slow_start("vllm _start_async_llm"))
     with pytest.raises(EngineStartError) as info:
         create_engine(EngineConfig(model=str(tmp_path / "nope"), backend=backend))
-    assert time.monotonic() - start < 10
+    assert started == []
     message = str(info.value)
     assert "\n" not in message and str(tmp_path / "nope") in message
 
@@ -143,19 +164,28 @@ def test_stop_overhang_is_what_the_ids_hold_past_the_stop_string() -> None:
 
 def test_coalescer_batches_concurrent_calls_and_routes_results() -> None:
     calls: list[list[int]] = []
+    running, release = threading.Event(), threading.Event()
 
     def square(items: list[int]) -> list[int]:
         calls.append(list(items))
-        time.sleep(0.01)
+        running.set()
+        assert release.wait(HANG_GUARD_S), "the test never released the batch"
         return [x * x for x in items]
 
-    async def main() -> list[list[int]]:
+    async def main() -> tuple[list[int], list[list[int]]]:
         coalescer = Coalescer(square, ThreadPoolExecutor(1))
-        return await asyncio.gather(*(coalescer.submit([i, i + 100]) for i in range(20)))
+        first = asyncio.ensure_future(coalescer.submit([-1]))
+        await asyncio.to_thread(running.wait)  # the first batch now runs (and is held)
+        rest = [asyncio.ensure_future(coalescer.submit([i, i + 100])) for i in range(20)]
+        await asyncio.sleep(0)  # one loop turn: each of the 20 calls has queued its items
+        release.set()
+        return await first, await asyncio.gather(*rest)
 
-    results = asyncio.run(main())
+    first, results = asyncio.run(main())
+    assert first == [1]
     assert results == [[i * i, (i + 100) ** 2] for i in range(20)]
-    assert len(calls) <= 2, f"20 concurrent calls took {len(calls)} batches"
+    # The 20 calls that arrived while a batch ran went into the next batch, together.
+    assert calls == [[-1], [x for i in range(20) for x in (i, i + 100)]]
 
 
 def test_coalescer_passes_errors_to_every_caller() -> None:
@@ -171,13 +201,20 @@ def test_coalescer_passes_errors_to_every_caller() -> None:
     assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
 
 
+async def _loop_turns(n: int = 20) -> None:
+    """Let every task that can run on this event loop run ``n`` steps (no clock involved:
+    the gate's waits are all on the loop, so this orders them deterministically)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
 def test_weight_gate_push_waits_for_readers_and_holds_new_ones() -> None:
     events: list[str] = []
 
-    async def reader(gate: WeightGate, name: str, delay: float) -> None:
+    async def reader(gate: WeightGate, name: str, done: asyncio.Event) -> None:
         async with gate.shared():
             events.append(f"{name}+")
-            await asyncio.sleep(delay)
+            await done.wait()
             events.append(f"{name}-")
 
     async def writer(gate: WeightGate) -> None:
@@ -186,11 +223,18 @@ def test_weight_gate_push_waits_for_readers_and_holds_new_ones() -> None:
 
     async def main() -> None:
         gate = WeightGate()
-        first = asyncio.create_task(reader(gate, "a", 0.05))
-        await asyncio.sleep(0.01)
+        a_done, b_done = asyncio.Event(), asyncio.Event()
+        b_done.set()
+        first = asyncio.create_task(reader(gate, "a", a_done))
+        await _loop_turns()
+        assert events == ["a+"]
         push = asyncio.create_task(writer(gate))
-        await asyncio.sleep(0.01)
-        late = asyncio.create_task(reader(gate, "b", 0.0))  # arrives while the push waits
+        await _loop_turns()
+        assert events == ["a+"], "the push did not wait for the reader in flight"
+        late = asyncio.create_task(reader(gate, "b", b_done))  # arrives while the push waits
+        await _loop_turns()
+        assert events == ["a+"], "a new reader got in ahead of the waiting push"
+        a_done.set()
         await asyncio.gather(first, push, late)
 
     asyncio.run(main())
@@ -237,18 +281,18 @@ def test_scores_project_only_completion_positions_in_chunks(
     """``engine.score``'s maths equals full-vocabulary log_softmax at every completion token,
     while the output layer only ever sees ``SCORE_CHUNK_POSITIONS`` rows at once."""
     import langrl.engine.common as common
-    import langrl.learner.learner as learner_module
+    import langrl.policy_model as policy_model
 
     model = tiny_policy_model
     pairs = [([5, 6, 7], [8, 9, 10, 11]), ([5, 6], [12]), ([7, 8, 9, 10], [])]
     rows_seen: list[int] = []
-    head = learner_module.lm_head_fp32
+    head = policy_model.lm_head_fp32
 
     def recording_head(lm, hidden):
         rows_seen.append(hidden.reshape(-1, hidden.shape[-1]).shape[0])
         return head(lm, hidden)
 
-    monkeypatch.setattr(learner_module, "lm_head_fp32", recording_head)
+    monkeypatch.setattr(policy_model, "lm_head_fp32", recording_head)
     monkeypatch.setattr(common, "SCORE_CHUNK_POSITIONS", 2)
     got = common.completion_logprobs(model, pairs)
     assert [len(g) for g in got] == [4, 1, 0]
@@ -273,12 +317,26 @@ class _NeverAnsweringLLM:
         manager = SimpleNamespace(processes=[proc] if proc is not None else [])
         self.engine_core = SimpleNamespace(resources=SimpleNamespace(engine_manager=manager))
         self.errored = False
+        self.calls: list[str] = []  # the calls that have arrived (and wait forever)
+        self._arrived = asyncio.Event()
+
+    def _arrive(self, name: str) -> None:
+        self.calls.append(name)
+        self._arrived.set()
+
+    async def until_calls(self, n: int) -> None:
+        """Return once ``n`` calls have arrived here (an event, not a clock)."""
+        while len(self.calls) < n:
+            self._arrived.clear()
+            await self._arrived.wait()
 
     async def collective_rpc(self, *args: object, **kwargs: object) -> list:
+        self._arrive("collective_rpc")
         await asyncio.Event().wait()
         return []
 
     async def generate(self, *args: object, **kwargs: object):
+        self._arrive("generate")
         await asyncio.Event().wait()
         yield None
 

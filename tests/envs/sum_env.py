@@ -7,7 +7,7 @@ takes it by Gymnasium's ``module:EnvId`` convention, with no change to langrl::
     python scripts/evaluate.py --env sum_env:Sum-v0 --k 4 --num-problems 8
 
 What the contract asks of an env (``langrl.envs.base``: ``ReasoningEnv``, whose
-``CONTRACT_MEMBERS`` lists what agents call, checked by ``langrl.config.check_env``):
+``CONTRACT_MEMBERS`` lists what agents call, checked by ``langrl.training.config.check_env``):
 the ``split`` and ``reward`` keyword arguments (``dense`` for training, ``sparse`` 0/1 for
 evaluation), tasks by index (``num_tasks()``, ``reset(options={"index": i})``), reset info
 with ``prompt`` and ``messages``, state snapshots (``get_state``/``set_state``,

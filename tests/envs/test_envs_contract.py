@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import gymnasium as gym
 import pytest
 
-from langrl.config import ConfigError, load_config
+from langrl.training.config import ConfigError, load_config
 from langrl.envs import ReasoningEnv
 from langrl.envs.base import CONTRACT_MEMBERS, contract_problems
 
@@ -124,15 +123,14 @@ def test_contract_problems_lists_members_by_use():
     assert contract_problems(gym.make("TextOnly-v0")) == ["no num_tasks, get_state, set_state"]
 
 
-def test_evaluate_cli_takes_module_colon_id_and_checks_the_sparse_reward(capsys, monkeypatch):
+def test_evaluate_cli_takes_module_colon_id_and_checks_the_sparse_reward(
+    capsys, monkeypatch, load_script
+):
     import langrl.engine
 
     def no_engine(*args, **kwargs):
         raise AssertionError("no engine may start on a bad env")
 
     monkeypatch.setattr(langrl.engine, "create_engine", no_engine)
-    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main(["--model", "/no/such/dir", "--env", "DenseOnly-v0"]) == 2
+    assert load_script("evaluate").main(["--model", "/no/such/dir", "--env", "DenseOnly-v0"]) == 2
     assert "error: config: eval.reward: DenseOnly-v0" in capsys.readouterr().err

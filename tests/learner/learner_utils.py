@@ -61,7 +61,8 @@ def completion_values(model: PolicyValueModel, traj: Trajectory) -> list[float]:
 def with_behaviour_logprobs(
     model: PolicyValueModel, batch: list[Trajectory], temperature: float = 1.0, shift: float = 0.0
 ) -> list[Trajectory]:
-    """Copies of ``batch`` whose behaviour logprobs are the model's own (+ ``shift``)."""
+    """Copies of ``batch`` sampled at ``temperature``: their behaviour logprobs are the
+    model's own at that temperature (+ ``shift``), and they carry it."""
     out = []
     for t in batch:
         lp = [x + shift for x in completion_logprobs(model, t, temperature)]
@@ -72,7 +73,7 @@ def with_behaviour_logprobs(
                 lp,
                 t.reward,
                 advantages=t.advantages,
-                loss_mask=t.loss_mask,
+                temperature=temperature,
                 policy_version=t.policy_version,
             )
         )

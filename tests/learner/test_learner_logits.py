@@ -11,7 +11,7 @@ from learner_utils import make_batch
 from torch import nn
 
 from langrl.learner import Learner, LearnerConfig
-from langrl.learner.learner import _collate, token_logprobs
+from langrl.learner.learner import _collate
 from langrl.learner.losses import (
     cispo_policy_loss,
     entropy_from_logits,
@@ -20,7 +20,7 @@ from langrl.learner.losses import (
     masked_mean,
     value_loss,
 )
-from langrl.policy_model import PolicyValueModel
+from langrl.policy_model import PolicyValueModel, token_logprobs
 
 BF16 = torch.autocast(device_type="cpu", dtype=torch.bfloat16)
 
@@ -76,8 +76,10 @@ def test_bf16_learner_step_runs_with_the_reference_model(tiny_policy):
 def _full_vocab_backward(learner: Learner, mb) -> tuple[torch.Tensor, torch.Tensor]:
     """The learner's loss as it was computed before chunking: full-vocabulary logits at every
     position, from the models' forward passes; backward. Returns (total, entropy sum)."""
-    cfg, temp = learner.config, learner.config.temperature
-    policy_norm, value_norm = int(mb.policy_mask.sum()), int(mb.completion_mask.sum())
+    cfg, mask, temp = learner.config, mb.completion_mask, mb.temperature
+    if isinstance(temp, torch.Tensor):
+        temp = temp[:, None, None]  # (B, 1, 1): each row's own
+    norm = int(mask.sum())
     with torch.no_grad():
         ref_logits = learner.ref_model(input_ids=mb.input_ids, attention_mask=mb.attention_mask)
         ref_logp = logprobs_from_logits(ref_logits.logits[:, :-1], mb.targets, temp)  # (B, T-1)
@@ -86,15 +88,14 @@ def _full_vocab_backward(learner: Learner, mb) -> tuple[torch.Tensor, torch.Tens
     values = values[:, :-1].float()  # (B, T-1)
     advantages = torch.where(mb.has_advantages, mb.advantages, mb.returns - values.detach())
     policy, _ = cispo_policy_loss(
-        logp, mb.old_logprobs, advantages, mb.policy_mask, eps_high=cfg.eps_high,
-        normalizer=policy_norm,
-    )  # fmt: skip
-    value = value_loss(values, mb.returns, mb.completion_mask, normalizer=value_norm)
-    kl = masked_mean(k3_kl(logp, ref_logp), mb.policy_mask, "token", policy_norm)
+        logp, mb.old_logprobs, advantages, mask, eps_high=cfg.eps_high, normalizer=norm
+    )
+    value = value_loss(values, mb.returns, mask, normalizer=norm)
+    kl = masked_mean(k3_kl(logp, ref_logp), mask, "token", norm)
     total = cfg.c_policy * policy + cfg.c_value * value + cfg.c_kl * kl
     total.backward()
     entropy = entropy_from_logits(logits[:, :-1].detach(), temp)  # (B, T-1)
-    return total.detach(), torch.where(mb.policy_mask, entropy, 0.0).sum()
+    return total.detach(), torch.where(mask, entropy, 0.0).sum()
 
 
 def _grads(learner: Learner) -> dict[str, torch.Tensor]:
@@ -105,27 +106,26 @@ def _grads(learner: Learner) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("chunk_size", [1, 4, None])
 def test_chunked_logprobs_give_the_full_vocabulary_loss_and_gradient(tiny_policy, chunk_size):
-    learner = Learner(tiny_policy, LearnerConfig(c_kl=0.05, temperature=0.8))
+    learner = Learner(tiny_policy, LearnerConfig(c_kl=0.05))
     with torch.no_grad():  # move the policy off the reference so the KL term has a gradient
         g = torch.Generator().manual_seed(3)
         for p in learner.model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
-    batch = make_batch(4)
-    # One trajectory with a loss mask (fewer trained than completion tokens), one with its
-    # own advantages (the rest use reward - V_old).
-    t1, t2 = batch[1], batch[2]
-    c1, c2 = len(t1.completion_ids), len(t2.completion_ids)
-    batch[1] = dataclasses.replace(t1, loss_mask=[i % 2 for i in range(c1)])
-    batch[2] = dataclasses.replace(t2, advantages=[0.1 * i - 0.2 for i in range(c2)])
+    # Each trajectory sampled at its own temperature; one with its own advantages (the rest
+    # use reward - V_old).
+    batch = [
+        dataclasses.replace(t, temperature=temp)
+        for t, temp in zip(make_batch(4), [0.8, 1.3, 0.8, 0.5], strict=True)
+    ]
+    c2 = len(batch[2].completion_ids)
+    batch[2] = dataclasses.replace(batch[2], advantages=[0.1 * i - 0.2 for i in range(c2)])
     mb = _collate(batch, pad_id=0)
-    assert mb.policy_mask.sum() < mb.completion_mask.sum()
+    assert mb.temperature.tolist() == pytest.approx([0.8, 1.3, 0.8, 0.5])
 
     expected_total, expected_entropy = _full_vocab_backward(learner, mb)
     expected_grads = _grads(learner)
     learner.config.logits_chunk_size = chunk_size
-    parts, _ = learner._forward_backward(
-        mb, int(mb.policy_mask.sum()), int(mb.completion_mask.sum()), value_only=False
-    )
+    parts, _ = learner._forward_backward(mb, int(mb.completion_mask.sum()), value_only=False)
     grads = _grads(learner)
 
     torch.testing.assert_close(parts["loss/total"], expected_total, rtol=0, atol=1e-6)
@@ -134,6 +134,14 @@ def test_chunked_logprobs_give_the_full_vocabulary_loss_and_gradient(tiny_policy
     assert grads.keys() == expected_grads.keys()
     for name, grad in expected_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=0, atol=1e-6, msg=name)
+
+
+def test_one_shared_temperature_stays_one_number():
+    # All rows at one temperature: the logits are divided by a number, exactly as when the
+    # temperature was one learner setting (bit for bit on every device; CUDA divides by a
+    # host scalar differently from by a tensor).
+    mb = _collate([dataclasses.replace(t, temperature=0.8) for t in make_batch(3)], pad_id=0)
+    assert mb.temperature == 0.8 and not isinstance(mb.temperature, torch.Tensor)
 
 
 def test_chunks_bound_the_logits_kept_for_backward(tiny_policy):

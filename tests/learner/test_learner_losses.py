@@ -16,7 +16,6 @@ from langrl.learner.losses import (
     k3_kl,
     logprobs_from_logits,
     masked_mean,
-    ppo_clip_policy_loss,
     value_loss,
 )
 
@@ -77,40 +76,6 @@ def test_cispo_matches_hand_computation_and_gradient():
     assert diag["ratio_mean"].item() == pytest.approx(sum(ratio) / 3, rel=1e-6)
 
 
-def test_ppo_clip_matches_hand_computation_and_zeroes_clipped_gradients():
-    logp, old, adv, mask = _policy_inputs()
-    loss, diag = ppo_clip_policy_loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.2)
-    ratio = [1.0, math.exp(2.0), math.exp(-0.3)]
-    a = [0.5, 1.0, -2.0]
-    clipped = [min(max(r, 0.8), 1.2) for r in ratio]
-    expected = -sum(min(r * ai, c * ai) for r, c, ai in zip(ratio, clipped, a, strict=True)) / 3
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
-    loss.backward()
-    # Token 2 (ratio 7.4 > 1.2, A > 0) and token 3 (ratio 0.74 < 0.8, A < 0) are clipped.
-    assert logp.grad[0, 0].item() == pytest.approx(-ratio[0] * a[0] / 3)
-    assert logp.grad[0, 1:].tolist() == [0.0, 0.0]
-    assert diag["clip_frac"].item() == pytest.approx(2 / 3)
-
-
-def test_ppo_clip_fraction_counts_only_the_active_side():
-    logp = torch.zeros(1, 2)
-    old = torch.tensor([[-1.0, 1.0]])  # ratios e (high) and 1/e (low)
-    mask = torch.ones(1, 2, dtype=torch.bool)
-    # High ratio with A < 0 and low ratio with A > 0: min() picks the unclipped branch.
-    _, diag = ppo_clip_policy_loss(logp, old, torch.tensor([[-1.0, 1.0]]), mask)
-    assert diag["clip_frac"].item() == 0.0
-    _, diag = ppo_clip_policy_loss(logp, old, torch.tensor([[1.0, -1.0]]), mask)
-    assert diag["clip_frac"].item() == 1.0
-
-
-def test_ppo_on_policy_gradient_equals_vanilla_policy_gradient():
-    logp, _, adv, mask = _policy_inputs()
-    loss, diag = ppo_clip_policy_loss(logp, logp.detach(), adv, mask)
-    loss.backward()
-    assert logp.grad[0].tolist() == pytest.approx((-adv[0] / 3).tolist())
-    assert diag["clip_frac"].item() == 0.0 and diag["ratio_mean"].item() == 1.0
-
-
 def test_policy_losses_registry_matches_config_names():
     assert set(POLICY_LOSSES) == set(POLICY_LOSS_NAMES)
     assert POLICY_LOSSES["cispo"] is losses.cispo_policy_loss
@@ -158,3 +123,15 @@ def test_logprobs_and_entropy_from_logits_with_temperature():
         torch.testing.assert_close(entropy_from_logits(logits, temperature), dist.entropy())
     # Lower temperature sharpens the distribution: lower entropy.
     assert (entropy_from_logits(logits, 0.5) < entropy_from_logits(logits, 1.0)).all()
+
+
+def test_a_temperature_per_position_is_each_positions_own_scalar_bit_for_bit():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 7, generator=g)  # (N, V)
+    targets = torch.randint(0, 7, (3,), generator=g)  # (N,)
+    temps = torch.tensor([0.8, 1.3, 0.8])  # (N,)
+    got = logprobs_from_logits(logits, targets, temps[:, None])
+    entropy = entropy_from_logits(logits, temps[:, None])
+    for i, t in enumerate(temps.tolist()):  # the learner's division, tensor or number
+        assert torch.equal(got[i], logprobs_from_logits(logits, targets, t)[i])
+        assert torch.equal(entropy[i], entropy_from_logits(logits, t)[i])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -40,31 +41,29 @@ def test_cispo_step_raises_advantage_weighted_logprob(tiny_policy):
     assert learner.global_step == 1
 
 
-def test_on_policy_ratio_is_one_only_at_the_sampling_temperature(tiny_policy):
+def test_on_policy_ratio_is_one_only_at_the_trajectorys_own_temperature(tiny_policy):
     # Behaviour logprobs taken at T = 0.7 (as the engine reports them): the learner divides
-    # its logits by the same temperature, so the ratio is 1 everywhere, padding and all.
-    batch = with_behaviour_logprobs(
-        Learner(tiny_policy, LearnerConfig(c_kl=0.0)).model, make_batch(5), temperature=0.7
-    )
-    at_t = _learner(tiny_policy, temperature=0.7, lr=1e-9, micro_batch_size=2, c_kl=0.0)
-    assert at_t.step(batch)["train/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
-    at_one = _learner(tiny_policy, temperature=1.0, lr=1e-9, micro_batch_size=2, c_kl=0.0)
-    assert abs(at_one.step(batch)["train/ratio_mean"] - 1.0) > 1e-2
+    # the logits by the temperature the trajectory says it was sampled at, so the ratio is 1
+    # everywhere, padding and all; a trajectory claiming T = 1 is scored off-policy.
+    learner = _learner(tiny_policy, lr=1e-9, micro_batch_size=2, c_kl=0.0)
+    batch = with_behaviour_logprobs(learner.model, make_batch(5), temperature=0.7)
+    assert all(t.temperature == 0.7 for t in batch)
+    assert learner.step(batch)["train/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    at_one = [dataclasses.replace(t, temperature=1.0) for t in batch]
+    assert abs(learner.step(at_one)["train/ratio_mean"] - 1.0) > 1e-2
 
 
 @pytest.mark.parametrize(
-    "policy_loss, shift, advantage, clip_frac",
+    "shift, advantage, clip_frac",
     [
-        ("ppo", 0.0, 1.0, 0.0),  # on policy: nothing clipped
-        ("ppo", 1.0, -1.0, 1.0),  # ratio 1/e < 0.8 with A < 0: clipped
-        ("ppo", 1.0, 1.0, 0.0),  # ratio 1/e < 0.8 with A > 0: min() keeps the unclipped term
-        ("ppo", -1.0, 1.0, 1.0),  # ratio e > 1.2 with A > 0: clipped
-        ("cispo", -2.0, 1.0, 1.0),  # ratio e^2 > eps_high = 5: weight capped
-        ("cispo", -1.0, 1.0, 0.0),  # ratio e < 5: not capped
+        (0.0, 1.0, 0.0),  # on policy: nothing capped
+        (-2.0, 1.0, 1.0),  # ratio e^2 > eps_high = 5: weight capped
+        (-2.0, -1.0, 1.0),  # capped whatever the advantage's sign (unlike PPO)
+        (-1.0, 1.0, 0.0),  # ratio e < 5: not capped
     ],
 )
-def test_clip_fraction(tiny_policy, policy_loss, shift, advantage, clip_frac):
-    learner = _learner(tiny_policy, policy_loss=policy_loss, lr=1e-9, c_kl=0.0)
+def test_clip_fraction(tiny_policy, shift, advantage, clip_frac):
+    learner = _learner(tiny_policy, lr=1e-9, c_kl=0.0)
     batch = make_batch(3, advantages=[advantage] * 3)
     batch = with_behaviour_logprobs(learner.model, batch, shift=shift)
     metrics = learner.step(batch)
@@ -164,31 +163,6 @@ def test_micro_batching_gives_the_full_batch_gradient(tiny_policy, mode):
         torch.testing.assert_close(g_pieces[name], grad, rtol=1e-3, atol=1e-6, msg=name)
 
 
-def test_loss_mask_excludes_tokens_from_the_policy_loss(tiny_policy):
-    # Masking the last token equals dropping it (causal model: earlier tokens are unchanged).
-    learner = _learner(tiny_policy, lr=1e-9, c_kl=0.0, c_value=0.0)
-    full = with_behaviour_logprobs(learner.model, make_batch(1, advantages=[1.0]))[0]
-    n = len(full.completion_ids)
-    masked = Trajectory(
-        full.prompt_ids,
-        full.completion_ids,
-        full.behaviour_logprobs,
-        full.reward,
-        advantages=[1.0] * (n - 1) + [1e6],
-        loss_mask=[1] * (n - 1) + [0],
-    )
-    dropped = Trajectory(
-        full.prompt_ids,
-        full.completion_ids[:-1],
-        full.behaviour_logprobs[:-1],
-        full.reward,
-        advantages=[1.0] * (n - 1),
-    )
-    m_masked, m_dropped = learner.step([masked]), learner.step([dropped])
-    assert m_masked["loss/policy"] == pytest.approx(m_dropped["loss/policy"], rel=1e-5)
-    assert m_masked["train/advantage_mean"] == pytest.approx(1.0)
-
-
 @pytest.mark.parametrize(
     "field, bad",
     [("reward", math.nan), ("behaviour_logprobs", -math.inf), ("advantages", math.nan)],
@@ -265,27 +239,29 @@ def test_structural_errors_raise(tiny_policy):
         learner.step([Trajectory([], [5, 6], [-1.0, -1.0], 1.0)])
     with pytest.raises(ValueError, match="outside"):
         learner.step([Trajectory([5], [10_000], [-1.0], 1.0)])
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="Trajectory.temperature must be"):
+            Trajectory([5], [6], [-1.0], 1.0, temperature=bad)
 
 
 def test_every_learner_logprob_matches_an_unpadded_forward(tiny_policy):
     # Per-token alignment check from outside (the independent path indexes positions by
-    # hand): with PPO bounds of 1e-4 and each trajectory present with A = +1 and A = -1, any
-    # token whose ratio moved either way would count as clipped.
-    learner = _learner(
-        tiny_policy,
-        policy_loss="ppo",
-        ppo_clip_low=1e-4,
-        ppo_clip_high=1e-4,
-        lr=1e-9,
-        c_kl=0.0,
-        temperature=1.3,
-        micro_batch_size=3,
-    )
-    batch = make_batch(4, advantages=[1.0] * 4) + make_batch(4, advantages=[-1.0] * 4)
-    batch = with_behaviour_logprobs(learner.model, batch, temperature=1.3)
-    metrics = learner.step(batch)
-    assert metrics["train/clip_frac"] == 0.0
-    assert metrics["train/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    # hand), with each trajectory at its own temperature, several per micro-batch: behaviour
+    # logprobs shifted by -log(1.5) make every ratio 1.5, and CISPO's cap just below it
+    # (every token capped) and just above it (none) bounds each token's ratio to 1.5 +- 1e-4.
+    batch = make_batch(4, seed=1) + make_batch(4, seed=2)
+    learner = _learner(tiny_policy, lr=1e-9, c_kl=0.0, c_value=0.0, micro_batch_size=3)
+    batch = [
+        with_behaviour_logprobs(learner.model, [t], temperature=temp, shift=-math.log(1.5))[0]
+        for t, temp in zip(batch, [1.3, 0.7, 1.0, 0.45] * 2, strict=True)
+    ]
+    for eps_high, capped in ((1.5 * (1 - 1e-4), 1.0), (1.5 * (1 + 1e-4), 0.0)):
+        learner = _learner(
+            tiny_policy, lr=1e-9, c_kl=0.0, c_value=0.0, micro_batch_size=3, eps_high=eps_high
+        )
+        metrics = learner.step(batch)
+        assert metrics["train/clip_frac"] == capped
+        assert metrics["train/ratio_mean"] == pytest.approx(1.5, rel=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,9 +1,8 @@
-"""The value head's optimisation: its own lr group, initial value, warm-up, detached trunk,
-per-group lr schedules through checkpoints, and the value/reward calibration metrics."""
+"""The value head's optimisation: its own lr group, initial value, warm-up, per-group lr
+schedules through checkpoints, and the value/reward calibration metrics."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 
 import pytest
@@ -12,7 +11,7 @@ from learner_utils import completion_values, make_batch, with_behaviour_logprobs
 
 from langrl.learner import METRIC_TAGS, Learner, LearnerConfig
 from langrl.learner.learner import OPTIMIZER_FILE, POLICY_GROUP, VALUE_GROUP
-from langrl.policy_model import VALUE_HEAD_DIR, ValueHead
+from langrl.policy_model import VALUE_HEAD_DIR
 from langrl.trajectory import Trajectory
 
 
@@ -121,32 +120,15 @@ def test_a_one_group_optimizer_state_loads_into_the_two_groups(tiny_policy, tmp_
 # --- the value head's initial value -------------------------------------------------------------
 
 
-def test_value_init_sets_v_everywhere_at_step_0(tiny_policy, tmp_path):
-    path = _no_value_head(tiny_policy, tmp_path)
-    learner = _learner(path, value_init=-0.5, c_kl=0.0)
+def test_a_new_value_head_starts_at_zero_everywhere(tiny_policy, tmp_path):
+    learner = _learner(_no_value_head(tiny_policy, tmp_path), c_kl=0.0)
     batch = make_batch(3)
-    assert all(
-        v == pytest.approx(-0.5, abs=1e-6)
-        for t in batch
-        for v in completion_values(learner.model, t)
-    )
+    assert all(v == 0.0 for t in batch for v in completion_values(learner.model, t))
     assert torch.count_nonzero(learner.model.value_head.fc2.weight) == 0
-    assert learner.step(batch)["train/value_mean"] == pytest.approx(-0.5, abs=1e-6)
+    assert learner.step(batch)["train/value_mean"] == 0.0
 
 
-def test_a_saved_value_head_wins_over_value_init(tiny_policy, caplog):
-    with caplog.at_level(logging.WARNING, logger="langrl.learner.learner"):
-        learner = _learner(tiny_policy, value_init=-0.5, c_kl=0.0)
-    assert "value_init=-0.5 ignored" in caplog.text
-    assert learner.step(make_batch(2))["train/value_mean"] == pytest.approx(0.0, abs=1e-7)
-
-
-def test_value_head_rejects_an_initial_value_outside_tanh_range():
-    with pytest.raises(ValueError, match="got 1.0"):
-        ValueHead(8, init_value=1.0)
-
-
-# --- value warm-up and a detached trunk ---------------------------------------------------------
+# --- value warm-up ---------------------------------------------------------
 
 
 def test_value_warmup_trains_only_the_head_and_leaves_the_lm_bit_identical(tiny_policy):
@@ -168,19 +150,6 @@ def test_value_warmup_trains_only_the_head_and_leaves_the_lm_bit_identical(tiny_
     # The warm-up is over: the policy trains.
     assert learner.step(batch)["train/lr"] == 1e-2
     assert not _same(_state(learner.model.lm), lm)
-
-
-@pytest.mark.parametrize("detach", [True, False])
-def test_value_detach_trunk_keeps_the_value_loss_out_of_the_lm(tiny_policy, detach):
-    learner = _learner(tiny_policy, lr=1e-2, c_policy=0.0, c_kl=0.0, value_detach_trunk=detach)
-    lm, head = _state(learner.model.lm), _state(learner.model.value_head)
-    batch = make_batch(4, rewards=[0.5, -0.5, 0.5, -0.5])
-    # Two steps: the first only moves the zero-initialised output weights (no gradient can
-    # pass them yet), the second sends the value gradient on into the LM unless detached.
-    learner.step(batch)
-    learner.step(batch)
-    assert _same(_state(learner.model.lm), lm) == detach
-    assert not _same(_state(learner.model.value_head), head)
 
 
 # --- calibration metrics ------------------------------------------------------------------------

@@ -15,9 +15,13 @@ component; command-line overrides come after it::
 
     --total_steps 50 --learner.lr 3e-4 --cispo.group_size 16 --env_kwargs.reward sparse
 
-Every problem (unknown key, bad value, unknown agent or env, a model path that does not
-exist, a failing ``__post_init__`` check) raises ``ConfigError``: ONE line naming the field,
-raised by ``load_config`` before anything expensive (engine start, model load) happens.
+An agent of your own is ``--agent my_module:MyAgent``; its section is named after the class's
+``name``. Loading happens in two stages, both before anything expensive (engine start, model
+load): parsing and validating the dataclasses is pure (no torch, transformers or vLLM import,
+no file read besides the preset), so a bad value is refused at once; then ``load_config``
+checks what needs the outside world (``TrainConfig.check_resources``: the env builds and fits
+the agent, the model exists, ``holdout`` fits the data). Every problem raises ``ConfigError``:
+ONE line naming the field.
 """
 
 from __future__ import annotations
@@ -34,22 +38,22 @@ from typing import Any
 
 import yaml
 
-from langrl.agents import AGENT_SPECS, agent_classes
+from langrl.agents import AGENT_SPECS, AgentSpecError, agent_class
 from langrl.agents.evaluation import EvalConfig
-from langrl.engine import EngineConfig
-from langrl.engine.config import model_source_error
-from langrl.learner import LearnerConfig
+from langrl.checks import check_int
+from langrl.engine.config import EngineConfig, model_source_error
+from langrl.learner.config import LearnerConfig
 
-#: Sections of a config file besides the agents' (``AGENT_SPECS`` keys).
+#: Sections of a config file besides the agents'.
 COMPONENT_SECTIONS: dict[str, type] = {
     "engine": EngineConfig,
     "learner": LearnerConfig,
     "eval": EvalConfig,
 }
-#: ``EngineConfig.model`` until the cached tiny default policy is built (``model: null``).
+#: ``EngineConfig.model`` until the tiny default policy is resolved (``model: null``).
 DEFAULT_MODEL = "langrl:tiny-default"
 #: The preset ``scripts/train_agent.py`` loads when no ``--config`` is given.
-DEFAULT_PRESET = Path(__file__).resolve().parent.parent / "configs" / "tiny_cpu.yaml"
+DEFAULT_PRESET = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml"
 
 
 class ConfigError(ValueError):
@@ -58,11 +62,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """Everything one training run needs; ``load_config`` builds and validates it."""
+    """Everything one training run needs; ``load_config`` builds and validates it.
+
+    Constructing it checks the values (pure, no I/O); ``check_resources`` checks the env,
+    the model and the data (``load_config`` and ``train`` call it)."""
 
     # --- what to train ---
     agent: str = "mcts"
-    """Agent name: ``mcts`` (tree-search distillation), ``cispo`` or ``bon`` (best-of-N)."""
+    """Agent: ``mcts`` (tree-search distillation), ``cispo``, ``bon`` (best-of-N), or an
+    agent class of your own as ``module:ClassName`` (see ``langrl.agents.base.Agent``)."""
     env_id: str = "Countdown-v0"
     """Env id: langrl's ``Countdown-v0`` or ``GSM8K-v0``, an id registered by a module
     imported before, or Gymnasium's ``module:EnvId-v0`` (imports ``module``, which registers
@@ -73,8 +81,7 @@ class TrainConfig:
     model: str | None = None
     """Initial policy: a local directory (``from_pretrained``-loadable, e.g. a checkpoint) or
     a Hugging Face name such as ``Qwen/Qwen2.5-1.5B-Instruct`` (in the local cache, or on the
-    hub when online: ``check_model`` refuses others up front). ``None`` = the cached tiny
-    default policy (``langrl.tiny.ensure_policy()``, built once, several minutes on CPU)."""
+    hub when online). ``None`` = the tiny default policy (``langrl.tiny.ensure_policy()``)."""
 
     # --- loop ---
     total_steps: int = 20
@@ -95,13 +102,11 @@ class TrainConfig:
     best-of-N), else ``batch_size`` (MCTS: one trajectory per task)."""
     mode: str = "async"
     """``async``: the next rollout is generated while the learner trains on the current batch
-    (off by at most ``max_staleness`` versions), sized to what the steps up to the end of the
-    NEXT sync window still need beyond what is buffered (``tasks_per_rollout`` at most), so
-    nothing is generated that would go stale. ``sync``: generate a full rollout whenever the
-    buffer cannot fill a batch, then train, in turn
-    (debugging; for exact reproducibility also set the agent's ``seed``, which gives every
-    engine request its own seed; on CPU the engine turns chunked prefill off for this, see
-    ``EngineConfig.enable_chunked_prefill``)."""
+    (off by at most ``max_staleness`` versions), sized by the ``RolloutPlanner`` to what the
+    steps up to the end of the NEXT sync window still need. ``sync``: generate a full rollout
+    whenever the buffer cannot fill a batch, then train, in turn (debugging; for exact
+    reproducibility also set the agent's ``seed``, which gives every engine request its own
+    seed)."""
     sync_every: int = 1
     """Push learner weights to the engine every N gradient steps (paper: 8)."""
     max_staleness: int | None = 1
@@ -110,10 +115,9 @@ class TrainConfig:
     train_expiring: bool = True
     """Async mode: the step before a weight push also trains the buffered trajectories that
     the push would make too stale (``max_staleness``), so its batch can exceed
-    ``batch_size`` (at most twice it; any beyond are dropped). Rollouts are sized to need
-    from an estimated yield, and a yield is random (CISPO drops zero-variance groups): in
-    the reproduce preset's CISPO run 7% of the generated trajectories were dropped stale
-    without this. False keeps every batch at exactly ``batch_size``."""
+    ``batch_size`` (at most twice it; any beyond are dropped). A rollout's yield is random
+    (CISPO drops zero-variance groups), so sizing alone cannot avoid a surplus. False keeps
+    every batch at exactly ``batch_size``."""
     max_empty_rollouts: int = 20
     """Stop with an error after this many consecutive rollouts that produced no trajectory
     (CISPO drops zero-variance groups; a policy that always earns the same reward would
@@ -160,76 +164,49 @@ class TrainConfig:
     # --- components ---
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(model=DEFAULT_MODEL))
     """Policy server (``langrl.engine.EngineConfig``); its ``model`` always follows the run's
-    ``model`` (``DEFAULT_MODEL`` stands for the tiny policy until it is built)."""
+    ``model`` (``DEFAULT_MODEL`` stands for the tiny policy until it is resolved)."""
     learner: LearnerConfig | None = None
     """The shared learner (``langrl.learner.LearnerConfig``): lr, eps_high, c_value, c_kl.
-    ``None`` = its defaults adapted to the agent (``learner_defaults``): ``temperature`` = the
-    agent's sampling temperature, and ``c_value = 0`` for ``cispo`` (CISPO supplies its own
-    group advantages, so the value head is unused and its gradient would only disturb the
-    trunk). ``load_config`` applies the same defaults to every key the user did not set."""
+    ``None`` = its defaults with the agent's ``learner_defaults`` applied (CISPO: no value
+    head). ``load_config`` applies those to every key the user did not set."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation (``langrl.agents.evaluation.EvalConfig``): mean@k, temperature, problems."""
     agent_config: Any = None
-    """The chosen agent's config (YAML section named after the agent); built by
+    """The chosen agent's config (the YAML section named after the agent); built by
     ``load_config``; ``None`` = its defaults."""
 
     def __post_init__(self) -> None:
-        if self.agent not in AGENT_SPECS:
-            raise ConfigError(
-                f"config: agent: unknown agent {self.agent!r}; valid agents: "
-                f"{', '.join(AGENT_SPECS)}"
-            )
-        config_cls, _ = _agent_classes(self.agent)
+        try:
+            cls = agent_class(self.agent)
+        except AgentSpecError as err:
+            raise ConfigError(f"config: agent: {err}") from None
         if self.agent_config is None:
-            self.agent_config = config_cls()
-        elif not isinstance(self.agent_config, config_cls):
+            self.agent_config = cls.config_class()
+        elif not isinstance(self.agent_config, cls.config_class):
             raise ConfigError(
-                f"config: {self.agent}: expected a {config_cls.__name__}, "
+                f"config: {cls.name}: expected a {cls.config_class.__name__}, "
                 f"got {type(self.agent_config).__name__}"
             )
-        temperature = getattr(self.agent_config, "temperature", None)
         if self.learner is None:
-            self.learner = LearnerConfig(**learner_defaults(self.agent, self.agent_config))
+            self.learner = LearnerConfig(**cls.learner_defaults(self.agent_config))
         if self.engine.model != (self.model or DEFAULT_MODEL):
             self.engine = dataclasses.replace(self.engine, model=self.model or DEFAULT_MODEL)
-        check_env(
-            self.env_id,
-            self.env_kwargs,
-            agent=self.agent,
-            evaluation=self.eval,
-        )
-        for name, low in (
-            ("total_steps", 1),
-            ("batch_size", 1),
-            ("sync_every", 1),
-            ("buffer_capacity", 1),
-            ("max_empty_rollouts", 1),
-            ("log_every", 1),
-            ("eval_every", 0),
-            ("text_every", 0),
-            ("checkpoint_every", 0),
-            ("holdout", 0),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"config: {name}: must be an int >= {low}, got {value!r}")
-        for name in ("eval_every_tokens", "max_gen_tokens"):  # token counts, None = off
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ConfigError(f"config: {name}: must be None or an int >= 1, got {value!r}")
-        self._check_holdout()
-        if self.tasks_per_rollout is not None and self.tasks_per_rollout < 1:
-            raise ConfigError(
-                f"config: tasks_per_rollout: must be None or >= 1, got {self.tasks_per_rollout}"
-            )
+        lows = {
+            "total_steps": 1, "batch_size": 1, "sync_every": 1, "buffer_capacity": 1,
+            "max_empty_rollouts": 1, "log_every": 1, "eval_every": 0, "text_every": 0,
+            "checkpoint_every": 0, "holdout": 0,
+        }  # fmt: skip
+        optional = {"eval_every_tokens": 1, "max_gen_tokens": 1, "tasks_per_rollout": 1}
+        try:
+            for name, low in lows.items():
+                check_int("TrainConfig", name, getattr(self, name), low)
+            for name, low in optional.items():
+                check_int("TrainConfig", name, getattr(self, name), low, optional=True)
+            check_int("TrainConfig", "max_staleness", self.max_staleness, 0, optional=True)
+        except ValueError as err:
+            raise ConfigError(f"config: {str(err).removeprefix('TrainConfig.')}") from None
         if self.mode not in ("async", "sync"):
             raise ConfigError(f"config: mode: must be 'async' or 'sync', got {self.mode!r}")
-        if self.max_staleness is not None and self.max_staleness < 0:
-            raise ConfigError(
-                f"config: max_staleness: must be None or >= 0, got {self.max_staleness}"
-            )
         if self.mode == "async" and self.max_staleness == 0:
             raise ConfigError(
                 "config: max_staleness: 0 drops every rollout generated during an update in "
@@ -240,24 +217,33 @@ class TrainConfig:
                 f"config: buffer_capacity: {self.buffer_capacity} is smaller than "
                 f"batch_size {self.batch_size}"
             )
+        if not isinstance(self.env_id, str) or not self.env_id:
+            raise ConfigError(
+                f"config: env_id: must be an env id such as Countdown-v0, got {self.env_id!r}"
+            )
+        if not isinstance(self.env_kwargs, Mapping):
+            raise ConfigError(f"config: env_kwargs: must be a mapping, got {self.env_kwargs!r}")
+
+    # --- checks that read the outside world (env, data, model) ---
+
+    def check_resources(self) -> None:
+        """The env builds and fits the agent and evaluation, the model exists, ``holdout``
+        and a train-split evaluation fit the data: ``ConfigError`` (one line) otherwise.
+        Reads the env's local data (small) and the model's ``config.json``; starts nothing."""
+        check_env(
+            self.env_id,
+            self.env_kwargs,
+            uses=self.agent_class.env_uses,
+            user=f"agent {self.agent_name}",
+            evaluation=self.eval,
+        )
         if self.model is not None:
             check_model(self.model)
-        chat = getattr(self.agent_config, "use_chat_template", None)
-        if chat is not None and chat != self.eval.use_chat_template:
-            raise ConfigError(
-                f"config: eval.use_chat_template: {self.eval.use_chat_template} differs from "
-                f"{self.agent}.use_chat_template {chat}; train and eval prompts must match"
-            )
-        if temperature is not None and abs(temperature - self.learner.temperature) > 1e-9:
-            raise ConfigError(
-                f"config: learner.temperature: {self.learner.temperature} differs from "
-                f"{self.agent}.temperature {temperature}; the learner must score with the "
-                "sampling temperature (set both, or only the agent's)"
-            )
+        self._check_holdout()
 
     def _check_holdout(self) -> None:
         """``holdout`` leaves problems to train on, and a train-split evaluation reads only
-        held-out ones (loads the train split when either is in play: small and local)."""
+        held-out ones."""
         if not self.holdout and self.eval.split != "train":
             return
         size = self.train_split_size()
@@ -282,9 +268,19 @@ class TrainConfig:
 
     # --- derived ---
 
+    @property
+    def agent_class(self) -> type:
+        """The agent class ``agent`` names (its module is imported already)."""
+        return agent_class(self.agent)
+
+    @property
+    def agent_name(self) -> str:
+        """The agent class's ``name``: its config section and the run directory's name."""
+        return str(self.agent_class.name)
+
     def train_split_size(self) -> int:
-        """Problems in the training env's split (the env loads it: small and local)."""
-        from langrl.agents._sampling import make_env
+        """Problems in the training env's split (builds the env: it loads its local data)."""
+        from langrl.envs import make_env
 
         return make_env(self.env_id, self.train_env_kwargs).num_tasks()
 
@@ -303,7 +299,7 @@ class TrainConfig:
     def run_name(self, now: float | None = None) -> str:
         """``{env}__{agent}__{seed}__{time}`` (CleanRL's run naming)."""
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-        return f"{self.env_id}__{self.agent}__{self.seed}__{stamp}"
+        return f"{self.env_id}__{self.agent_name}__{self.seed}__{stamp}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-safe dict, with the agent's section under its name (``load_config``
@@ -316,7 +312,7 @@ class TrainConfig:
             if f.name != "agent_config"
         }
         data["engine"].pop("model", None)  # follows the run's model
-        data[self.agent] = config_to_dict(self.agent_config)
+        data[self.agent_name] = config_to_dict(self.agent_config)
         return data
 
 
@@ -328,7 +324,8 @@ def load_config(
     overrides: Sequence[str] | Mapping[str, Any] = (),
     **fields: Any,
 ) -> TrainConfig:
-    """Build a validated ``TrainConfig`` from a YAML preset, overrides and keyword fields.
+    """Build a validated ``TrainConfig`` from a YAML preset, overrides and keyword fields,
+    then check the env, model and data it names (``TrainConfig.check_resources``).
 
     Args:
         path: YAML preset (``None`` = no file; all defaults).
@@ -341,6 +338,18 @@ def load_config(
     Raises:
         ConfigError: one line naming the field, before any engine or model is started.
     """
+    config = parse_config(path, overrides, **fields)
+    config.check_resources()
+    return config
+
+
+def parse_config(
+    path: str | os.PathLike | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    **fields: Any,
+) -> TrainConfig:
+    """``load_config`` without ``check_resources``: parsing and value checks only (pure,
+    fast; the preset is the only file read)."""
     data: dict[str, Any] = {}
     if path is not None:
         data = _read_yaml(path)
@@ -371,7 +380,7 @@ def apply_per_agent(data: Mapping[str, Any], agent: str) -> dict[str, Any]:
           bon: {learner: {lr: 1.0e-4}, batch_size: 16}
 
     Sections merge key by key; command-line overrides still win (``load_config`` applies
-    them afterwards).
+    them afterwards). Keys are built-in agent names or the chosen agent's own spec.
     """
     data = dict(data)
     sections = data.pop(PER_AGENT_KEY, None)
@@ -381,7 +390,7 @@ def apply_per_agent(data: Mapping[str, Any], agent: str) -> dict[str, Any]:
         raise ConfigError(f"config: {PER_AGENT_KEY}: must map agent names to sections")
     known = set(_field_types(TrainConfig)) | set(COMPONENT_SECTIONS) | set(AGENT_SPECS)
     for name, section in sections.items():
-        if name not in AGENT_SPECS:
+        if name not in AGENT_SPECS and name != agent:
             raise ConfigError(
                 f"config: {PER_AGENT_KEY}.{name}: unknown agent; valid agents: "
                 f"{', '.join(AGENT_SPECS)}"
@@ -408,34 +417,26 @@ def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
-def learner_defaults(agent: str, agent_config: Any) -> dict[str, Any]:
-    """``LearnerConfig`` fields that follow the agent unless the user sets them.
-
-    - ``temperature``: the agent's sampling temperature, so the learner's logprobs are
-      comparable with the behaviour logprobs in the importance ratio.
-    - ``c_value = 0.0`` for ``cispo``: its trajectories carry group advantages, so the learner
-      never uses V; training the head anyway only sends its gradient into the shared trunk.
-    """
-    defaults: dict[str, Any] = {}
-    temperature = getattr(agent_config, "temperature", None)
-    if temperature is not None:
-        defaults["temperature"] = temperature
-    if agent == "cispo":
-        defaults["c_value"] = 0.0
-    return defaults
-
-
 def build_config(data: Mapping[str, Any], explicit: set[str] | None = None) -> TrainConfig:
-    """``TrainConfig`` from a nested mapping (a parsed preset with overrides applied).
+    """``TrainConfig`` from a nested mapping (a parsed preset with overrides applied); values
+    are checked, the outside world is not (see ``TrainConfig.check_resources``).
 
-    ``explicit`` lists the dotted keys the user set; every learner key of
-    ``learner_defaults`` (the sampling temperature; ``c_value = 0`` for cispo) applies unless
-    ``learner.<key>`` is among them.
+    ``explicit`` lists the dotted keys the user set; every key of the agent's
+    ``learner_defaults`` applies unless ``learner.<key>`` is among them.
     """
     data = dict(data)
     explicit = set(_dotted_keys(data)) if explicit is None else explicit
     run_types = _field_types(TrainConfig)
-    sections = set(COMPONENT_SECTIONS) | set(AGENT_SPECS)
+    run: dict[str, Any] = {}
+    agent_spec = data.get("agent", TrainConfig.agent)
+    if "agent" in data:
+        run["agent"] = agent_spec = _coerce("agent", str, agent_spec)
+    try:
+        cls = agent_class(agent_spec)
+    except AgentSpecError as err:
+        raise ConfigError(f"config: agent: {err}") from None
+    name = str(cls.name)
+    sections = set(COMPONENT_SECTIONS) | set(AGENT_SPECS) | {name}
     for key in data:
         if key not in run_types and key not in sections or key == "agent_config":
             raise ConfigError(
@@ -443,29 +444,22 @@ def build_config(data: Mapping[str, Any], explicit: set[str] | None = None) -> T
                 f"{', '.join(k for k in run_types if k not in COMPONENT_SECTIONS and k != 'agent_config')}; "
                 f"sections: {', '.join(sorted(sections))}"
             )
-    run: dict[str, Any] = {}
     for key, value in data.items():
-        if key in sections:
+        if key in sections or key == "agent":
             continue
         run[key] = _coerce(key, run_types[key], value)
-    agent = run.get("agent", TrainConfig.agent)
-    if agent not in AGENT_SPECS:
-        raise ConfigError(
-            f"config: agent: unknown agent {agent!r}; valid agents: {', '.join(AGENT_SPECS)}"
-        )
-    # Unused agent sections are still checked for unknown keys (typos in a shared preset).
-    for name in AGENT_SPECS:
-        if name in data and name != agent:
+    # Unused built-in agent sections are still checked for unknown keys (typos in a shared
+    # preset); importing their modules is cheap and torch-free.
+    for other in AGENT_SPECS:
+        if other in data and other != name:
             try:
-                config_cls, _ = agent_classes(name)
-            except ImportError:
+                other_cls = agent_class(other)
+            except AgentSpecError:
                 continue
-            _check_section_keys(name, config_cls, data[name])
-    config_cls, _ = _agent_classes(agent)
-    agent_section = dict(_section(agent, data.get(agent)))
-    run["agent_config"] = _build_section(agent, config_cls, agent_section)
+            _check_section_keys(other, other_cls.config_class, data[other])
+    run["agent_config"] = _build_section(name, cls.config_class, _section(name, data.get(name)))
     learner_section = dict(_section("learner", data.get("learner")))
-    for key, value in learner_defaults(agent, run["agent_config"]).items():
+    for key, value in cls.learner_defaults(run["agent_config"]).items():
         if f"learner.{key}" not in explicit:
             learner_section[key] = value
     run["learner"] = _build_section("learner", LearnerConfig, learner_section)
@@ -483,23 +477,15 @@ def build_config(data: Mapping[str, Any], explicit: set[str] | None = None) -> T
         raise ConfigError(f"config: {_one_line(err)}") from None
 
 
-# --- helpers ---
-
-
-def _agent_classes(name: str) -> tuple[type, type]:
-    try:
-        return agent_classes(name)
-    except ImportError as err:
-        raise ConfigError(
-            f"config: agent: agent {name!r} cannot be imported: {_one_line(err)}"
-        ) from None
+# --- checks of the outside world ---
 
 
 def check_env(
     env_id: str,
     env_kwargs: Mapping[str, Any],
     *,
-    agent: str | None = None,
+    uses: Sequence[str] = ("rollouts",),
+    user: str = "evaluation",
     evaluation: EvalConfig | None = None,
 ) -> None:
     """The env exists, its kwargs construct it, and it fits its use; one line otherwise.
@@ -507,12 +493,11 @@ def check_env(
     ``env_id`` is a registered id (langrl's, or one registered by a module imported before)
     or Gymnasium's ``module:EnvId-v0``, which imports ``module`` first (it registers the
     env). The training env (``split="train"``) must have the members of
-    ``langrl.envs.base.CONTRACT_MEMBERS`` that ``agent`` uses (every agent: tasks by index
-    and state snapshots; ``mcts`` also ``task_info``) and reset info with ``prompt`` and
-    ``messages``; with ``evaluation``, the env must also construct with the kwargs
-    evaluation uses (``EvalConfig.env_kwargs_over``: its split, reward, e.g. the
-    ``sparse`` preset, and env_kwargs over ``env_kwargs``). Cheap: the envs load small
-    local data on first use.
+    ``langrl.envs.base.CONTRACT_MEMBERS`` named by ``uses`` (an agent's ``env_uses``) and
+    reset info with ``prompt`` and ``messages``; with ``evaluation``, the env must also
+    construct with the kwargs evaluation uses (``EvalConfig.env_kwargs_over``: its split,
+    reward, e.g. the ``sparse`` preset, and env_kwargs over ``env_kwargs``). ``user`` names
+    the one who needs it in the error. Cheap: the envs load small local data on first use.
     """
     import importlib
 
@@ -554,12 +539,10 @@ def check_env(
             f"{_one_line(err)}"
         ) from None
     try:
-        uses = ("rollouts", "search") if agent == "mcts" else ("rollouts",)
-        problems = contract_problems(env, uses)
+        problems = contract_problems(env, tuple(uses))
     finally:
         env.close()
     if problems:
-        user = f"agent {agent}" if agent else "evaluation"
         raise ConfigError(
             f"config: env_id: {env_id} does not fit {user}: {'; '.join(problems)} (see "
             "the env contract in langrl.envs.base: subclass ReasoningEnv or provide these)"
@@ -585,6 +568,9 @@ def check_model(model: str) -> None:
     problem = model_source_error(model)
     if problem is not None:
         raise ConfigError(f"config: model: {problem}")
+
+
+# --- parsing helpers ---
 
 
 def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
