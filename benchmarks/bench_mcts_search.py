@@ -27,9 +27,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from langrl.agents.mcts import MCTSAgent, iter_nodes
-from langrl.training.config import load_config
 from langrl.engine import EngineConfig, create_engine
 from langrl.tiny import ensure_policy
+from langrl.training.config import load_config
 
 #: The preset whose MCTS searches are measured (its ``mcts`` section, merged per agent).
 PRESET = Path(__file__).resolve().parent.parent / "configs" / "reproduce.yaml"

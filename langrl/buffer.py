@@ -6,9 +6,9 @@ first the trajectories at the staleness bound (the last version they can be trai
 the current one, so the next weight push would drop them), then the freshest: the highest
 ``policy_version`` first and, within a version, in arrival order. A batch is therefore as
 on-policy as what is held allows without throwing away data that can still be trained
-(freshest-first alone dropped 15-18% of best-of-N's and CISPO's generated trajectories when
-a rollout yielded more than expected; the trainer's ``trajectories_needed`` already counts
-the expiring ones as consumed first). The buffer is bounded (the
+(freshest-first alone drops the surplus of any rollout that yields more than expected; the
+planner's ``trajectories_needed`` already counts the expiring ones as consumed first). The
+buffer is bounded (the
 earliest arrivals are dropped first when full) and enforces off-policyness: a trajectory
 sampled by policy version ``v`` is dropped when the learner's version is more than
 ``max_staleness`` ahead of ``v``. Both kinds of drop are counted. (How much to generate so
@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
+from langrl.checks import check_int
 from langrl.trajectory import Trajectory
 
 
@@ -43,16 +44,8 @@ class TrajectoryBuffer:
     """
 
     def __init__(self, capacity: int = 4096, max_staleness: int | None = None) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"TrajectoryBuffer.capacity must be an int >= 1, got {capacity!r}")
-        if max_staleness is not None and (
-            isinstance(max_staleness, bool)
-            or not isinstance(max_staleness, int)
-            or max_staleness < 0
-        ):
-            raise ValueError(
-                f"TrajectoryBuffer.max_staleness must be None or an int >= 0, got {max_staleness!r}"
-            )
+        check_int("TrajectoryBuffer", "capacity", capacity, 1)
+        check_int("TrajectoryBuffer", "max_staleness", max_staleness, 0, optional=True)
         self.capacity = capacity
         self.max_staleness = max_staleness
         self._items: deque[Trajectory] = deque()

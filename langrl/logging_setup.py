@@ -3,7 +3,8 @@
 By default the console shows our progress bars, results and warnings; vLLM's INFO lines
 (engine start-up, model loading, KV-cache sizing) and langrl's own INFO logs appear with
 ``--verbose``. ``setup_logging`` is the one place this is decided; ``scripts/train_agent.py``
-and ``scripts/evaluate.py`` call it first thing, before anything imports vLLM.
+and ``scripts/evaluate.py`` call it right after parsing their flags, before anything imports
+vLLM.
 
 vLLM's level travels as the ``VLLM_LOGGING_LEVEL`` environment variable: vLLM reads it
 when it builds an engine's config (its ``LoggingConfig``) and its engine-core and worker
@@ -18,7 +19,6 @@ import os
 import sys
 
 VLLM_LEVEL_VAR = "VLLM_LOGGING_LEVEL"
-VERBOSE_FLAG = "--verbose"
 
 # The level this module last put into the environment: it may change it again (a second
 # call in one process), while any other value is the user's and stays.
@@ -26,7 +26,7 @@ _level_we_set: str | None = None
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (tests and tqdm swap it)."""
+    """Writes to whatever ``sys.stderr`` is at the time (pytest swaps it between tests)."""
 
     def __init__(self) -> None:
         logging.Handler.__init__(self)
@@ -34,13 +34,6 @@ class _StderrHandler(logging.StreamHandler):
     @property
     def stream(self):  # type: ignore[override]
         return sys.stderr
-
-
-def take_verbose(argv: list[str]) -> tuple[list[str], bool]:
-    """``argv`` without ``--verbose``, and whether it was there (the scripts parse the rest,
-    whose unknown ``--key value`` pairs become config overrides)."""
-    rest = [arg for arg in argv if arg != VERBOSE_FLAG]
-    return rest, len(rest) != len(argv)
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json-out", default=None, metavar="PATH",
                    help="write the whole result (scalars, settings, per-problem counts) as JSON")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    # Listed for --help; main() takes it out of argv first (logging is set up before parsing).
+    # A flag, not a config field (so never a --key value override): it sets up logging.
     p.add_argument("--verbose", action="store_true",
                    help="also show vLLM's INFO lines and langrl's INFO logs")  # fmt: skip
     return p.parse_args(argv)
@@ -82,11 +82,10 @@ def _finite_or_none(value: float) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
-    from langrl.logging_setup import setup_logging, take_verbose
-
-    argv, verbose = take_verbose(sys.argv[1:] if argv is None else argv)
-    setup_logging(verbose)  # before anything imports vLLM: its processes inherit the level
     args = parse_args(argv)
+    from langrl.logging_setup import setup_logging
+
+    setup_logging(args.verbose)  # before anything imports vLLM: its processes inherit the level
     from langrl.agents.evaluation import EvalConfig, evaluate
     from langrl.training.config import ConfigError, check_env, check_model
 

@@ -6,13 +6,15 @@
     python scripts/train_agent.py --agent mcts --resume        # continue the newest run
     tensorboard --logdir runs/
 
-Flags: ``--agent``, ``--config`` (YAML preset; default ``configs/tiny_cpu.yaml``), ``--env``
-(an id, or ``module:EnvId-v0`` to import a module that registers your own env),
-``--model`` (local directory or Hugging Face name; default: the cached tiny policy, built
-on first use), ``--resume``, ``--verbose`` (vLLM's INFO lines and langrl's INFO logs; the
-default console shows progress, results and warnings), and any config field as
-``--key value`` or ``--section.key value`` (sections: engine, learner, eval, mcts, cispo,
-bon). A bad field is reported in one line before anything starts.
+Flags: ``--agent`` (``mcts``, ``cispo``, ``bon``, or ``module:ClassName`` for an agent of
+your own, see ``langrl.agents.base.Agent``), ``--config`` (YAML preset; default
+``configs/tiny_cpu.yaml``), ``--env`` (an id, or ``module:EnvId-v0`` to import a module that
+registers your own env), ``--model`` (local directory or Hugging Face name; default: the
+tiny policy shipped with langrl), ``--resume``, ``--verbose`` (vLLM's INFO lines and
+langrl's INFO logs; the default console shows progress, results and warnings), and any
+config field as ``--key value`` or ``--section.key value`` (sections: engine, learner, eval,
+and the agent's: mcts, cispo, bon, or your agent's ``name``). A bad field is reported in
+one line before anything starts.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-# langrl imports wait inside main(): the config path loads torch and the agents (seconds),
-# which --help and argument errors must not pay for.
+# langrl imports wait inside main(): --help pays for none of them, and the training loop's
+# (torch, transformers, vLLM: seconds) load only once the config is valid.
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -29,29 +31,28 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     ``--mode sync`` was taken as ``--model sync`` (any unique prefix of a flag matched)."""
     parser = argparse.ArgumentParser(
         allow_abbrev=False,
-        description="Train an agent (mcts, cispo, bon) with langrl.",
+        description="Train an agent (mcts, cispo, bon, or module:ClassName) with langrl.",
         epilog="Any config field: --key value or --section.key value "
-        "(sections: engine, learner, eval, mcts, cispo, bon).",
+        "(sections: engine, learner, eval, and the agent's: mcts, cispo, bon, or its name).",
     )
-    parser.add_argument("--agent", help="mcts | cispo | bon (default: the preset's)")
+    parser.add_argument("--agent", help="mcts | cispo | bon | module:ClassName (default: preset's)")
     parser.add_argument("--config", help="YAML preset (default: configs/tiny_cpu.yaml)")
     parser.add_argument("--env", dest="env_id",
                         help="env id (Countdown-v0, GSM8K-v0) or module:EnvId-v0 for your own")  # fmt: skip
     parser.add_argument("--model", help="local model directory or Hugging Face name")
     parser.add_argument("--resume", action="store_true", default=None,
                         help="continue from the last checkpoint of the run")  # fmt: skip
-    # Listed for --help; main() takes it out of argv first (logging is set up before parsing).
+    # A flag, not a config field (so never a --key value override): it sets up logging.
     parser.add_argument("--verbose", action="store_true",
                         help="also show vLLM's INFO lines and langrl's INFO logs")  # fmt: skip
     return parser.parse_known_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from langrl.logging_setup import setup_logging, take_verbose
-
-    argv, verbose = take_verbose(sys.argv[1:] if argv is None else argv)
-    setup_logging(verbose)  # before anything imports vLLM: its processes inherit the level
     args, overrides = parse_args(argv)
+    from langrl.logging_setup import setup_logging
+
+    setup_logging(args.verbose)  # before anything imports vLLM: its processes inherit the level
     from langrl.training.config import DEFAULT_PRESET, ConfigError, load_config
 
     try:

@@ -4,7 +4,6 @@ hand-off."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -110,13 +109,25 @@ def test_no_staleness_bound_keeps_everything():
 
 def test_get_waits_for_a_producer_thread():
     buf = TrajectoryBuffer(capacity=10)
+    # The producer puts only once the consumer waits (an event, not a sleep): get() is
+    # then really woken by put().
+    waiting = threading.Event()
+    wait = buf._cond.wait
+
+    def signalling_wait(timeout=None):
+        waiting.set()
+        return wait(timeout)
+
+    buf._cond.wait = signalling_wait
 
     def produce():
-        time.sleep(0.05)
-        buf.put([traj(), traj()])
+        assert waiting.wait(60)
+        buf.put([traj(), traj()])  # takes the lock, which the consumer's wait releases
 
-    threading.Thread(target=produce).start()
-    batch = buf.get(2, current_version=0, timeout=5.0)
+    producer = threading.Thread(target=produce)
+    producer.start()
+    batch = buf.get(2, current_version=0, timeout=60.0)  # a hang guard, not a measurement
+    producer.join()
     assert batch is not None and len(batch) == 2
     assert buf.get(1, current_version=0, timeout=0.01) is None
 

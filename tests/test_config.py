@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from langrl.agents.cispo import CISPOConfig
-from langrl.training.config import DEFAULT_MODEL, ConfigError, TrainConfig, build_config, load_config
+from langrl.training.config import (
+    DEFAULT_MODEL,
+    ConfigError,
+    TrainConfig,
+    build_config,
+    load_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny_cpu.yaml"

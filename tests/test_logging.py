@@ -24,7 +24,7 @@ import pytest
 from langrl import logging_setup
 from langrl.engine import EngineConfig
 from langrl.engine.worker_extension import RotaryCacheReloadFilter, install_reload_log_filter
-from langrl.logging_setup import VLLM_LEVEL_VAR, setup_logging, take_verbose
+from langrl.logging_setup import VLLM_LEVEL_VAR, setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERWISE = "vllm.model_executor.model_loader.reload.layerwise"
@@ -42,15 +42,6 @@ def clean_logging(monkeypatch: pytest.MonkeyPatch):
     yield logger
     logger.setLevel(level)
     logger.handlers[:] = handlers
-
-
-def test_take_verbose_removes_the_flag_wherever_it_is() -> None:
-    assert take_verbose(["--agent", "mcts", "--verbose", "--lr", "1"]) == (
-        ["--agent", "mcts", "--lr", "1"],
-        True,
-    )
-    assert take_verbose(["--verbose"]) == ([], True)
-    assert take_verbose(["--model", "m"]) == (["--model", "m"], False)
 
 
 def test_quiet_by_default_and_verbose_restores_info(clean_logging, capsys) -> None:
@@ -76,13 +67,18 @@ def test_a_level_the_user_set_wins(clean_logging, monkeypatch, verbose) -> None:
     assert os.environ[VLLM_LEVEL_VAR] == "DEBUG"
 
 
-def test_scripts_set_up_a_quiet_console_before_parsing(clean_logging, load_script, capsys) -> None:
+def test_scripts_set_up_the_console_before_importing_vllm(
+    clean_logging, load_script, capsys
+) -> None:
     # Bad arguments stop both scripts before anything imports vLLM; logging is set by then.
     assert load_script("evaluate").main(["--model", "/tmp", "--k", "0"]) == 2
     assert os.environ[VLLM_LEVEL_VAR] == "WARNING"
-    assert load_script("train_agent").main(["--verbose", "--total_steps", "0"]) == 2
-    assert os.environ[VLLM_LEVEL_VAR] == "INFO"  # and --verbose was not taken as a field
-    assert "verbose" not in capsys.readouterr().err
+    assert load_script("train_agent").main(["--no_such_field", "1", "--verbose"]) == 2
+    assert os.environ[VLLM_LEVEL_VAR] == "INFO"
+    err = capsys.readouterr().err
+    assert "no_such_field" in err and "verbose" not in err  # not taken as a config field
+    args, overrides = load_script("train_agent").parse_args(["--verbose", "--lr", "1"])
+    assert args.verbose and overrides == ["--lr", "1"]
 
 
 def _emit(name: str, msg: str, *args: object) -> logging.LogRecord:
@@ -151,6 +147,7 @@ PUSH_PROGRAM = textwrap.dedent(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a child process with an engine, given 300 s by _run
 def test_weight_push_on_a_quiet_console(tiny_engine_config: EngineConfig) -> None:
     """No vLLM INFO line from any of its processes, no "RotaryEmbedding: Failed to load
     weights" at the push, and the pushed weights are served (the rotary cache the warning
@@ -164,6 +161,7 @@ def test_weight_push_on_a_quiet_console(tiny_engine_config: EngineConfig) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a child process with an engine, given 300 s by _run
 def test_evaluate_verbose_shows_vllm_info_from_every_process(tiny_policy_path: Path) -> None:
     pytest.importorskip("vllm")
     argv = ["--model", str(tiny_policy_path), "--num-problems", "1", "--k", "1"]

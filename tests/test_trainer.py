@@ -14,10 +14,10 @@ from trainer_fakes import COMPLETIONS, FakeSyncEngine
 
 from langrl import metrics as tags
 from langrl.buffer import TrajectoryBuffer
-from langrl.training.config import ConfigError, load_config
 from langrl.learner import Learner, latest_checkpoint
 from langrl.tiny.model import build_random_policy
 from langrl.training import train
+from langrl.training.config import ConfigError, load_config
 from langrl.training.planner import SyncSchedule, YieldEstimate, trajectories_needed
 from langrl.training.state import (
     EVAL_HISTORY_COLUMNS,

@@ -143,8 +143,8 @@ class LearnerConfig:
     never materialises logits for prompt or padding positions, and projects the trained
     positions through the output layer this many at a time, each chunk recomputed during
     backward (activation checkpointing), so logits memory peaks at about five float32
-    ``logits_chunk_size x vocab`` temporaries (measured by ``benchmarks/bench_learner_memory.py``:
-    about 3 GB at 1024 for Qwen2.5's 151,936 tokens) instead of growing with
+    ``logits_chunk_size x vocab`` temporaries (``benchmarks/bench_learner_memory.py`` measures
+    it) instead of growing with
     ``batch x sequence``. The maths is unchanged; the price is one extra output-layer matmul
     per trained token when a micro-batch needs several chunks. ``None`` = one chunk of all
     trained positions of a micro-batch, kept for backward (no recomputation; peak

@@ -123,10 +123,8 @@ class WarmStartConfig:
 
     # --- optimisation ---
     steps: int = 500
-    """AdamW steps. Build time grows linearly (about 1.3 s a step for the default preset on
-    2 idle CPU cores, 3-5 s on busy ones); accuracy grows with it: the main calibration knob
-    (measured mean@16 at T=0.2 on the Countdown test split: 4.2% on all 820 problems for
-    these defaults; 1.6% on the first 200 for 300 steps at imperfect_fraction 0.15)."""
+    """AdamW steps. Build time grows linearly with it, and so does accuracy: the main
+    calibration knob (the default policy's score is in results/README.md)."""
     batch_size: int = 64
     """Traces per step (each about 100-150 tokens)."""
     lr: float = 2e-3

@@ -15,7 +15,8 @@ from test_train import _config, recorded_steps  # noqa: F401  (e2e settings; a f
 
 from langrl.training import train
 
-pytestmark = pytest.mark.slow
+# It may start the session engine (up to its 300 s startup_timeout_s), then trains each agent.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from langrl.training.config import load_config
 from langrl.learner import Learner, latest_checkpoint
 from langrl.tiny.bpe_tokenizer import build_bpe_tokenizer
 from langrl.tiny.model import TinyModelSpec, build_random_policy
 from langrl.training import train
+from langrl.training.config import load_config
 
-pytestmark = pytest.mark.slow
+# Starts its own engine (up to 300 s startup_timeout_s), then trains a step and evaluates.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = ROOT / "configs" / "qwen2.5-1.5b-paper.yaml"

@@ -17,11 +17,12 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from langrl import metrics as tags
-from langrl.training.config import load_config
 from langrl.learner import Learner, latest_checkpoint
 from langrl.training import train
+from langrl.training.config import load_config
 
-pytestmark = pytest.mark.slow
+# A test may start the session engine (up to its 300 s startup_timeout_s), then trains.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE_PROMPT = "Numbers: 3 5 7 2\nTarget: 24\n"

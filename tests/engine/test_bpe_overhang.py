@@ -33,7 +33,8 @@ def bpe_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(
     scope="module",
-    params=["hf", pytest.param("vllm", marks=pytest.mark.slow)],
+    # Starting vLLM may take up to its 300 s startup_timeout_s: a longer test timeout.
+    params=["hf", pytest.param("vllm", marks=[pytest.mark.slow, pytest.mark.timeout(600)])],
 )
 def bpe_engine(request: pytest.FixtureRequest, bpe_policy: Path) -> Iterator[SyncEngine]:
     if request.param == "vllm" and importlib.util.find_spec("vllm") is None:

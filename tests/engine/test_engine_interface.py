@@ -18,7 +18,8 @@ import torch
 from langrl.engine import Generation, SamplingConfig, SyncEngine
 from langrl.policy_model import PolicyValueModel
 
-pytestmark = pytest.mark.slow
+# The first test to use an engine starts it (up to its 300 s startup_timeout_s).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 LOGPROB_TOL = 1e-3
 # Single characters hit by random text and the warm-started model's step tag alike.
@@ -277,7 +278,7 @@ def test_submit_and_run_execute_coroutines_on_the_engine_loop(policy_engine: Syn
         return gen, values
 
     future = policy_engine.submit(worker())
-    gen, values = future.result(timeout=60)
+    gen, values = future.result()  # a hang is caught by the test's timeout mark
     assert len(gen.samples) == 1 and len(values) == 1
     assert policy_engine.run(asyncio.sleep(0, result=42)) == 42
 

@@ -351,38 +351,53 @@ def test_watchdog_fails_pending_calls_when_the_engine_process_is_killed(
     import signal
 
     from langrl.engine import EngineDiedError, SamplingConfig
-    from langrl.engine.vllm_engine import VLLMEngine
+    from langrl.engine.vllm_engine import WATCHDOG_INTERVAL_S, VLLMEngine
 
+    # Pending calls fail once the watchdog finds the process gone; it looks every
+    # WATCHDOG_INTERVAL_S ("within about a second": its latency, measured by nothing here).
+    assert WATCHDOG_INTERVAL_S <= 1.0
     proc = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(120,))
     proc.start()
     model = tiny_policy_model.requires_grad_(False)
     lm, head = model.lm.state_dict(), model.value_head.state_dict()
+    checks: list[str | None] = []  # what each of the watchdog's checks found
 
-    async def go() -> tuple[list[BaseException], float]:
+    async def go() -> list[BaseException]:
         llm = _NeverAnsweringLLM(proc)
         engine = VLLMEngine(EngineConfig(model="unused"), model, None, llm, "rpc")
+        find_death = engine._find_death
+
+        def recorded_find_death() -> str | None:
+            checks.append(found := find_death())
+            return found
+
+        engine._find_death = recorded_find_death  # before the watchdog's first check
         try:
             pending = [
                 asyncio.ensure_future(engine.generate([5, 6, 7], SamplingConfig(max_tokens=4))),
                 asyncio.ensure_future(engine.weight_checksum()),
             ]
-            await asyncio.sleep(0.2)
+            await llm.until_calls(2)  # both wait inside "vLLM"
+            # The push queues at the weight gate, behind the generate call in flight.
             pending.append(asyncio.ensure_future(engine.load_weights_async(lm, head)))
-            await asyncio.sleep(0.3)
+            await _loop_turns()
             assert not any(p.done() for p in pending)
+            assert all(found is None for found in checks)  # alive until now
             os.kill(proc.pid, signal.SIGKILL)
-            start = time.monotonic()
-            errors = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 10)
-            return errors, time.monotonic() - start
+            return await asyncio.wait_for(
+                asyncio.gather(*pending, return_exceptions=True), HANG_GUARD_S
+            )
         finally:
             engine.shutdown()
 
     try:
-        errors, took = asyncio.run(go())
+        errors = asyncio.run(go())
     finally:
         proc.kill()
         proc.join()
-    assert took < 3
+    # The watchdog found the death (it, not the guard, ended the wait) and then stopped.
+    assert checks and checks[-1] is not None
+    assert all(found is None for found in checks[:-1]), checks
     for e in errors:
         assert isinstance(e, EngineDiedError), repr(e)
         assert f"EngineCore (pid {proc.pid}) killed by SIGKILL" in str(e)
@@ -398,10 +413,10 @@ def test_watchdog_takes_vllms_own_word_for_a_dead_engine(tiny_policy_model) -> N
         engine = VLLMEngine(EngineConfig(model="unused"), tiny_policy_model, None, llm, "rpc")
         try:
             pending = asyncio.ensure_future(engine.generate([5], SamplingConfig(max_tokens=4)))
-            await asyncio.sleep(0.2)
+            await llm.until_calls(1)  # the call waits inside "vLLM"
             llm.errored = True  # what vLLM's monitor sets when EngineCore exits
             with pytest.raises(EngineDiedError, match="vLLM reports its engine dead"):
-                await asyncio.wait_for(pending, 5)
+                await asyncio.wait_for(pending, HANG_GUARD_S)
             with pytest.raises(EngineDiedError):  # and every later call
                 await engine.values([[5, 6]])
         finally:
@@ -410,11 +425,24 @@ def test_watchdog_takes_vllms_own_word_for_a_dead_engine(tiny_policy_model) -> N
     asyncio.run(go())
 
 
-def test_exit_code_waits_for_a_code_that_another_reaper_is_storing() -> None:
+def test_exit_code_waits_for_a_code_that_another_reaper_is_storing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """vLLM's monitor thread and the watchdog reap the same handle; the loser of that race
     reads ``None`` for a moment (as in CI: 'EngineCore exited' instead of 'killed by
-    SIGKILL'). The watchdog waits a bounded time for the code to be stored."""
+    SIGKILL'). The watchdog waits a bounded time for the code to be stored. The wait runs
+    on a simulated clock (its sleeps advance it), so load cannot change what is read."""
+    import langrl.engine.vllm_engine as vllm_engine
     from langrl.engine.vllm_engine import _exit_code, _exit_description
+
+    clock = SimpleNamespace(now=1000.0)
+
+    def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    monkeypatch.setattr(
+        vllm_engine, "time", SimpleNamespace(monotonic=lambda: clock.now, sleep=sleep)
+    )
 
     class ReapedByAnotherThread:
         reads = 0
@@ -427,9 +455,15 @@ def test_exit_code_waits_for_a_code_that_another_reaper_is_storing() -> None:
     assert _exit_description(_exit_code(ReapedByAnotherThread())) == "killed by SIGKILL"
 
     class NeverStored:
-        exitcode = None
+        reads = 0
 
-    started = time.monotonic()
-    assert _exit_description(_exit_code(NeverStored(), wait_s=0.1)) == "exited"
-    assert time.monotonic() - started < 1.0
+        @property
+        def exitcode(self) -> None:
+            self.reads += 1
+
+    never = NeverStored()
+    started = clock.now
+    assert _exit_description(_exit_code(never, wait_s=0.1)) == "exited"
+    assert 0.1 <= clock.now - started <= 0.1 + 0.02  # it waited wait_s, and no longer
+    assert never.reads >= 2
     assert _exit_code(None) is None

@@ -294,6 +294,7 @@ def push_path(vllm_engine: SyncEngine, request: pytest.FixtureRequest):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # may start the session engine (up to its 300 s startup_timeout_s)
 def test_session_engine_pushes_through_the_native_api_on_cpu(vllm_engine: SyncEngine) -> None:
     if torch.cuda.is_available():
         pytest.skip("on a GPU the session engine pushes by 'rpc' (choose_weight_push)")
@@ -301,6 +302,7 @@ def test_session_engine_pushes_through_the_native_api_on_cpu(vllm_engine: SyncEn
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # may start the session engine (up to its 300 s startup_timeout_s)
 @pytest.mark.parametrize("given", ["state_dict", "export_weights"])
 @pytest.mark.parametrize("push_path", ["shm", "rpc"], indirect=True)
 def test_push_path_serves_the_new_weights(

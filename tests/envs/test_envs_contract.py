@@ -7,9 +7,9 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 
-from langrl.training.config import ConfigError, load_config
 from langrl.envs import ReasoningEnv
 from langrl.envs.base import CONTRACT_MEMBERS, contract_problems
+from langrl.training.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -176,12 +178,13 @@ def test_build_is_deterministic(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def _fake_build(calls: list[Path]):
-    """Stand-in for ``build_policy``: records the call and writes a complete-looking policy."""
+def _fake_build(calls: list[Path], second_caller: threading.Event):
+    """Stand-in for ``build_policy``: records the call and writes a complete-looking policy,
+    once ``second_caller`` is set (the other caller is then at the lock, mid-build)."""
 
     def build(path, config=None, *, progress=True):
         calls.append(Path(path))
-        time.sleep(0.2)  # long enough for a second caller to arrive mid-build
+        assert second_caller.wait(60), "the second caller never reached the lock"
         (Path(path) / RECORD_FILE).write_text("{}")
         return Path(path)
 
@@ -191,7 +194,22 @@ def _fake_build(calls: list[Path]):
 def test_concurrent_callers_build_once_and_stale_temp_folders_go(tmp_path, monkeypatch):
     monkeypatch.setenv("LANGRL_HOME", str(tmp_path))
     calls: list[Path] = []
-    monkeypatch.setattr(warmstart, "build_policy", _fake_build(calls))
+    # Ordered by events, not sleeps: the build finishes only after both callers have
+    # reached the build lock, so the second one really arrives mid-build.
+    at_lock: list[Path] = []
+    second_caller = threading.Event()
+    real_lock = warmstart._file_lock
+
+    @contextlib.contextmanager
+    def observed_lock(lock_path):
+        at_lock.append(lock_path)  # list.append is atomic: no lock of our own needed
+        if len(at_lock) == 2:
+            second_caller.set()
+        with real_lock(lock_path) as exclusive:
+            yield exclusive
+
+    monkeypatch.setattr(warmstart, "_file_lock", observed_lock)
+    monkeypatch.setattr(warmstart, "build_policy", _fake_build(calls, second_caller))
     config = WarmStartConfig(preset="test", steps=3, warmup_steps=1)
     target = default_policy_path(config=config)
     stale = target.parent / f".{target.name}.killed"  # a build that was SIGKILLed
