@@ -9,7 +9,10 @@ vLLM.
 vLLM's level travels as the ``VLLM_LOGGING_LEVEL`` environment variable: vLLM reads it
 when it builds an engine's config (its ``LoggingConfig``) and its engine-core and worker
 processes are spawned with this environment and that config, so one variable set here
-reaches all of them. A ``VLLM_LOGGING_LEVEL`` the user set is left as it is.
+reaches all of them. A ``VLLM_LOGGING_LEVEL`` the user set is left as it is. The quiet
+console also hides the Hugging Face progress bars of model loading and saving ("Loading
+weights", "Writing model shards": ``HF_HUB_DISABLE_PROGRESS_BARS``, read when transformers
+is imported), unless the user set that variable.
 """
 
 from __future__ import annotations
@@ -19,10 +22,22 @@ import os
 import sys
 
 VLLM_LEVEL_VAR = "VLLM_LOGGING_LEVEL"
+HF_BARS_VAR = "HF_HUB_DISABLE_PROGRESS_BARS"
 
-# The level this module last put into the environment: it may change it again (a second
+# The values this module last put into the environment: it may change them again (a second
 # call in one process), while any other value is the user's and stays.
-_level_we_set: str | None = None
+_we_set: dict[str, str | None] = {}
+
+
+def _set_unless_user_set(name: str, value: str | None) -> None:
+    """``os.environ[name] = value`` (``None``: unset) unless the user set ``name``."""
+    if os.environ.get(name) not in (None, _we_set.get(name)):
+        return
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    _we_set[name] = value
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -42,11 +57,9 @@ def setup_logging(verbose: bool = False) -> None:
     Sets ``VLLM_LOGGING_LEVEL`` unless the user did, and gives the ``langrl`` logger one
     stderr handler (records still propagate, so pytest's ``caplog`` sees them). Idempotent.
     """
-    global _level_we_set
     level = "INFO" if verbose else "WARNING"
-    if os.environ.get(VLLM_LEVEL_VAR) in (None, _level_we_set):
-        os.environ[VLLM_LEVEL_VAR] = level
-        _level_we_set = level
+    _set_unless_user_set(VLLM_LEVEL_VAR, level)
+    _set_unless_user_set(HF_BARS_VAR, None if verbose else "1")
     logger = logging.getLogger("langrl")
     logger.setLevel(level)
     for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:

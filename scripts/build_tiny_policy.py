@@ -8,14 +8,15 @@ written to that folder instead (overwriting model files there). Run from the rep
     python scripts/build_tiny_policy.py --preset test         # the test policy, seconds
     python scripts/build_tiny_policy.py --out /tmp/tiny --steps 400 --imperfect-fraction 0.2
     python scripts/build_tiny_policy.py --ship                # rebuild the shipped default policy
-    python scripts/build_tiny_policy.py --check               # rebuild, compare with the shipped one
+    python scripts/build_tiny_policy.py --check               # rebuild and compare with the shipped
     python scripts/build_tiny_policy.py --check DIR           # compare the build in DIR with it
 
 Any option that changes the config (``--steps``, ...) gets its own cache folder. The
-default policy ships with the package (``langrl/tiny/shipped/tiny-default``), so the cache
-gets a copy of it in a second instead of a 10-20 minute build; ``--ship`` rebuilds it from
-the current code (10-20 min on 2 cores) and replaces the shipped folder, which is what to do
-after a change to ``POLICY_CONFIGS["default"]``, ``FORMAT_VERSION`` or the training code.
+default policy ships with the package (``langrl/tiny/shipped-policies/tiny-default``), so
+the cache gets a copy of it in a second instead of a 10-20 minute build; ``--ship``
+rebuilds it from the current code (10-20 min on 2 cores) and replaces the shipped folder,
+which is what to do after a change to ``POLICY_CONFIGS["default"]``, ``FORMAT_VERSION`` or
+the training code.
 ``--check`` prints how a build differs from the shipped one (sha256 of each file, the largest
 absolute weight difference, the loss curves) and exits 1 unless the weights are identical
 (builds on another machine or torch build may differ in the last bits).
@@ -75,7 +76,7 @@ def parse_args() -> argparse.Namespace:
     mode.add_argument(
         "--ship",
         action="store_true",
-        help="rebuild the default policy and replace the shipped copy in langrl/tiny/shipped",
+        help="rebuild the default policy into langrl/tiny/shipped-policies (10-20 min)",
     )
     mode.add_argument(
         "--check",
@@ -114,6 +115,10 @@ def compare(built: Path, shipped: Path) -> bool:
     weights_built, weights_shipped = _weights(built), _weights(shipped)
     if weights_built.keys() != weights_shipped.keys():
         print(f"  tensors differ: {sorted(weights_built.keys() ^ weights_shipped.keys())}")
+        return False
+    reshaped = [k for k in weights_shipped if weights_built[k].shape != weights_shipped[k].shape]
+    if reshaped:
+        print(f"  tensor shapes differ: {reshaped}")
         return False
     diffs = {
         key: (weights_built[key].double() - weights_shipped[key].double()).abs().max().item()

@@ -24,7 +24,7 @@ import pytest
 from langrl import logging_setup
 from langrl.engine import EngineConfig
 from langrl.engine.worker_extension import RotaryCacheReloadFilter, install_reload_log_filter
-from langrl.logging_setup import VLLM_LEVEL_VAR, setup_logging
+from langrl.logging_setup import HF_BARS_VAR, VLLM_LEVEL_VAR, setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERWISE = "vllm.model_executor.model_loader.reload.layerwise"
@@ -36,7 +36,8 @@ VLLM_INFO = re.compile(r"^\((\S+) pid=\d+\) INFO ", re.MULTILINE)
 def clean_logging(monkeypatch: pytest.MonkeyPatch):
     """No user VLLM_LOGGING_LEVEL; the langrl logger and the module state put back after."""
     monkeypatch.delenv(VLLM_LEVEL_VAR, raising=False)
-    monkeypatch.setattr(logging_setup, "_level_we_set", None)
+    monkeypatch.delenv(HF_BARS_VAR, raising=False)
+    monkeypatch.setattr(logging_setup, "_we_set", {})
     logger = logging.getLogger("langrl")
     level, handlers = logger.level, list(logger.handlers)
     yield logger
@@ -47,11 +48,12 @@ def clean_logging(monkeypatch: pytest.MonkeyPatch):
 def test_quiet_by_default_and_verbose_restores_info(clean_logging, capsys) -> None:
     setup_logging()
     assert os.environ[VLLM_LEVEL_VAR] == "WARNING"
+    assert os.environ[HF_BARS_VAR] == "1"  # no model-loading bars around ours
     assert clean_logging.level == logging.WARNING
     logging.getLogger("langrl.some.module").info("hidden")
     logging.getLogger("langrl.some.module").warning("shown")
     setup_logging(verbose=True)  # a second call replaces what the first set
-    assert os.environ[VLLM_LEVEL_VAR] == "INFO"
+    assert os.environ[VLLM_LEVEL_VAR] == "INFO" and HF_BARS_VAR not in os.environ
     logging.getLogger("langrl.some.module").info("now shown")
     err = capsys.readouterr().err
     assert "hidden" not in err and "shown" in err and "now shown" in err
@@ -63,8 +65,9 @@ def test_quiet_by_default_and_verbose_restores_info(clean_logging, capsys) -> No
 @pytest.mark.parametrize("verbose", [False, True])
 def test_a_level_the_user_set_wins(clean_logging, monkeypatch, verbose) -> None:
     monkeypatch.setenv(VLLM_LEVEL_VAR, "DEBUG")
+    monkeypatch.setenv(HF_BARS_VAR, "0")
     setup_logging(verbose)
-    assert os.environ[VLLM_LEVEL_VAR] == "DEBUG"
+    assert os.environ[VLLM_LEVEL_VAR] == "DEBUG" and os.environ[HF_BARS_VAR] == "0"
 
 
 def test_scripts_set_up_the_console_before_importing_vllm(

@@ -1,5 +1,6 @@
-"""The tiny default policy, built locally: tokenizer, Qwen2 model presets, warm start, cache;
-and a byte-level BPE tokenizer with merges (``build_bpe_tokenizer``) for real-BPE tests."""
+"""The tiny default policy, built locally: tokenizer, Qwen2 model presets, warm start, cache
+(the default policy also ships built, in ``shipped-policies/``); and a byte-level BPE
+tokenizer with merges (``build_bpe_tokenizer``) for real-BPE tests."""
 
 from langrl.tiny.bpe_tokenizer import build_bpe_tokenizer
 from langrl.tiny.model import PRESETS, TinyModelSpec, build_random_policy

@@ -91,7 +91,7 @@ RECORD_FILE = "warmstart.json"
 #: one: the test policy builds in seconds). ``scripts/build_tiny_policy.py --ship`` rebuilds
 #: them; ``ensure_policy`` copies one into the cache when its record matches (``shipped_policy``).
 SHIPPED_POLICIES: dict[str, Path] = {
-    "default": Path(__file__).resolve().parent / "shipped" / "tiny-default"
+    "default": Path(__file__).resolve().parent / "shipped-policies" / "tiny-default"
 }
 #: Kinds of deliberately imperfect traces (see ``make_trace``).
 IMPERFECT_KINDS = ("arith_slip", "wrong_operation")
@@ -110,7 +110,9 @@ class WarmStartConfig:
     """Architecture, a key of ``langrl.tiny.model.PRESETS`` (``"default"`` or ``"test"``)."""
     seed: int = 0
     """Seeds the random initialisation, the trace order and the imperfect traces: the same
-    config gives the same weights (on the same torch build and thread count)."""
+    config gives the same weights on the same torch build, thread count and kind of machine;
+    another kind of CPU changes the last bits, and 500 steps grow them into another policy
+    (hence the shipped build)."""
 
     # --- data ---
     imperfect_fraction: float = 0.1

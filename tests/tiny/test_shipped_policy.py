@@ -1,7 +1,7 @@
 """The default policy shipped with the package: what the current code builds, and used.
 
-``scripts/build_tiny_policy.py --ship`` writes ``langrl/tiny/shipped/tiny-default`` (a 10-20
-minute build on 2 cores); ``--check`` rebuilds it in full and compares the weights. These
+``scripts/build_tiny_policy.py --ship`` writes ``langrl/tiny/shipped-policies/tiny-default``
+(a 10-20 minute build on 2 cores); ``--check`` rebuilds it in full and compares the weights. These
 tests are the cheap part of that agreement, for every run of the suite: the record belongs
 to the current config and format, the files are the ones it records, a replay of the first
 steps of the build gives the recorded loss curve, and the shipped weights fit the end of
@@ -92,9 +92,10 @@ def test_replaying_the_first_steps_gives_the_recorded_losses(record, tmp_path):
 
 
 def test_shipped_weights_fit_the_end_of_the_recorded_curve(record):
-    """The shipped model's loss on the batches of the last steps is about the recorded
-    training loss there (recorded before each step's update, so a little above): the
-    weights are the trained end of this curve, not a random or a test policy."""
+    """The shipped model's loss on the batches of the last steps is a little below the
+    training loss recorded there (recorded before each step's update: 0.206 against 0.223
+    for the shipped build): the weights are the trained end of this curve, not a random,
+    a test or a half-trained policy."""
     last = 8
     model = PolicyValueModel.from_pretrained(SHIPPED)
     batches = trace_batches(CONFIG, build_tokenizer())
@@ -111,7 +112,7 @@ def test_shipped_weights_fit_the_end_of_the_recorded_curve(record):
                 break
     mean, recorded = sum(losses) / last, sum(record["losses"][-last:]) / last
     print(f"last {last} batches: shipped model {mean:.4f}, recorded {recorded:.4f}")
-    assert abs(mean - recorded) <= 0.03 * recorded
+    assert 0.85 * recorded < mean < recorded
 
 
 def _no_build(*args, **kwargs):
