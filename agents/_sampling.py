@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from langrl.agents.base import request_seed_base, split_task_seed
 from langrl.agents.rollout import GradedSample, sample_and_grade
 from langrl.checks import check_int, check_ints
 from langrl.engine.base import PolicyEngine, PromptTooLongError, SamplingConfig
@@ -36,8 +37,11 @@ class SamplingAgentConfig:
     temperature: float = 1.0
     """Sampling temperature of every answer (> 0; 1 samples the policy as it is)."""
     seed: int | None = None
-    """Base of per-request sampling seeds (reproducible runs); ``None`` = engine RNG. Seeded
-    requests cost vLLM some batching speed."""
+    """Mixed into the per-task seeds a training run hands out (``langrl.agents.base``:
+    ``task_seeds``), which seed every request; ``None`` (default) = those seeds alone, which
+    follow the run's ``seed``. Tasks without a seed (the agent used on its own): a base of
+    per-call request seeds, ``None`` = the engine's RNG. Seeded requests cost vLLM some
+    batching speed."""
     num_text_samples: int = 2
     """Transcripts returned for TensorBoard's text tab per ``collect``."""
 
@@ -51,28 +55,33 @@ class SamplingAgentConfig:
 
 @dataclass
 class Episode:
-    """A task opened in the env: where sampling starts from."""
+    """A task opened in the env: where sampling starts from. ``task`` holds the env's reset
+    options; ``seed`` is the task's sampling seed, when the task carried one."""
 
     task: Mapping[str, Any]
     start_state: Any
     prefix_ids: list[int]
     prompt: str
+    seed: int | None = None
 
 
 def open_episodes(
     env: Any, engine: PolicyEngine, tasks: Sequence[Mapping[str, Any]]
 ) -> list[Episode]:
     """Reset ``env`` to each task and encode its prompt once, as the engine's served model
-    wants it (``engine.encode_prompt``: chat template or plain prompt)."""
+    wants it (``engine.encode_prompt``: chat template or plain prompt). A task's sampling
+    seed (``TASK_SEED_KEY``) is kept on the episode, not passed to the env."""
     episodes = []
     for task in tasks:
-        _, info = env.reset(options=dict(task))
+        options, seed = split_task_seed(task)
+        _, info = env.reset(options=options)
         episodes.append(
             Episode(
-                task=task,
+                task=options,
                 start_state=env.get_state(),
                 prefix_ids=engine.encode_prompt(info),
                 prompt=info["prompt"],
+                seed=seed,
             )
         )
     return episodes
@@ -90,12 +99,16 @@ async def sample_groups(
     call: int,
 ) -> list[list[GradedSample]]:
     """``n`` graded completions for every episode, all requested at once so that the engine
-    batches them (continuous batching). With ``seed`` set, request ``i`` of rollout ``call``
-    gets its own reproducible seed. A task whose prompt does not fit the engine's context
-    gets an empty group."""
+    batches them (continuous batching). An episode with a task seed gets a request seed
+    from it (mixed with ``seed`` when set: ``request_seed_base``), which depends on nothing
+    else; otherwise, with ``seed`` set, request ``i`` of rollout ``call`` gets its own
+    reproducible seed. A task whose prompt does not fit the engine's context gets an empty
+    group."""
 
     def sampling(i: int) -> SamplingConfig:
-        request_seed = None if seed is None else (seed * 1_000_003 + call) * 100_003 + i
+        request_seed = request_seed_base(seed, episodes[i].seed)
+        if request_seed is None and seed is not None:
+            request_seed = (seed * 1_000_003 + call) * 100_003 + i
         return SamplingConfig(
             n=n, max_tokens=max_tokens, temperature=temperature, seed=request_seed
         )
@@ -119,6 +132,7 @@ class GroupSamplingAgent:
 
     name = ""
     env_uses: tuple[str, ...] = ("rollouts",)
+    task_seeds = True  # seeds every request from its task's seed (langrl.agents.base.Agent)
 
     @classmethod
     def learner_defaults(cls, config: Any) -> dict[str, Any]:

@@ -9,12 +9,43 @@ template flag. The contract in prose: docs/design.md, "Contracts".
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from langrl.engine.base import PolicyEngine
 from langrl.trajectory import Trajectory
+
+#: Key of the per-task sampling seed in a task dict, for agents that declare
+#: ``task_seeds = True`` (see ``Agent``). Not an env option: ``split_task_seed`` removes it.
+TASK_SEED_KEY = "seed"
+
+
+def derive_seed(*parts: int) -> int:
+    """A sampling seed in ``[0, 2**31)`` determined by ``parts`` alone (any ints), the same
+    on every machine and Python (a BLAKE2 hash, not Python's salted ``hash``). Used for
+    per-task seeds (run seed, epoch, position) and to mix an agent's own seed into them."""
+    digest = hashlib.blake2b(",".join(str(int(p)) for p in parts).encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "little") >> 33
+
+
+def split_task_seed(task: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """``(env reset options, seed)`` of a task: the task without its ``TASK_SEED_KEY``, and
+    that seed (``None`` when the task carries none)."""
+    options = dict(task)
+    seed = options.pop(TASK_SEED_KEY, None)
+    return options, None if seed is None else int(seed)
+
+
+def request_seed_base(agent_seed: int | None, task_seed: int | None) -> int | None:
+    """The seed an agent derives a task's engine requests from: the task's own seed (the
+    training run's, from the run seed and the task's place in the data order), mixed with
+    the agent config's ``seed`` when both are set; the agent's seed alone is not enough
+    (``None``: the caller falls back to its own scheme), nor is nothing."""
+    if task_seed is None:
+        return None
+    return task_seed if agent_seed is None else derive_seed(agent_seed, task_seed)
 
 
 @dataclass
@@ -49,6 +80,17 @@ class Agent(Protocol):
             answers, ``("rollouts", "search")`` to branch from snapshots as well
             (``get_state``/``set_state``/``task_info``). The app checks the env with
             ``contract_problems(env, env_uses)`` before any engine starts.
+
+    Optional class attribute ``task_seeds: bool`` (default False): the agent reads a
+    per-task sampling seed from each task dict, under ``TASK_SEED_KEY`` (``"seed"``), and
+    derives every engine request of that task from it (``SamplingConfig.seed``), so that
+    its samples depend only on the weights and the task, not on what else the engine is
+    batching or how many rollouts came before. The training run then adds the key to the
+    tasks it hands out (``TaskSampler``: a hash of the run seed, the epoch and the position
+    in the data order, so a resumed run hands out the same seeds); an agent that does not
+    declare it gets plain tasks. The seed is not an env option (langrl's envs refuse
+    unknown reset options): ``split_task_seed`` separates the two before ``env.reset``.
+    The built-in agents declare it.
 
     Class method ``learner_defaults(config) -> dict``: ``LearnerConfig`` fields that follow
     from the agent and its config (CISPO supplies its own advantages and trains no value

@@ -86,7 +86,7 @@ from typing import Any
 
 import numpy as np
 
-from langrl.agents.base import RolloutBatch
+from langrl.agents.base import RolloutBatch, request_seed_base, split_task_seed
 from langrl.agents.cispo import group_advantages
 from langrl.agents.rollout import sample_and_grade
 from langrl.checks import check_int, check_ints
@@ -216,8 +216,14 @@ class MCTSConfig:
     cancel ``A = r - V``)."""
 
     seed: int | None = None
-    """Seeds the root noise and gives every engine request a derived seed, for
-    reproducible searches; None leaves sampling to the engine's RNG (fastest in vLLM)."""
+    """Mixed into the per-task seeds a training run hands out (``langrl.agents.base``:
+    ``task_seeds``), which seed each search's root noise, path draws and engine requests;
+    ``None`` (default) = those seeds alone, which follow the run's ``seed``. Tasks without a
+    seed (the agent used on its own): seeds an RNG that draws one seed per search, ``None``
+    = the engine's RNG (fastest in vLLM). A search is reproducible from its seed when its
+    engine calls return in the same order: always with ``num_workers = 1``; with more,
+    which worker's expansion returns first depends on the engine's timing, and so may the
+    tree (see ``docs/design.md``, "Reproducibility")."""
 
     def __post_init__(self) -> None:
         positive = ("num_workers", "iterations_per_worker", "num_expansions",
@@ -515,6 +521,7 @@ class MCTSAgent:
     """
 
     name = "mcts"
+    task_seeds = True  # a task's seed seeds its search (langrl.agents.base.Agent)
     config_class = MCTSConfig
     #: Search branches the env from snapshots (``get_state``/``set_state``/``task_info``).
     env_uses = ("rollouts", "search")
@@ -548,7 +555,9 @@ class MCTSAgent:
         """Search every task concurrently (the engine batches across all of their workers)
         and return their trajectories (those ``min_reward`` keeps), with search statistics
         as ``search/`` metrics."""
-        seeds = [self._draw_seed() for _ in tasks]  # drawn in task order: reproducible
+        # A task's own seed (from the training run) decides its search alone; without one,
+        # seeds are drawn from the agent's RNG in task order (reproducible within a session).
+        seeds = [self._search_seed(task) for task in tasks]
         outcomes = await asyncio.gather(
             *(self.search(task, seed=s) for task, s in zip(tasks, seeds, strict=True)),
             return_exceptions=True,
@@ -601,14 +610,19 @@ class MCTSAgent:
     async def search(self, task: Mapping[str, Any], seed: int | None = None) -> SearchResult:
         """Run one search for ``task`` (``env.reset`` options) and extract its trajectory.
 
-        ``seed`` seeds this search's noise and request seeds; by default one is drawn from
-        the agent's RNG when ``config.seed`` is set, so repeated searches differ."""
+        ``seed`` seeds this search's noise and request seeds; by default the task's own
+        seed (mixed with ``config.seed``), else one drawn from the agent's RNG when
+        ``config.seed`` is set, so repeated searches differ."""
         if seed is None:
-            seed = self._draw_seed()
+            seed = self._search_seed(task)
         return await TreeSearch(self, task, seed).run()
 
     def _draw_seed(self) -> int | None:
         return self._rng.randrange(2**31) if self.config.seed is not None else None
+
+    def _search_seed(self, task: Mapping[str, Any]) -> int | None:
+        seed = request_seed_base(self.config.seed, split_task_seed(task)[1])
+        return self._draw_seed() if seed is None else seed
 
 
 class TreeSearch:
@@ -624,7 +638,7 @@ class TreeSearch:
         self.rng = random.Random(seed)
         self.np_rng = np.random.default_rng(seed)
         self.seeded = seed is not None
-        self.env.reset(options=dict(task))
+        self.env.reset(options=split_task_seed(task)[0])  # the seed is not an env option
         self.info = self.env.task_info()
         self.root = Node(state=self.env.get_state())
         self._expansions_in_flight = 0

@@ -22,10 +22,15 @@ same ``put`` / ``get`` without touching agents or the trainer.
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
 
 from langrl.checks import check_int
 from langrl.trajectory import Trajectory
@@ -162,6 +167,36 @@ class TrajectoryBuffer:
         with self._cond:
             self._items.clear()
 
+    # --- checkpoints ---
+
+    def state_dict(self, current_version: int) -> dict[str, Any]:
+        """What a checkpoint keeps of the buffer, JSON-serialisable: every held trajectory in
+        arrival order (ids, logprobs, reward, advantages exactly; ``info`` as JSON) and the
+        counters. Versions are stored as ages (``current_version - policy_version``), since a
+        resumed run's engine counts its versions afresh: ``load_state_dict`` puts them back
+        relative to the version it is given. A few KB per trajectory."""
+        with self._cond:
+            return {
+                "trajectories": [_encode(t, current_version) for t in self._items],
+                "counters": {
+                    "num_put": self.num_put,
+                    "num_got": self.num_got,
+                    "dropped_stale": self.dropped_stale,
+                    "dropped_overflow": self.dropped_overflow,
+                },
+            }
+
+    def load_state_dict(self, state: Mapping[str, Any], current_version: int) -> None:
+        """Replace the contents and counters with a ``state_dict``'s; each trajectory gets
+        ``policy_version = current_version - age`` (the staleness it had when saved)."""
+        items = [_decode(d, current_version) for d in state["trajectories"]]
+        with self._cond:
+            self._items = deque(items[-self.capacity :])
+            for name, value in state.get("counters", {}).items():
+                setattr(self, name, int(value))
+            self.dropped_overflow += len(items) - len(self._items)
+            self._cond.notify_all()
+
     def stats(self) -> dict[str, int]:
         """Counters for logging."""
         with self._cond:
@@ -172,3 +207,53 @@ class TrajectoryBuffer:
                 "dropped_stale": self.dropped_stale,
                 "dropped_overflow": self.dropped_overflow,
             }
+
+
+# --- checkpoint encoding ---
+
+
+def _pack(values: Any, dtype: str) -> str:
+    # Exact: ids as int32, floats as float64 (Python floats), little-endian, base64.
+    return base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode("ascii")
+
+
+def _unpack(text: str, dtype: str) -> list:
+    return np.frombuffer(base64.b64decode(text), dtype=dtype).tolist()
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # NumPy and torch scalars
+        return obj.item()
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=repr)
+    return repr(obj)
+
+
+def _encode(traj: Trajectory, current_version: int) -> dict[str, Any]:
+    return {
+        "prompt_ids": _pack(traj.prompt_ids, "<i4"),
+        "completion_ids": _pack(traj.completion_ids, "<i4"),
+        "behaviour_logprobs": _pack(traj.behaviour_logprobs, "<f8"),
+        "reward": float(traj.reward),
+        "advantages": None if traj.advantages is None else _pack(traj.advantages, "<f8"),
+        "temperature": float(traj.temperature),
+        "age": current_version - traj.policy_version,
+        "agent": traj.agent,
+        # Diagnostics only (never trained on): anything JSON cannot hold becomes its repr.
+        "info": json.loads(json.dumps(traj.info, default=_json_default)),
+    }
+
+
+def _decode(data: Mapping[str, Any], current_version: int) -> Trajectory:
+    advantages = data["advantages"]
+    return Trajectory(
+        prompt_ids=_unpack(data["prompt_ids"], "<i4"),
+        completion_ids=_unpack(data["completion_ids"], "<i4"),
+        behaviour_logprobs=_unpack(data["behaviour_logprobs"], "<f8"),
+        reward=float(data["reward"]),
+        advantages=None if advantages is None else _unpack(advantages, "<f8"),
+        temperature=float(data["temperature"]),
+        policy_version=current_version - int(data["age"]),
+        agent=data["agent"],
+        info=dict(data["info"]),
+    )

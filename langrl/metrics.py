@@ -185,7 +185,7 @@ TAGS: dict[str, str] = {
     PERF_STALENESS_MAX: "max staleness in the batch",
     PERF_DROPPED_STALE: "trajectories dropped so far for exceeding max_staleness",
     PERF_BATCH_TRAJECTORIES: "trajectories in the batch (batch_size, more with train_expiring)",
-    PERF_POLICY_VERSION: "engine weight version after the last sync",
+    PERF_POLICY_VERSION: "weight pushes of the run so far (survives resume)",
     PERF_ROLLOUT_S: "wall seconds of the last agent.collect",
     PERF_UPDATE_S: "wall seconds of the learner step",
     PERF_SYNC_S: "wall seconds of the weight push",

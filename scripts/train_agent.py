@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from langrl.learner import CheckpointError
     from langrl.signals import interrupt_on_sigterm
     from langrl.training import train  # heavy imports only once the config is valid
 
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except CheckpointError as err:  # a final save failed (full disk): one line, exit 1
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     evals = " ".join(f"{k}={v:.4f}" for k, v in result.items() if k.startswith("eval/"))

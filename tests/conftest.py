@@ -37,6 +37,26 @@ from langrl.policy_model import PolicyValueModel
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
+@pytest.fixture(autouse=True)
+def _isolated_console_logging() -> Iterator[None]:
+    """Tests that run a script's ``main`` call ``setup_logging`` (the ``langrl`` logger at
+    WARNING, ``VLLM_LOGGING_LEVEL`` set): put both back so later tests see the defaults."""
+    import logging
+    import os
+
+    logger = logging.getLogger("langrl")
+    level, handlers = logger.level, list(logger.handlers)
+    env = {k: os.environ.get(k) for k in ("VLLM_LOGGING_LEVEL", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    yield
+    logger.setLevel(level)
+    logger.handlers[:] = handlers
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def load_script() -> Callable[[str], ModuleType]:
     """``load_script(name)``: ``scripts/<name>.py`` imported from its file as a new module

@@ -289,6 +289,22 @@ def _exit_description(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+def _supervise() -> Any:
+    """Guard the processes vLLM is about to start (``langrl.engine.lifetime``: the ownership
+    token in the environment, a reaper that kills them if this process dies) and sweep the
+    weight-chunk files dead runs left; a ``Supervision`` to release at shutdown."""
+    from langrl.engine import lifetime
+
+    shm_dirs: list[str] = []
+    if native_weight_transfer_available():
+        from langrl.engine.weight_transfer import chunk_directories, sweep_stale_chunks
+
+        shm_dirs = chunk_directories()
+        if removed := sweep_stale_chunks():
+            logger.info("removed %d weight-chunk files of dead runs", len(removed))
+    return lifetime.acquire(shm_dirs)
+
+
 class VLLMEngine(ServedEngine):
     """``PolicyEngine`` over vLLM's ``AsyncLLM``. Create with ``await VLLMEngine.create(cfg)``
     on the event loop that will use it (``SyncEngine`` does this for blocking callers).
@@ -299,6 +315,9 @@ class VLLMEngine(ServedEngine):
     bytes or shared-memory files), ``load_s`` (the RPCs: transfer and the worker's load),
     ``reset_s`` (prefix-cache reset), ``bytes`` (tensor bytes pushed), ``path``.
     """
+
+    #: The reaper's guard over vLLM's processes (``_supervise``), released at shutdown.
+    _supervision: Any = None
 
     def __init__(
         self,
@@ -328,20 +347,28 @@ class VLLMEngine(ServedEngine):
         weight_push = choose_weight_push(config)
         # Load the transformers copy first: a broken checkpoint fails here in seconds.
         model, tokenizer = await asyncio.to_thread(load_value_model, config)
-        llm = await start_in_thread(
-            lambda: _start_async_llm(config, weight_push),
-            config.startup_timeout_s,
-            f"vLLM on EngineConfig.model={config.model!r}",
-        )
-        if weight_push == "shm":
-            from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+        # Before vLLM spawns anything: the ownership token and the reaper (lifetime.py).
+        supervision = await asyncio.to_thread(_supervise)
+        try:
+            llm = await start_in_thread(
+                lambda: _start_async_llm(config, weight_push),
+                config.startup_timeout_s,
+                f"vLLM on EngineConfig.model={config.model!r}",
+            )
+            if weight_push == "shm":
+                from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
 
-            try:
-                await llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info={}))
-            except BaseException:
-                llm.shutdown()
-                raise
-        return cls(config, model, tokenizer, llm, weight_push)
+                try:
+                    await llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info={}))
+                except BaseException:
+                    llm.shutdown()
+                    raise
+            engine = cls(config, model, tokenizer, llm, weight_push)
+        except BaseException:
+            supervision.release()
+            raise
+        engine._supervision = supervision
+        return engine
 
     # --- the watchdog ---
 
@@ -554,3 +581,6 @@ class VLLMEngine(ServedEngine):
             killed = stop_processes([proc for _, proc, _ in self._processes])
             if killed:
                 logger.warning("killed vLLM processes %s that outlived shutdown", killed)
+        if self._supervision is not None:
+            with contextlib.suppress(Exception):
+                self._supervision.release()

@@ -38,6 +38,8 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferUpdateInfo,
 )
 
+from langrl.engine.lifetime import owned_file_prefix, sweep_files
+
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
     from vllm.config.weight_transfer import WeightTransferConfig
@@ -58,6 +60,20 @@ def shm_directory() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
 
+def chunk_directories() -> list[str]:
+    """Every directory ``write_chunk`` may put a chunk file in (its fallback included)."""
+    return list(dict.fromkeys([shm_directory(), tempfile.gettempdir()]))
+
+
+def sweep_stale_chunks() -> list[str]:
+    """Remove chunk files whose writer is dead (killed mid-push); return their paths.
+
+    Chunk files are named ``langrl-weights-<pid>-<start>-<pidns>-*`` after the process that
+    writes them (``langrl.engine.lifetime.owned_file_prefix``); the engine sweeps them when
+    it starts, and a dead trainer's reaper removes its own at once."""
+    return sweep_files(chunk_directories())
+
+
 def _reserved_file(nbytes: int, directories: list[str]) -> tuple[int, str]:
     """A new file of ``nbytes`` whose blocks are allocated, in the first of ``directories``
     with room; ``(fd, path)``.
@@ -68,7 +84,7 @@ def _reserved_file(nbytes: int, directories: list[str]) -> tuple[int, str]:
     next directory (the temp dir, on disk) is tried."""
     errors = []
     for directory in dict.fromkeys(directories):  # in order, once each
-        fd, path = tempfile.mkstemp(prefix="langrl-weights-", dir=directory)
+        fd, path = tempfile.mkstemp(prefix=owned_file_prefix("weights"), dir=directory)
         try:
             os.posix_fallocate(fd, 0, nbytes)
             return fd, path
@@ -77,7 +93,7 @@ def _reserved_file(nbytes: int, directories: list[str]) -> tuple[int, str]:
             os.unlink(path)
             if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
                 # A file system without fallocate: only a sparse file is possible here.
-                fd, path = tempfile.mkstemp(prefix="langrl-weights-", dir=directory)
+                fd, path = tempfile.mkstemp(prefix=owned_file_prefix("weights"), dir=directory)
                 os.ftruncate(fd, nbytes)
                 return fd, path
             errors.append(f"{directory}: {e.strerror}")

@@ -1,7 +1,8 @@
 """The shared torch learner: one optimiser step per batch of ``Trajectory``, for every agent.
 
 Public API: ``Learner`` (``step``, ``export_weights``, ``save_checkpoint``,
-``load_checkpoint``), ``LearnerConfig``, ``latest_checkpoint``, ``METRIC_TAGS`` and the pure
+``load_checkpoint``), ``LearnerConfig``, ``latest_checkpoint``, ``verify_checkpoint``,
+``prune_checkpoints``, ``CheckpointError``, ``METRIC_TAGS`` and the pure
 loss functions in ``langrl.learner.losses``.
 
 ``LearnerConfig`` is pure (no torch): importing it, or this package for it, loads no torch.
@@ -16,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 from langrl.learner.config import LearnerConfig
 
 if TYPE_CHECKING:
-    from langrl.learner.learner import METRIC_TAGS, Learner, latest_checkpoint
+    from langrl.learner.learner import (
+        METRIC_TAGS,
+        CheckpointError,
+        Learner,
+        latest_checkpoint,
+        prune_checkpoints,
+        verify_checkpoint,
+    )
     from langrl.learner.losses import (
         POLICY_LOSSES,
         cispo_policy_loss,
@@ -32,6 +40,9 @@ _LAZY = {
     "METRIC_TAGS": "langrl.learner.learner",
     "Learner": "langrl.learner.learner",
     "latest_checkpoint": "langrl.learner.learner",
+    "CheckpointError": "langrl.learner.learner",
+    "prune_checkpoints": "langrl.learner.learner",
+    "verify_checkpoint": "langrl.learner.learner",
     "POLICY_LOSSES": "langrl.learner.losses",
     "cispo_policy_loss": "langrl.learner.losses",
     "entropy_from_logits": "langrl.learner.losses",
@@ -44,6 +55,7 @@ _LAZY = {
 __all__ = [
     "METRIC_TAGS",
     "POLICY_LOSSES",
+    "CheckpointError",
     "Learner",
     "LearnerConfig",
     "cispo_policy_loss",
@@ -52,7 +64,9 @@ __all__ = [
     "latest_checkpoint",
     "logprobs_from_logits",
     "masked_mean",
+    "prune_checkpoints",
     "value_loss",
+    "verify_checkpoint",
 ]
 
 

@@ -26,7 +26,12 @@ one its behaviour logprobs were sampled at) for the policy ratio, the KL and the
 
 Checkpoints are plain resumable records (nanoGPT): a ``from_pretrained``-loadable model
 directory plus optimizer state, step, config and caller-supplied ``extra``, written
-atomically (temp dir, fsync, rename; then an atomically replaced ``latest`` pointer).
+atomically (temp dir, fsync, rename; then an atomically replaced ``latest`` pointer), with a
+``manifest.json`` of every file's size and sha256 that ``load_checkpoint`` and
+``latest_checkpoint`` verify (a truncated or corrupt checkpoint is refused in one line
+naming the file, and ``latest_checkpoint`` falls back to the previous one). A failed save
+(a full disk) raises one ``CheckpointError`` line and leaves the previous checkpoint and
+``latest`` as they were; ``keep_last`` prunes older checkpoints after a successful save.
 
 Example::
 
@@ -39,22 +44,28 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from langrl.checks import check_int
 from langrl.learner.config import LearnerConfig
 from langrl.learner.losses import POLICY_LOSSES, k3_kl, masked_mean, value_loss
 from langrl.policy_model import (
@@ -100,7 +111,14 @@ VALUE_GROUP = "value_head"
 CHECKPOINT_PREFIX = "step_"
 LATEST_FILE = "latest"
 OPTIMIZER_FILE = "optimizer.pt"
-STATE_FILE = "learner_state.json"  # written last: its presence marks a complete checkpoint
+STATE_FILE = "learner_state.json"  # its presence marks a complete checkpoint
+MANIFEST_FILE = "manifest.json"  # written last: size and sha256 of every other file
+#: ``learner_state.json``'s ``format_version``: 2 = the checkpoint has a manifest (1: none,
+#: written before manifests; checked by its safetensors headers and archive structure).
+CHECKPOINT_FORMAT = 2
+#: Files are hashed in blocks of this many bytes (one sha256 per block, in parallel), so
+#: that verifying a multi-GB optimizer file takes seconds rather than a core-minute.
+HASH_BLOCK_BYTES = 64 << 20
 _TMP_PREFIX = ".tmp-"
 # A local model directory holding none of these has no tokenizer (AutoTokenizer would
 # still build an empty one from config.json, so their presence is checked first).
@@ -259,22 +277,254 @@ def _is_complete(path: Path) -> bool:
     return path.is_dir() and (path / STATE_FILE).is_file()
 
 
-def latest_checkpoint(root: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint directory under ``root``, or None if there is none.
+class CheckpointError(OSError):
+    """A checkpoint that could not be written, or that is not intact, in one line naming the
+    file (``.../step_00000008/model.safetensors: truncated (12345 of 13139120 bytes)``) or
+    the save (``saving step 12 to runs/x/checkpoints failed: No space left on device``).
+    An ``OSError``, so code that handles failed I/O handles it too."""
 
-    Follows the ``latest`` pointer; if it is missing or names an incomplete directory (a run
-    killed at an unlucky moment), falls back to the highest-numbered complete ``step_*``.
+
+#: What a failed write raises, besides ``OSError``: ``torch.save`` (``RuntimeError``, the
+#: ``OSError`` as its context) and safetensors (``SafetensorError``, the errno in its text).
+_WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+
+
+def _write_failure(err: BaseException) -> str:
+    """The cause of a failed write in a few words (``No space left on device``)."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        match = re.search(r"os error (\d+)", str(cause))
+        if match:
+            return os.strerror(int(match.group(1)))
+        cause = cause.__cause__ or cause.__context__
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _block_digests(path: Path, names: Sequence[str], block: int) -> dict[str, list[str]]:
+    """sha256 of each ``block``-byte block of each file ``path / name``, hashed in parallel
+    (hashlib releases the GIL)."""
+    jobs = [
+        (name, start)
+        for name in names
+        for start in range(0, max((path / name).stat().st_size, 1), block)
+    ]
+
+    def digest(job: tuple[str, int]) -> str:
+        name, start = job
+        with open(path / name, "rb") as f:
+            f.seek(start)
+            return hashlib.sha256(f.read(block)).hexdigest()
+
+    workers = max(1, min(len(jobs), os.cpu_count() or 1, 16))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        digests = list(pool.map(digest, jobs))
+    out: dict[str, list[str]] = {name: [] for name in names}
+    for (name, _), value in zip(jobs, digests, strict=True):
+        out[name].append(value)
+    return out
+
+
+def _write_manifest(path: Path) -> None:
+    """Record the size and block sha256s of every file under ``path`` in ``manifest.json``."""
+    names = sorted(
+        p.relative_to(path).as_posix()
+        for p in path.rglob("*")
+        if p.is_file() and p != path / MANIFEST_FILE
+    )
+    digests = _block_digests(path, names, HASH_BLOCK_BYTES)
+    files = {
+        name: {"size": (path / name).stat().st_size, "sha256": digests[name]} for name in names
+    }
+    manifest = {"format_version": 1, "block_bytes": HASH_BLOCK_BYTES, "files": files}
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+
+
+def _check_size(file: Path, size: int, expected: int) -> None:
+    if size < expected:
+        raise CheckpointError(f"{file}: truncated ({size} of {expected} bytes)")
+    if size > expected:
+        raise CheckpointError(f"{file}: {size} bytes, expected {expected}")
+
+
+def _check_manifest(path: Path) -> None:
+    manifest_file = path / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        files = {name: (int(r["size"]), list(r["sha256"])) for name, r in manifest["files"].items()}
+        block = int(manifest["block_bytes"])
+        if block < 1:
+            raise ValueError(block)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{manifest_file}: unreadable ({type(err).__name__})") from None
+    for name, (size, _) in files.items():  # sizes first: a truncation costs no hashing
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing")
+        _check_size(file, file.stat().st_size, size)
+    digests = _block_digests(path, list(files), block)
+    for name, (_, expected) in files.items():
+        if digests[name] != expected:
+            raise CheckpointError(f"{path / name}: corrupt (sha256 differs from {MANIFEST_FILE})")
+
+
+def _check_safetensors(file: Path) -> None:
+    """The header parses and the file is as long as the header's tensors say."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as f:
+            head = f.read(8)
+            length = int.from_bytes(head, "little")
+            if len(head) < 8 or 8 + length > size:
+                raise CheckpointError(
+                    f"{file}: truncated ({size} bytes, its header alone needs {8 + length})"
+                )
+            header = json.loads(f.read(length))
+        end = max(
+            (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+            default=0,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+        raise CheckpointError(f"{file}: corrupt (unreadable safetensors header)") from None
+    _check_size(file, size, 8 + length + end)
+
+
+def _check_legacy(path: Path, state: Mapping[str, Any]) -> None:
+    """A checkpoint written before manifests: the completeness marker, as then, plus the
+    headers and archive structure of the files it holds (a truncation is caught, a flipped
+    bit inside tensor data is not; a missing file fails when loading, naming it)."""
+    if int(state.get("format_version", 1)) >= 2:
+        raise CheckpointError(f"{path / MANIFEST_FILE}: missing")
+    for file in sorted(path.rglob("*.safetensors")):
+        _check_safetensors(file)
+    optimizer = path / OPTIMIZER_FILE
+    if optimizer.is_file() and not zipfile.is_zipfile(optimizer):
+        raise CheckpointError(f"{optimizer}: truncated or corrupt (not a complete torch archive)")
+
+
+def verify_checkpoint(path: str | os.PathLike) -> None:
+    """Raise ``CheckpointError`` (one line naming the file) unless the checkpoint directory
+    ``path`` is complete and intact: every file the manifest lists, of its size and sha256.
+    A checkpoint from before manifests is checked by its safetensors headers and the
+    optimizer archive's structure. Reads every byte (parallel; about 1 GB/s per core)."""
+    path = Path(path)
+    state_file = path / STATE_FILE
+    if not _is_complete(path):
+        raise CheckpointError(f"{state_file}: missing (not a complete checkpoint)")
+    if (path / MANIFEST_FILE).is_file():
+        _check_manifest(path)
+        return
+    try:
+        state = json.loads(state_file.read_text())
+        if not isinstance(state, dict):
+            raise TypeError
+    except (OSError, ValueError, TypeError):
+        raise CheckpointError(f"{state_file}: unreadable") from None
+    _check_legacy(path, state)
+
+
+def latest_checkpoint(root: str | os.PathLike, *, verify: bool = True) -> Path | None:
+    """The newest complete, intact checkpoint directory under ``root``, or None if there is none.
+
+    Follows the ``latest`` pointer; if it is missing, names an incomplete directory (a run
+    killed at an unlucky moment) or one that fails ``verify_checkpoint`` (truncated,
+    corrupt), falls back to the highest-numbered complete ``step_*`` that passes, and logs
+    one warning naming what it skipped and why. ``verify=False`` only checks that the
+    directories are complete (no file is read: cheap, for listing runs).
     """
     root = Path(root)
     pointer = root / LATEST_FILE
+    candidates: list[Path] = []
     if pointer.is_file():
-        target = root / pointer.read_text().strip()
-        if _is_complete(target):
-            return target
-    candidates = (
-        [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if _is_complete(p)] if root.is_dir() else []
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            name = pointer.read_text().strip()
+            if name:
+                candidates.append(root / name)
+    if root.is_dir():
+        steps = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if _is_complete(p)]
+        candidates += sorted(steps, key=lambda p: p.name, reverse=True)
+    skipped: list[str] = []
+    found = None
+    for candidate in dict.fromkeys(candidates):  # in order, without repeats
+        if not _is_complete(candidate):
+            skipped.append(f"{candidate} (named by {pointer}): incomplete")
+            continue
+        if verify:
+            try:
+                verify_checkpoint(candidate)
+            except CheckpointError as err:
+                skipped.append(str(err))
+                continue
+        found = candidate
+        break
+    if skipped and (found is not None or verify):
+        logger.warning(
+            "skipped checkpoint%s %s; %s",
+            "s" if len(skipped) > 1 else "",
+            "; ".join(skipped),
+            f"using {found}" if found is not None else f"no intact checkpoint under {root}",
+        )
+    return found
+
+
+def prune_checkpoints(
+    root: str | os.PathLike, keep_last: int, keep: Iterable[str | os.PathLike] = ()
+) -> list[Path]:
+    """Remove all but the newest ``keep_last`` complete ``step_*`` checkpoints under ``root``
+    (by step), never the one ``latest`` names nor those in ``keep``; return the removed.
+    Each is first renamed to a temp name, so a kill mid-way leaves no half-deleted
+    checkpoint behind (the next save removes the leftover)."""
+    check_int("prune_checkpoints", "keep_last", keep_last, 1)
+    root = Path(root)
+    kept = {Path(p).name for p in keep}
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        kept.add((root / LATEST_FILE).read_text().strip())
+    steps = sorted(
+        (p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if _is_complete(p)),
+        key=lambda p: p.name,
+        reverse=True,
     )
-    return max(candidates, key=lambda p: p.name, default=None)
+    removed = []
+    for old in steps[keep_last:]:
+        if old.name in kept:
+            continue
+        doomed = root / f"{_TMP_PREFIX}prune-{old.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(old)
+    if removed:
+        _fsync_dir(root)
+    return removed
+
+
+def _remove_stale_temps(root: Path) -> None:
+    """Remove what crashed saves left: temp checkpoint dirs and ``latest`` pointer files."""
+    for stale in root.glob(f"{_TMP_PREFIX}*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _write_pointer(root: Path, name: str) -> None:
+    """Atomically point ``root/latest`` at ``name`` (temp file, fsync, rename)."""
+    pointer_tmp = root / f"{_TMP_PREFIX}{LATEST_FILE}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(pointer_tmp, "w") as f:
+            f.write(name)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(pointer_tmp, root / LATEST_FILE)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            pointer_tmp.unlink()
+        raise
+    _fsync_dir(root)
 
 
 # --- learner ------------------------------------------------------------------------------------
@@ -654,28 +904,39 @@ class Learner:
         root: str | os.PathLike,
         step: int | None = None,
         extra: Mapping[str, Any] | None = None,
+        keep_last: int | None = None,
     ) -> Path:
         """Write ``root/step_{step:08d}`` atomically and point ``root/latest`` at it.
 
         The directory is a ``from_pretrained``-loadable model (LM safetensors, config,
-        the tokenizer of ``model_path`` (``load_checkpoint_tokenizer``), ``value_head/``) plus ``optimizer.pt`` and
-        ``learner_state.json`` (step, global_step, config, ``extra``: JSON-serialisable, e.g.
-        the data position). Everything goes into a temp dir beside it, is fsynced, then
-        renamed; ``latest`` is replaced atomically afterwards. A kill at any moment leaves
-        ``latest_checkpoint(root)`` naming a complete checkpoint. One writer per ``root``:
-        leftover temp dirs from crashed saves are removed. Returns the checkpoint path.
+        the tokenizer of ``model_path`` (``load_checkpoint_tokenizer``), ``value_head/``)
+        plus ``optimizer.pt``, ``learner_state.json`` (step, global_step, config, ``extra``:
+        JSON-serialisable, e.g. the data position) and, written last, ``manifest.json`` (the
+        size and sha256 of every other file, which ``verify_checkpoint`` checks). Everything
+        goes into a temp dir beside it, is fsynced, then renamed; ``latest`` is replaced
+        atomically afterwards. A kill at any moment leaves ``latest_checkpoint(root)``
+        naming a complete checkpoint. A failed write (a full disk: any ``OSError``) raises
+        ``CheckpointError`` in one line (``saving step 12 to runs/x/checkpoints failed: No
+        space left on device``) after removing the temp dir: the previous checkpoints and
+        ``latest`` are as they were. One writer per ``root``: leftover temp dirs from
+        crashed saves are removed. ``keep_last``: after the save, remove all but the newest
+        ``keep_last`` checkpoints (``prune_checkpoints``; never the new one or the one
+        ``latest`` names); ``None`` keeps all. Returns the checkpoint path.
         """
         root = Path(root)
         step = self.global_step if step is None else step
-        extra = dict(extra or {})
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(f"{_TMP_PREFIX}*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        check_int("save_checkpoint", "keep_last", keep_last, 1, optional=True)
+        # Serialise the JSON first: a non-serialisable `extra` fails before any write.
+        state = self._state_json(step, dict(extra or {}))
         name = f"{CHECKPOINT_PREFIX}{step:08d}"
         final = root / name
-        tmp = root / f"{_TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+        tmp: Path | None = None
+        added = False  # a new step directory is in place, not yet named by ``latest``
         try:
-            self._write_checkpoint(tmp, step, extra)
+            root.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temps(root)
+            tmp = root / f"{_TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+            self._write_checkpoint(tmp, state)
             _fsync_tree(tmp)
             if final.exists():
                 # Re-saving a step: move the old one aside (os.replace cannot replace a
@@ -686,24 +947,33 @@ class Learner:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, final)
+                added = True
             _fsync_dir(root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _write_pointer(root, name)
+        except BaseException as err:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if added and isinstance(err, Exception):  # ``latest`` still names the previous
+                with contextlib.suppress(OSError):
+                    doomed = root / f"{_TMP_PREFIX}failed-{name}-{uuid.uuid4().hex[:8]}"
+                    os.replace(final, doomed)
+                    shutil.rmtree(doomed, ignore_errors=True)
+            if isinstance(err, _WRITE_ERRORS) and not isinstance(err, CheckpointError):
+                raise CheckpointError(
+                    f"saving step {step} to {root} failed: {_write_failure(err)}"
+                ) from err
             raise
-        pointer_tmp = root / f"{_TMP_PREFIX}{LATEST_FILE}-{uuid.uuid4().hex[:8]}"
-        with open(pointer_tmp, "w") as f:
-            f.write(name)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(pointer_tmp, root / LATEST_FILE)
-        _fsync_dir(root)
+        if keep_last is not None:
+            try:
+                prune_checkpoints(root, keep_last, keep=[final])
+            except OSError as err:  # the save itself succeeded
+                logger.warning("pruning checkpoints under %s failed: %s", root, err)
         return final
 
-    def _write_checkpoint(self, path: Path, step: int, extra: dict[str, Any]) -> None:
-        # Serialise the JSON first: a non-serialisable `extra` fails before any big write.
-        state = json.dumps(
+    def _state_json(self, step: int, extra: dict[str, Any]) -> str:
+        return json.dumps(
             {
-                "format_version": 1,
+                "format_version": CHECKPOINT_FORMAT,
                 "step": step,
                 "global_step": self.global_step,
                 "skipped_steps": self.skipped_steps,
@@ -712,21 +982,32 @@ class Learner:
             },
             indent=2,
         )
+
+    def _write_checkpoint(self, path: Path, state: str) -> None:
         self.model.save_pretrained(path)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(path))  # chat template included
-        torch.save(self.optimizer.state_dict(), path / OPTIMIZER_FILE)
-        (path / STATE_FILE).write_text(state)  # last: marks the directory complete
+        # Through a Python file, so that a failed write surfaces as its OSError (ENOSPC)
+        # rather than only as torch's "unexpected pos" RuntimeError.
+        with open(path / OPTIMIZER_FILE, "wb") as f:
+            torch.save(self.optimizer.state_dict(), f)
+        (path / STATE_FILE).write_text(state)  # marks the directory complete
+        _write_manifest(path)  # last: the size and sha256 of everything above
 
     def load_checkpoint(self, path: str | os.PathLike) -> tuple[int, dict[str, Any]]:
         """Restore weights, value head, optimizer state and step; return ``(step, extra)``.
 
-        ``path`` is a checkpoint directory or a root holding ``latest``. The KL reference is
-        not touched (it stays the initial policy from ``model_path``). Config differences
-        from the saved run are logged, and the current config wins (e.g. a changed lr).
+        ``path`` is a checkpoint directory, which must pass ``verify_checkpoint``
+        (``CheckpointError`` naming the bad file otherwise), or a root holding ``latest``
+        (``latest_checkpoint``: the newest intact one, falling back past a truncated or
+        corrupt one with a warning). The KL reference is not touched (it stays the initial
+        policy from ``model_path``). Config differences from the saved run are logged, and
+        the current config wins (e.g. a changed lr).
         """
         path = Path(path)
-        if not _is_complete(path):
+        if _is_complete(path):
+            verify_checkpoint(path)
+        else:
             resolved = latest_checkpoint(path)
             if resolved is None:
                 raise FileNotFoundError(f"no complete checkpoint at or under {path}")
@@ -737,9 +1018,13 @@ class Learner:
         )
         self.model.load_state_dict(loaded.state_dict())
         del loaded
-        optimizer_state = torch.load(
-            path / OPTIMIZER_FILE, map_location=self.device, weights_only=True
-        )
+        try:
+            optimizer_state = torch.load(
+                path / OPTIMIZER_FILE, map_location=self.device, weights_only=True
+            )
+        except (RuntimeError, EOFError, ValueError) as err:  # a damaged pre-manifest archive
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CheckpointError(f"{path / OPTIMIZER_FILE}: unreadable ({first})") from err
         self.optimizer.load_state_dict(self._split_single_group(optimizer_state))
         self.global_step = int(state["global_step"])
         self._set_lrs(self.global_step)  # the saved groups carry the saved run's lrs

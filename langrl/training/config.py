@@ -104,9 +104,9 @@ class TrainConfig:
     """``async``: the next rollout is generated while the learner trains on the current batch
     (off by at most ``max_staleness`` versions), sized by the ``RolloutPlanner`` to what the
     steps up to the end of the NEXT sync window still need. ``sync``: generate a full rollout
-    whenever the buffer cannot fill a batch, then train, in turn (debugging; for exact
-    reproducibility also set the agent's ``seed``, which gives every engine request its own
-    seed)."""
+    whenever the buffer cannot fill a batch, then train, in turn (debugging). Both modes
+    repeat exactly for a given ``seed`` on one machine and resume exactly from a periodic
+    checkpoint (docs/design.md, "Reproducibility")."""
     sync_every: int = 1
     """Push learner weights to the engine every N gradient steps (paper: 8)."""
     max_staleness: int | None = 1
@@ -146,15 +146,27 @@ class TrainConfig:
     text_every: int = 10
     """Write sample transcripts to TensorBoard's text tab every N steps; 0 = never."""
     checkpoint_every: int = 10
-    """Save a checkpoint every N steps (and always at the end and on Ctrl-C); 0 = only then."""
+    """Save a checkpoint every N steps (and always at the end and on Ctrl-C); 0 = only then.
+    A periodic save that fails (a full disk) logs one warning and training goes on (the
+    previous checkpoint stays; the next save tries again); a failing final or Ctrl-C save
+    raises ``CheckpointError``."""
+    keep_last: int | None = None
+    """Keep only the newest N checkpoints of the run (by step), removing older ones after
+    each successful save; the one just written and the one ``latest`` names are never
+    removed. ``None`` (default) = keep all (e.g. to evaluate intermediate checkpoints). Use
+    2 or more to leave ``resume`` a previous checkpoint to fall back to when the newest is
+    found truncated or corrupt."""
     runs_root: str = "runs"
     """Parent directory of run directories."""
     run_dir: str | None = None
     """This run's directory; ``None`` = ``{runs_root}/{env}__{agent}__{seed}__{time}`` (or,
     with ``resume``, the newest such directory that holds a checkpoint)."""
     seed: int = 0
-    """Seeds the task sampler and the Python/NumPy/torch RNGs (the engine's sampling RNG is
-    ``engine.seed``; per-request seeds are the agent configs' ``seed``)."""
+    """Seeds the task order, the Python/NumPy/torch RNGs, every engine request (each task
+    is handed out with a seed from this, its epoch and its position in the order, for
+    agents that declare ``task_seeds``; an agent config's ``seed`` is mixed in when set)
+    and the evaluations (``eval.seed`` unless set). The engine's own RNG (``engine.seed``)
+    serves only unseeded requests."""
     resume: bool = False
     """Continue from the last checkpoint of ``run_dir``: same global step, optimizer state,
     data position and RNG state."""
@@ -196,7 +208,9 @@ class TrainConfig:
             "max_empty_rollouts": 1, "log_every": 1, "eval_every": 0, "text_every": 0,
             "checkpoint_every": 0, "holdout": 0,
         }  # fmt: skip
-        optional = {"eval_every_tokens": 1, "max_gen_tokens": 1, "tasks_per_rollout": 1}
+        optional = {
+            "eval_every_tokens": 1, "max_gen_tokens": 1, "tasks_per_rollout": 1, "keep_last": 1,
+        }  # fmt: skip
         try:
             for name, low in lows.items():
                 check_int("TrainConfig", name, getattr(self, name), low)

@@ -28,6 +28,12 @@ class YieldEstimate:
         self._tasks = self.decay * self._tasks + num_tasks
         self._trajectories = self.decay * self._trajectories + num_trajectories
 
+    def state_dict(self) -> dict[str, float]:
+        return {"tasks": self._tasks, "trajectories": self._trajectories}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self._tasks, self._trajectories = float(state["tasks"]), float(state["trajectories"])
+
     @property
     def per_task(self) -> float | None:
         """Expected trajectories per task; ``None`` before any rollout finished."""
@@ -44,17 +50,26 @@ class YieldEstimate:
 
 class SyncSchedule:
     """Which steps end a sync window: after step ``t`` the loop pushes weights when
-    ``t % sync_every == 0`` or an evaluation is due (every ``eval_every`` and the last step).
-    (A ``max_gen_tokens`` stop also ends one; it cannot be foreseen.)"""
+    ``t % sync_every == 0``, an evaluation is due (every ``eval_every`` and the last step)
+    or a periodic checkpoint is (every ``checkpoint_every``; 0 = none), so that a checkpoint
+    always finds the engine serving the learner's weights and a resume, which pushes them,
+    continues as the run would have. (A ``max_gen_tokens`` stop also ends one; it cannot be
+    foreseen.)"""
 
-    def __init__(self, total_steps: int, sync_every: int, eval_every: int) -> None:
+    def __init__(
+        self, total_steps: int, sync_every: int, eval_every: int, checkpoint_every: int = 0
+    ) -> None:
         self.total_steps, self.sync_every, self.eval_every = total_steps, sync_every, eval_every
+        self.checkpoint_every = checkpoint_every
 
     def eval_due(self, step: int) -> bool:
         return step == self.total_steps or (self.eval_every > 0 and step % self.eval_every == 0)
 
+    def checkpoint_due(self, step: int) -> bool:
+        return self.checkpoint_every > 0 and step % self.checkpoint_every == 0
+
     def sync_due(self, step: int) -> bool:
-        return step % self.sync_every == 0 or self.eval_due(step)
+        return step % self.sync_every == 0 or self.eval_due(step) or self.checkpoint_due(step)
 
     def window_end(self, step: int) -> int:
         """The last step of the window holding ``step`` (the first sync step >= it)."""

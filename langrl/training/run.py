@@ -29,7 +29,12 @@ Checkpoints (the learner's atomic ``save_checkpoint``) carry, in ``extra``, the 
 the task sampler's position, the RNG states, the run totals and the run directory, so
 ``resume`` continues with the same step counter, optimizer state, data position and cost
 counters (``eval_history.csv`` rows after the resumed step are dropped). Ctrl-C saves one
-first.
+first. They also carry the buffered trajectories, the planner's yield estimate and the
+rollout statistics not yet logged, and periodic checkpoints end a sync window, so that a
+seeded sync-mode run resumed from one (after a SIGKILL, say) is the run that was not
+interrupted: same weights, data and TensorBoard series (docs/design.md, "Reproducibility").
+Every task handed to an agent that declares ``task_seeds`` carries a sampling seed from the
+run's seed and its place in the data order, and evaluations are seeded per problem.
 
     python scripts/train_agent.py --agent cispo
     python scripts/train_agent.py --agent cispo --max_gen_tokens 2000000 --holdout 512 \
@@ -46,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from langrl import metrics as tags
@@ -54,6 +60,7 @@ from langrl.agents.evaluation import evaluate_async
 from langrl.buffer import TrajectoryBuffer
 from langrl.envs import make_env
 from langrl.learner import Learner, latest_checkpoint
+from langrl.learner.learner import CheckpointError
 from langrl.metrics import TensorBoardLogger
 from langrl.training.config import ConfigError, TrainConfig
 from langrl.training.planner import RolloutPlanner, SyncSchedule
@@ -84,14 +91,19 @@ def resolve_run_dir(config: TrainConfig) -> Path:
     root = Path(config.runs_root)
     if config.resume:
         prefix = f"{config.env_id}__{config.agent_name}__{config.seed}__"
+        # verify=False: this picks the run, not the checkpoint (verified when resuming).
         runs = sorted(
-            (p for p in root.glob(prefix + "*") if latest_checkpoint(p / CHECKPOINT_DIR)),
+            (p for p in root.glob(prefix + "*") if _has_checkpoint(p / CHECKPOINT_DIR)),
             key=lambda p: p.name,
         )
         if not runs:
             raise ConfigError(f"config: resume: no run {prefix}* with a checkpoint under {root}/")
         return runs[-1]
     return root / config.run_name()
+
+
+def _has_checkpoint(root: Path) -> bool:
+    return latest_checkpoint(root, verify=False) is not None
 
 
 def default_model(preset: str = "default") -> str:
@@ -140,9 +152,10 @@ class TrainingRun:
         seed_everything(config.seed)
         self.run_dir = resolve_run_dir(config)
         self.ckpt_root = self.run_dir / CHECKPOINT_DIR
+        # The newest intact checkpoint: a truncated or corrupt newer one is skipped (warning).
         resume_from = latest_checkpoint(self.ckpt_root) if config.resume else None
         if config.resume and resume_from is None:
-            raise ConfigError(f"config: resume: no checkpoint under {self.ckpt_root}")
+            raise ConfigError(f"config: resume: no intact checkpoint under {self.ckpt_root}")
         self.model = config.model or default_model()
         self._owns_engine = engine is None
         if engine is None:
@@ -176,7 +189,10 @@ class TrainingRun:
         split_size = make_env(config.env_id, config.train_env_kwargs).num_tasks()
         # The last ``holdout`` problems of the split are never handed out (validation).
         self.sampler = TaskSampler(split_size - config.holdout, config.seed)
-        self.schedule = SyncSchedule(config.total_steps, config.sync_every, config.eval_every)
+        # Periodic checkpoints end a sync window: the engine then serves what is saved.
+        self.schedule = SyncSchedule(
+            config.total_steps, config.sync_every, config.eval_every, config.checkpoint_every
+        )
         self.planner = RolloutPlanner(
             self.buffer,
             self.schedule,
@@ -198,8 +214,13 @@ class TrainingRun:
             logger.info("resumed from %s at step %d", resume_from, self.step)
         self.start_step = self.step
         self.version = self.engine.policy_version
+        self._version_base = self.version  # engine version - run version (pushes of the run)
+        # Agents that declare ``task_seeds`` get each task's sampling seed with it.
+        self._task_seeds = bool(getattr(type(self.agent), "task_seeds", False))
+        self._rollouts = RolloutStats()
         if resume_from is not None:  # the engine serves the initial model: push the checkpoint
             self.version = self.engine.load_weights(*self.learner.export_weights())
+            self._restore_run_state(extra)
 
         self.tb = TensorBoardLogger(
             self.run_dir,
@@ -211,7 +232,6 @@ class TrainingRun:
         )
         self._clock = time.perf_counter()  # wall time since then is not yet in the totals
         self._pending: tuple[Future, int] | None = None  # rollout in flight, its task count
-        self._rollouts = RolloutStats()
         self._token_evals = self._token_evals_done() if config.eval_every_tokens else 0
         self._unsynced = 0  # gradient steps not yet pushed to the engine
         self.last_eval: dict[str, float] = {}
@@ -279,7 +299,7 @@ class TrainingRun:
                 # --- checkpoint ---
                 periodic = config.checkpoint_every and self.step % config.checkpoint_every == 0
                 if final or periodic or (eval_due and config.eval_every_tokens):
-                    self.save()
+                    self.save(final=final)
                 if final:
                     break
 
@@ -337,7 +357,7 @@ class TrainingRun:
         return True
 
     def _submit(self, num_tasks: int) -> None:
-        tasks = self.sampler.next(num_tasks)
+        tasks = self.sampler.next(num_tasks, seeded=self._task_seeds)
         self._pending = (self.engine.submit(_timed_collect(self.agent, tasks)), num_tasks)
 
     def _harvest(self) -> int:
@@ -390,7 +410,9 @@ class TrainingRun:
                 config.env_id,
                 dict(config.env_kwargs),
                 None,
-                replace(config.eval, progress=config.progress),
+                # Seeded per problem, by the run's seed unless eval.seed is set: evaluations
+                # of the same weights repeat (and so do the eval/ curves of a rerun).
+                replace(config.eval, progress=config.progress, seed=self.eval_seed),
             )
         )
         self.totals.eval_wall_s += time.perf_counter() - self._clock
@@ -421,7 +443,7 @@ class TrainingRun:
             tags.PERF_STALENESS_MAX: float(max(staleness)),
             tags.PERF_DROPPED_STALE: float(self.buffer.dropped_stale),
             tags.PERF_BATCH_TRAJECTORIES: float(len(trajectories)),
-            tags.PERF_POLICY_VERSION: float(self.version),
+            tags.PERF_POLICY_VERSION: float(self.version - self._version_base),
             tags.PERF_UPDATE_S: update_s,
             tags.PERF_WAIT_S: wait_s,
             tags.PERF_SYNC_S: sync_s,
@@ -451,8 +473,16 @@ class TrainingRun:
 
     # --- checkpoint ---
 
-    def save(self) -> Path:
-        """Checkpoint the learner at the current step with everything ``resume`` needs."""
+    def save(self, final: bool = True) -> Path | None:
+        """Checkpoint the learner at the current step with everything ``resume`` needs
+        (pruned to ``keep_last``); return its path.
+
+        A failed save (a full disk) leaves the previous checkpoint and ``latest`` intact.
+        ``final`` (the run's last save: the end, the budget, Ctrl-C) raises its one-line
+        ``CheckpointError``, so the run does not end looking saved; otherwise (a periodic
+        save) one warning is logged, training goes on and None is returned: the next save
+        tries again, and a resume meanwhile starts from the previous checkpoint.
+        """
         self._credit_train_time()
         extra = {
             "global_step": self.step,
@@ -461,9 +491,60 @@ class TrainingRun:
             "run_dir": str(self.run_dir),
             "policy_version": self.version,
             "totals": self.totals.state_dict(),
+            **self._run_state(),
         }
+        try:
+            path = self.learner.save_checkpoint(
+                self.ckpt_root, self.step, extra, keep_last=self.config.keep_last
+            )
+        except CheckpointError as err:
+            if final:
+                raise
+            logger.warning("%s; training goes on (resume would use the previous one)", err)
+            return None
         self._last_save_step = self.step
-        return self.learner.save_checkpoint(self.ckpt_root, self.step, extra)
+        return path
+
+    def _run_state(self) -> dict[str, Any]:
+        """What a checkpoint needs beyond the step, data position, RNGs and totals for a
+        resumed sync-mode run to be the run that was not interrupted (docs/design.md,
+        "Reproducibility"): the buffered trajectories (their versions as ages), the
+        planner's yield estimate, the rollout statistics not yet logged, the run's weight
+        version (pushes so far) and the torch thread count the learner ran with."""
+        return {
+            "run_version": self.version - self._version_base,
+            "buffer": self.buffer.state_dict(self.version),
+            "yields": self.planner.yields.state_dict(),
+            "rollouts": self._rollouts.state_dict(),
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    def _restore_run_state(self, extra: dict[str, Any]) -> None:
+        """Undo ``_run_state`` once the checkpoint's weights are pushed (``self.version``).
+        Checkpoints without these keys (older langrl) resume with an empty buffer."""
+        # Older checkpoints lack run_version; theirs was the engine's version (a CLI run's
+        # own engine counts from 0, so the same number).
+        run_version = extra.get("run_version", extra.get("policy_version", 0))
+        self._version_base = self.version - int(run_version)
+        if "buffer" in extra:
+            self.buffer.load_state_dict(extra["buffer"], self.version)
+        if "yields" in extra:
+            self.planner.yields.load_state_dict(extra["yields"])
+        if "rollouts" in extra:
+            self._rollouts = RolloutStats.from_state_dict(extra["rollouts"])
+        threads = extra.get("torch_threads")
+        if threads is not None and threads != torch.get_num_threads():
+            logger.warning(
+                "the run trained with %d torch threads, this session has %d: its results will "
+                "differ from an uninterrupted run in the last bits, growing with the steps "
+                "(set OMP_NUM_THREADS=%d or torch.set_num_threads for an exact resume)",
+                threads, torch.get_num_threads(), threads,
+            )  # fmt: skip
+
+    @property
+    def eval_seed(self) -> int:
+        """The evaluations' per-problem seed base: ``eval.seed``, else the run's ``seed``."""
+        return self.config.seed if self.config.eval.seed is None else self.config.eval.seed
 
     @property
     def agent_name(self) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from langrl import metrics as tags
+from langrl.agents.base import TASK_SEED_KEY, derive_seed
 from langrl.trajectory import Trajectory
 
 #: Evaluation history beside the TensorBoard events: one CSV row per evaluation.
@@ -27,7 +28,11 @@ class TaskSampler:
     """Deterministic, resumable order over a data split: a seeded shuffle per epoch.
 
     ``next(k)`` returns the next ``k`` tasks (``{"index": i}``), crossing into a fresh
-    shuffle (seed + epoch) at the end of the split. ``state_dict`` / ``load_state_dict``
+    shuffle (seed + epoch) at the end of the split; ``next(k, seeded=True)`` adds each
+    task's sampling seed (``{"index": i, "seed": s}``, for agents that declare
+    ``task_seeds``), a hash of (seed, epoch, position): fixed by the data order alone, so
+    the same in every run with this seed and after a resume, and different on every visit
+    of a problem. ``state_dict`` / ``load_state_dict``
     hold (epoch, position), so a resumed run continues the same order. The position counts
     tasks handed to the agent, so tasks handed out but not yet trained at a checkpoint (a
     rollout in flight in async mode, trajectories still buffered) are not replayed on resume.
@@ -43,13 +48,16 @@ class TaskSampler:
     def _shuffle(self, epoch: int) -> list[int]:
         return np.random.default_rng([self.seed, epoch]).permutation(self.size).tolist()
 
-    def next(self, k: int) -> list[dict[str, int]]:
+    def next(self, k: int, seeded: bool = False) -> list[dict[str, int]]:
         tasks = []
         for _ in range(k):
             if self.position == self.size:
                 self.epoch, self.position = self.epoch + 1, 0
                 self._order = self._shuffle(self.epoch)
-            tasks.append({"index": self._order[self.position]})
+            task = {"index": self._order[self.position]}
+            if seeded:
+                task[TASK_SEED_KEY] = derive_seed(self.seed, self.epoch, self.position)
+            tasks.append(task)
             self.position += 1
         return tasks
 
@@ -131,6 +139,17 @@ class RolloutStats:
         self.num_samples += samples
         self.seconds += seconds
         self.tasks.append(num_tasks)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable; what rollouts finished since the last log (a checkpoint keeps
+        it, so a resumed run logs the same ``train/`` and ``gen/`` scalars as one that ran
+        on)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> RolloutStats:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in state.items() if k in names})
 
     def summary(self) -> dict[str, float]:
         out = {k: float(np.mean(v)) for k, v in self.metrics.items()}

@@ -3,6 +3,7 @@ schedules through checkpoints, and the value/reward calibration metrics."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -10,7 +11,13 @@ import torch
 from learner_utils import completion_values, make_batch, with_behaviour_logprobs
 
 from langrl.learner import METRIC_TAGS, Learner, LearnerConfig
-from langrl.learner.learner import OPTIMIZER_FILE, POLICY_GROUP, VALUE_GROUP
+from langrl.learner.learner import (
+    MANIFEST_FILE,
+    OPTIMIZER_FILE,
+    POLICY_GROUP,
+    STATE_FILE,
+    VALUE_GROUP,
+)
 from langrl.policy_model import VALUE_HEAD_DIR
 from langrl.trajectory import Trajectory
 
@@ -108,6 +115,10 @@ def test_a_one_group_optimizer_state_loads_into_the_two_groups(tiny_policy, tmp_
     one = {k: v for k, v in policy.items() if k != "name"}
     one["params"] = policy["params"] + value["params"]
     torch.save({"state": state["state"], "param_groups": [one]}, path / OPTIMIZER_FILE)
+    # Such checkpoints had no manifest (learner_state.json format_version 1).
+    (path / MANIFEST_FILE).unlink()
+    meta = json.loads((path / STATE_FILE).read_text())
+    (path / STATE_FILE).write_text(json.dumps({**meta, "format_version": 1}))
 
     resumed = _learner(tiny_policy, lr=1e-3, c_kl=0.0)
     resumed.load_checkpoint(tmp_path)
