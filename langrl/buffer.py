@@ -174,7 +174,9 @@ class TrajectoryBuffer:
         arrival order (ids, logprobs, reward, advantages exactly; ``info`` as JSON) and the
         counters. Versions are stored as ages (``current_version - policy_version``), since a
         resumed run's engine counts its versions afresh: ``load_state_dict`` puts them back
-        relative to the version it is given. A few KB per trajectory."""
+        relative to the version it is given. About 27 bytes per completion token (base64 of
+        an int32 id, a float64 logprob and advantage): 28 MB for a full paper-sized CISPO
+        rollout (2048 trajectories of 512 tokens), under 200 KB for the tiny preset's."""
         with self._cond:
             return {
                 "trajectories": [_encode(t, current_version) for t in self._items],
@@ -192,8 +194,9 @@ class TrajectoryBuffer:
         items = [_decode(d, current_version) for d in state["trajectories"]]
         with self._cond:
             self._items = deque(items[-self.capacity :])
-            for name, value in state.get("counters", {}).items():
-                setattr(self, name, int(value))
+            counters = state.get("counters", {})
+            for name in ("num_put", "num_got", "dropped_stale", "dropped_overflow"):
+                setattr(self, name, int(counters.get(name, 0)))
             self.dropped_overflow += len(items) - len(self._items)
             self._cond.notify_all()
 
