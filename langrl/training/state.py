@@ -119,6 +119,13 @@ def rollout_cost(batch: Any) -> tuple[float, float]:
     return float(tokens), float(batch.metrics.get(tags.GEN_SAMPLES, float(len(trajs))))
 
 
+def _from_known_fields(cls: type, state: Mapping[str, Any]) -> Any:
+    """``cls`` built from the keys of ``state`` that are its fields (a checkpoint from an
+    older version may lack some, or hold ones since removed)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in state.items() if k in names})
+
+
 @dataclass
 class RolloutStats:
     """What the trainer logs about the rollouts that finished since the last step."""
@@ -148,8 +155,7 @@ class RolloutStats:
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> RolloutStats:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in state.items() if k in names})
+        return _from_known_fields(cls, state)
 
     def summary(self) -> dict[str, float]:
         out = {k: float(np.mean(v)) for k, v in self.metrics.items()}
@@ -192,8 +198,7 @@ class RunTotals:
     @classmethod
     def from_state_dict(cls, state: Mapping[str, float]) -> RunTotals:
         """Counters from a checkpoint (those it lacks, e.g. from an older version, start at 0)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in state.items() if k in names})
+        return _from_known_fields(cls, state)
 
     def scalars(self) -> dict[str, float]:
         return {
