@@ -18,12 +18,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def engine(vllm_engine, preserve_weights):
-    preserve_weights(vllm_engine)
-    return vllm_engine
-
-
 def test_own_agent_trains_with_the_real_engine(
     engine,
     tiny_policy_path,

@@ -21,12 +21,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def engine(vllm_engine, preserve_weights):
-    preserve_weights(vllm_engine)
-    return vllm_engine
-
-
 @pytest.mark.parametrize("agent", ["mcts", "cispo", "bon"])
 def test_own_env_trains_with_every_agent(
     agent,

@@ -41,12 +41,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-6
 
 
-@pytest.fixture
-def engine(vllm_engine, preserve_weights):
-    preserve_weights(vllm_engine)
-    return vllm_engine
-
-
 def _initial_weights(engine):
     model = engine.engine.model  # the engine's copy of what it serves (as preserve_weights)
     lm = {k: v.detach().clone() for k, v in model.lm.state_dict().items()}

@@ -63,12 +63,6 @@ def _probe(engine) -> tuple[float, list[float]]:
 
 
 @pytest.fixture
-def engine(vllm_engine, preserve_weights):
-    preserve_weights(vllm_engine)
-    return vllm_engine
-
-
-@pytest.fixture
 def recorded_steps(monkeypatch):
     """Every (batch, metrics, engine version) the learner sees, checked as it happens."""
     seen: list[dict] = []
