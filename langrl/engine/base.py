@@ -16,7 +16,10 @@ Logprob conventions (documented once, here):
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+import contextlib
+import contextvars
+import itertools
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -121,6 +124,37 @@ def encode_prompt(tokenizer: Any, info: Mapping[str, Any], use_chat_template: bo
     return list(tokenizer(info["prompt"], add_special_tokens=False)["input_ids"])
 
 
+# --- call affinity ------------------------------------------------------------------------
+
+_ROUTE_KEY: contextvars.ContextVar[Hashable | None] = contextvars.ContextVar(
+    "langrl_route_key", default=None
+)
+_ROUTE_KEYS = itertools.count()
+
+
+@contextlib.contextmanager
+def same_replica(key: Hashable | None = None) -> Iterator[Hashable]:
+    """Ask that every engine call made inside this block (by this coroutine and the tasks it
+    starts meanwhile) go to one engine replica: a tree search's calls share prefixes, which
+    that replica's prefix cache then holds. ``key`` defaults to a fresh one. A hint: a
+    single engine ignores it, and a replicated one moves the key to another replica only
+    if its replica dies.
+
+    It is a context variable, so tasks created inside the block inherit it and concurrent
+    searches each keep their own."""
+    key = ("route", next(_ROUTE_KEYS)) if key is None else key
+    token = _ROUTE_KEY.set(key)
+    try:
+        yield key
+    finally:
+        _ROUTE_KEY.reset(token)
+
+
+def route_key() -> Hashable | None:
+    """The ``same_replica`` key of the calling context, or ``None``."""
+    return _ROUTE_KEY.get()
+
+
 class PolicyEngine(abc.ABC):
     """Async policy server: generation, scoring, values, weight sync.
 
@@ -168,6 +202,11 @@ class PolicyEngine(abc.ABC):
 
         Resets the prefix cache. Blocking; call between generation rounds or from a thread.
         """
+
+    def telemetry(self) -> dict[str, float]:
+        """Scalars about the serving itself for the run's ``perf/`` tags (replicas alive,
+        requests per replica, ...); ``{}`` for a single engine."""
+        return {}
 
     @abc.abstractmethod
     def shutdown(self) -> None:

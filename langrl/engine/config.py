@@ -99,6 +99,23 @@ class EngineConfig:
             the value-model copy that serves ``values()`` and ``score()`` (default 16384).
             Bounds memory: ``score`` materialises ``tokens x vocab`` logits.
 
+    Replicas (past one process; ``langrl.distributed``):
+        replicas: Engine replicas serving the run (default 1: the engine runs in this
+            process, no Ray). N > 1 starts N Ray actors, each holding an engine of this
+            config with its own processes, behind one ``PolicyEngine`` client
+            (``langrl.distributed.replicated_engine``): calls of one tree search go to one
+            replica (its prefix cache), others to the least busy one, weights are pushed to
+            all of them. Where Ray runs is ``cluster.address`` (a local instance by default).
+        replica_cpus: Logical CPUs each replica reserves in Ray (default 1; fractions
+            allowed, > 0). A local instance offers this machine's cores.
+        tensor_parallel_size: GPUs one engine spans (vLLM tensor parallelism; default 1).
+            With replicas, each reserves this many GPUs on one node through a placement
+            group. Ignored on CPU.
+        replace_dead_replicas: Start a replacement when a replica dies (killed, out of
+            memory), loaded with the current weights before it takes calls. Default
+            ``False``: the run goes on with the replicas left (the calls of a dead replica
+            are retried on the others either way).
+
     HF backend:
         hf_batch_wait_ms: How long the HF backend collects concurrent requests before
             starting a batch (default 5 ms). Requests arriving while a batch runs join the
@@ -127,6 +144,12 @@ class EngineConfig:
     # --- value / score model ---
     device: str | None = None
     forward_batch_tokens: int = 16384
+
+    # --- replicas ---
+    replicas: int = 1
+    replica_cpus: float = 1.0
+    tensor_parallel_size: int = 1
+    replace_dead_replicas: bool = False
 
     # --- HF backend ---
     hf_batch_wait_ms: float = 5.0
@@ -166,6 +189,12 @@ class EngineConfig:
             raise ValueError(
                 f"EngineConfig.forward_batch_tokens must be >= 1, got {self.forward_batch_tokens}"
             )
+        for name in ("replicas", "tensor_parallel_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"EngineConfig.{name} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.replica_cpus, (int, float)) and self.replica_cpus > 0):
+            raise ValueError(f"EngineConfig.replica_cpus must be > 0, got {self.replica_cpus!r}")
         if self.hf_batch_wait_ms < 0:
             raise ValueError(
                 f"EngineConfig.hf_batch_wait_ms must be >= 0, got {self.hf_batch_wait_ms}"

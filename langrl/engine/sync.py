@@ -138,6 +138,14 @@ class SyncEngine:
         (``PolicyEngine.encode_prompt``)."""
         return self._engine.encode_prompt(info)
 
+    def telemetry(self) -> dict[str, float]:
+        """The engine's serving scalars (``PolicyEngine.telemetry``), read on its loop."""
+
+        async def read() -> dict[str, float]:
+            return self._engine.telemetry()
+
+        return self.run(read())
+
     # --- lifetime ---
 
     def shutdown(self) -> None:

@@ -166,6 +166,7 @@ def _start_async_llm(config: EngineConfig, weight_push: str) -> Any:
         ),
         enable_prefix_caching=config.enable_prefix_caching,
         max_num_seqs=config.max_num_seqs,
+        tensor_parallel_size=config.tensor_parallel_size,
         enforce_eager=config.enforce_eager,
         enable_chunked_prefill=chunked,
         max_num_batched_tokens=batched_tokens,

@@ -158,13 +158,33 @@ class LearnerConfig:
     """Seeds the value head's initialisation when ``model_path`` has none saved. The update
     itself is deterministic (dropout is off), so this is the only randomness."""
 
+    # --- data parallelism ---------------------------------------------------------------------
+
+    world_size: int = 1
+    """Data-parallel learner ranks. 1 (default) = the learner runs in the trainer's process.
+    N > 1 runs N ranks as Ray actors (``langrl.distributed.learner_group.LearnerGroup``, on
+    the cluster ``cluster:`` names), each on its own ``device``: every rank gets the whole
+    batch, trains every N-th micro-batch, and the gradients are summed across ranks
+    (torch.distributed: gloo on CPU, NCCL on CUDA) before one identical optimiser step on
+    every rank. The update equals one rank's up to float summation order; only the wall time
+    changes. With N > 1 a CUDA ``device`` must carry no index (Ray gives each rank its own
+    GPU, seen as ``cuda``). ``Learner`` itself does not read it (it follows
+    ``torch.distributed``). Must be >= 1."""
+
+    rank_cpus: float = 1.0
+    """Logical CPUs each learner rank reserves in Ray when ``world_size`` > 1 (its actor's
+    ``num_cpus``; a CUDA rank also reserves one GPU). Ray also gives the rank
+    ``max(1, floor(rank_cpus))`` OpenMP threads (torch's intra-op threads) unless
+    ``OMP_NUM_THREADS`` is set. 1.0 (default) suits GPU ranks; CPU ranks compute faster with
+    more. Must be > 0."""
+
     # The sampling temperature is not set here: each ``Trajectory`` carries the temperature it
     # was sampled at, and the learner divides that trajectory's logits by it.
 
     def __post_init__(self) -> None:
         check_ints(self, {"warmup_steps": 0, "value_warmup_steps": 0, "micro_batch_size": 1})
         check_ints(self, {"logits_chunk_size": 1}, optional=True)
-        check_ints(self, {"seed": None})
+        check_ints(self, {"seed": None, "world_size": 1})
         check(self.lr > 0, _OWNER, f"lr must be > 0, got {self.lr}")
         check(
             self.value_lr is None or self.value_lr > 0,
@@ -216,6 +236,20 @@ class LearnerConfig:
             _OWNER,
             f"device {self.device!r} is not a torch device: use one of {DEVICE_TYPES}, "
             "optionally with ':<index>' (e.g. 'cuda:1')",
+        )
+        check(
+            self.world_size == 1 or not self.device.startswith("cuda:"),
+            _OWNER,
+            f"device {self.device!r} names one GPU but world_size is {self.world_size}: use "
+            "'cuda' (Ray gives each learner rank its own GPU)",
+        )
+        check(
+            isinstance(self.rank_cpus, (int, float))
+            and not isinstance(self.rank_cpus, bool)
+            and math.isfinite(self.rank_cpus)
+            and self.rank_cpus > 0,
+            _OWNER,
+            f"rank_cpus must be a number > 0, got {self.rank_cpus!r}",
         )
         check(
             not (self.dtype == "bfloat16" and self.device.split(":")[0] == "mps"),

@@ -66,6 +66,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from langrl.checks import check_int
+from langrl.learner import data_parallel
 from langrl.learner.config import LearnerConfig
 from langrl.learner.losses import POLICY_LOSSES, k3_kl, masked_mean, value_loss
 from langrl.policy_model import (
@@ -638,12 +639,17 @@ class Learner:
         else:
             normalizer = max(sum(int(mb.completion_mask.any(-1).sum()) for mb in micro), 1)
 
-        # --- forward / backward per micro-batch ---
+        # --- forward / backward per micro-batch (data parallel: this rank's share) ---
         value_only = self.global_step < cfg.value_warmup  # value warm-up: head only
+        ranks = data_parallel.current()  # None: one process, as always
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
         row_values: list[torch.Tensor] = []  # per trajectory, in `order`
-        for mb in micro:
+        for index, mb in enumerate(micro):
+            if ranks is not None and not ranks.owns(index):
+                # Another rank trains it; zeros here, its values arrive by the all-reduce.
+                row_values.append(torch.zeros(mb.input_ids.shape[0], device=self.device))
+                continue
             parts, mb_row_values = self._forward_backward(
                 mb.to(self.device), normalizer, value_only
             )
@@ -653,6 +659,13 @@ class Learner:
 
         # --- optimiser step, unless anything is non-finite ---
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if ranks is not None:
+            # Each micro-batch's loss is divided by whole-batch counts, so the sum over ranks
+            # IS the one-process gradient; every rank then clips and steps identically.
+            sums, rows = data_parallel.all_reduce_step(
+                params, sums, self._part_names(), torch.cat(row_values)
+            )
+            row_values = [rows]
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # measured even if inf
         finite = torch.isfinite(sums["loss/total"]) & torch.isfinite(grad_norm)
@@ -701,6 +714,24 @@ class Learner:
         elapsed = time.perf_counter() - start
         metrics["perf/learner_tokens_per_s"] = sum(mb.num_tokens for mb in micro) / elapsed
         return metrics
+
+    def _part_names(self) -> list[str]:
+        """Every metric part ``_forward_backward`` returns (the same for every micro-batch),
+        so a rank that trained none still reduces the same entries."""
+        names = [
+            "loss/policy",
+            "loss/value",
+            "loss/kl",
+            "loss/total",
+            "sum/clip_frac",
+            "sum/ratio_mean",
+            "sum/entropy",
+            "sum/advantage",
+            "sum/value",
+        ]
+        if self.ref_model is not None:  # "sum/kl" whenever there is a reference
+            names.append("sum/kl")
+        return names
 
     def _forward_backward(
         self, mb: _MicroBatch, normalizer: int, value_only: bool
