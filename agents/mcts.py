@@ -90,7 +90,7 @@ from langrl.agents.base import RolloutBatch, request_seed_base, split_task_seed
 from langrl.agents.cispo import group_advantages
 from langrl.agents.rollout import sample_and_grade
 from langrl.checks import check_int, check_ints
-from langrl.engine.base import PolicyEngine, PromptTooLongError, SamplingConfig
+from langrl.engine.base import PolicyEngine, PromptTooLongError, SamplingConfig, same_replica
 from langrl.envs import make_env
 from langrl.envs.base import action_tags
 from langrl.stats import pearson
@@ -676,6 +676,11 @@ class TreeSearch:
     # --- search ---
 
     async def run(self) -> SearchResult:
+        # Every call of this tree to one engine replica, whose prefix cache holds the tree.
+        with same_replica():
+            return await self._run()
+
+    async def _run(self) -> SearchResult:
         workers = [asyncio.ensure_future(self._worker()) for _ in range(self.config.num_workers)]
         try:
             await asyncio.gather(*workers)

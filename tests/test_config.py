@@ -250,3 +250,32 @@ def test_cli_reports_errors_before_starting_anything(monkeypatch, capsys, load_s
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: config:") and "\n" not in err
+
+
+# --- replicas, learner ranks, cluster ------------------------------------------------------
+
+
+def test_replicas_and_ranks_parse_and_one_process_needs_no_ray():
+    config = load_config(TINY, ["--engine.replicas", "2", "--engine.replica_cpus", "0.5"])
+    assert config.engine.replicas == 2 and config.engine.replica_cpus == 0.5
+    assert config.cluster.uses_ray(config.engine.replicas)
+    plain = load_config(TINY)
+    assert not plain.cluster.uses_ray(plain.engine.replicas, plain.learner.world_size)
+    joined = load_config(TINY, ["--cluster.address", "auto"])
+    assert joined.cluster.joins and joined.cluster.uses_ray()
+
+
+def test_bad_cluster_settings_are_one_line_naming_the_field(monkeypatch):
+    assert "replicas" in _error(path=TINY, overrides=["--engine.replicas", "0"])
+    assert "ClusterConfig.address" in _error(path=TINY, overrides=["--cluster.address", "no way"])
+    assert "world_size" in _error(path=TINY, overrides=["--learner.world_size", "0"])
+    # More replicas than this machine's CPUs, for a local Ray: before anything starts.
+    cpus = __import__("os").cpu_count()
+    message = _error(path=TINY, overrides=["--engine.replicas", str(cpus + 1)])
+    assert f"need {cpus + 1} CPUs" in message and f"offers {cpus}" in message
+    # Ray missing: one line saying how to install it.
+    from langrl.distributed import cluster
+
+    monkeypatch.setattr(cluster.importlib.util, "find_spec", lambda name: None)
+    message = _error(path=TINY, overrides=["--engine.replicas", "2", "--engine.replica_cpus", "0.5"])
+    assert "engine.replicas=2 needs Ray, which is not installed: pip install" in message

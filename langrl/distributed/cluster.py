@@ -59,7 +59,7 @@ def check_demand(cluster: ClusterConfig, demands: dict[str, tuple[float, float]]
         cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
         where = f"the cluster at {cluster.address!r}"
     else:
-        cpus, gpus = float(local_cpus(cluster)), float(_local_gpus())
+        cpus, gpus = float(local_cpus(cluster)), float(local_gpus())
         where = "a local Ray instance on this machine"
     need_cpu = sum(c for c, _ in demands.values())
     need_gpu = sum(g for _, g in demands.values())
@@ -73,7 +73,8 @@ def check_demand(cluster: ClusterConfig, demands: dict[str, tuple[float, float]]
         raise ClusterError(f"{asked} need {need_gpu:g} GPUs, {where} offers {gpus:g}")
 
 
-def _local_gpus() -> int:
+def local_gpus() -> int:
+    """CUDA GPUs this machine has (0 without torch or CUDA)."""
     try:
         import torch
 

@@ -403,7 +403,11 @@ def _demand(config: EngineConfig) -> tuple[float, float]:
 
 
 def _on_gpu() -> bool:
-    return torch.cuda.is_available()
+    """Whether replicas take GPUs: the cluster has some (a CPU trainer may drive GPU
+    replicas on other nodes)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0)) > 0
 
 
 def _load_tokenizer(config: EngineConfig) -> Any:

@@ -41,12 +41,14 @@ import yaml
 from langrl.agents import AGENT_SPECS, AgentSpecError, agent_class
 from langrl.agents.evaluation import EvalConfig
 from langrl.checks import check_int
+from langrl.distributed.config import ClusterConfig
 from langrl.engine.config import EngineConfig, model_source_error
 from langrl.learner.config import LearnerConfig
 
 #: Sections of a config file besides the agents'.
 COMPONENT_SECTIONS: dict[str, type] = {
     "engine": EngineConfig,
+    "cluster": ClusterConfig,
     "learner": LearnerConfig,
     "eval": EvalConfig,
 }
@@ -177,6 +179,10 @@ class TrainConfig:
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(model=DEFAULT_MODEL))
     """Policy server (``langrl.engine.EngineConfig``); its ``model`` always follows the run's
     ``model`` (``DEFAULT_MODEL`` stands for the tiny policy until it is resolved)."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Where engine replicas (``engine.replicas``) and learner ranks
+    (``learner.world_size``) run (``langrl.distributed.ClusterConfig``): by default no Ray
+    while both are 1, else a local Ray instance started and stopped with the run."""
     learner: LearnerConfig | None = None
     """The shared learner (``langrl.learner.LearnerConfig``): lr, eps_high, c_value, c_kl.
     ``None`` = its defaults with the agent's ``learner_defaults`` applied (CISPO: no value
@@ -254,6 +260,46 @@ class TrainConfig:
         if self.model is not None:
             check_model(self.model)
         self._check_holdout()
+        self._check_cluster()
+
+    def _check_cluster(self) -> None:
+        """Ray is installed when the run needs it, and a local instance has the CPUs and
+        GPUs the replicas and ranks reserve (a cluster to join is checked once joined)."""
+        replicas, ranks = self.engine.replicas, self.learner.world_size
+        if not self.cluster.uses_ray(replicas, ranks):
+            return
+        from langrl.distributed import cluster as ray_cluster
+
+        why = (
+            f"engine.replicas={replicas}" if replicas > 1
+            else f"learner.world_size={ranks}" if ranks > 1
+            else f"cluster.address={self.cluster.address!r}"
+        )  # fmt: skip
+        try:
+            ray_cluster.require_ray(why)
+            if not self.cluster.joins:
+                gpus = ray_cluster.local_gpus() > 0
+                ray_cluster.check_demand(self.cluster, self.ray_demand(gpus))
+        except ray_cluster.ClusterError as err:
+            raise ConfigError(f"config: {err}") from None
+
+    def ray_demand(self, gpus: bool) -> dict[str, tuple[float, float]]:
+        """``{setting: (CPUs, GPUs)}`` the run reserves in Ray: every engine replica's and,
+        with ``learner.world_size`` > 1, every learner rank's. ``gpus``: whether the
+        cluster has GPUs (each replica then takes ``tensor_parallel_size`` of them)."""
+        engine, learner = self.engine, self.learner
+        gpu = learner.device.startswith("cuda")
+        engine_gpus = engine.tensor_parallel_size if gpus else 0
+        demand = {
+            "engine.replicas": (engine.replicas * engine.replica_cpus,
+                                float(engine.replicas * engine_gpus)),
+        }  # fmt: skip
+        if learner.world_size > 1:
+            demand["learner.world_size"] = (
+                learner.world_size * learner.rank_cpus,
+                float(learner.world_size if gpu else 0),
+            )
+        return demand
 
     def _check_holdout(self) -> None:
         """``holdout`` leaves problems to train on, and a train-split evaluation reads only
@@ -483,6 +529,9 @@ def build_config(data: Mapping[str, Any], explicit: set[str] | None = None) -> T
     engine_section["model"] = run.get("model") or DEFAULT_MODEL
     run["engine"] = _build_section("engine", EngineConfig, engine_section)
     run["eval"] = _build_section("eval", EvalConfig, _section("eval", data.get("eval")))
+    run["cluster"] = _build_section(
+        "cluster", ClusterConfig, _section("cluster", data.get("cluster"))
+    )
     try:
         return TrainConfig(**run)
     except ConfigError:

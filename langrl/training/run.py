@@ -43,6 +43,7 @@ run's seed and its place in the data order, and evaluations are seeded per probl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from concurrent.futures import Future
@@ -58,6 +59,7 @@ from langrl import metrics as tags
 from langrl.agents import make_agent
 from langrl.agents.evaluation import evaluate_async
 from langrl.buffer import TrajectoryBuffer
+from langrl.engine.base import EngineDiedError
 from langrl.envs import make_env
 from langrl.learner import Learner, latest_checkpoint
 from langrl.learner.learner import CheckpointError
@@ -161,7 +163,7 @@ class TrainingRun:
         if engine is None:
             from langrl.engine import create_engine
 
-            engine = create_engine(replace(config.engine, model=self.model))
+            engine = create_engine(replace(config.engine, model=self.model), config.cluster)
         self.engine = engine
         try:
             self._set_up(resume_from)
@@ -170,7 +172,10 @@ class TrainingRun:
             raise
 
     def close(self) -> None:
-        """Shut down the engine if this run started it (idempotent)."""
+        """Shut down the learner ranks, and the engine if this run started it (idempotent)."""
+        learner = getattr(self, "learner", None)
+        if learner is not None and hasattr(learner, "shutdown"):
+            learner.shutdown()
         if self._owns_engine and self.engine is not None:
             self.engine.shutdown()
             self.engine = None
@@ -184,7 +189,12 @@ class TrainingRun:
             config.train_env_kwargs,
             self.engine.engine,
         )
-        self.learner = Learner(self.model, config.learner)
+        if config.learner.world_size > 1:  # data-parallel ranks on Ray
+            from langrl.distributed.learner_group import LearnerGroup
+
+            self.learner = LearnerGroup(self.model, config.learner, config.cluster)
+        else:
+            self.learner = Learner(self.model, config.learner)
         self.buffer = TrajectoryBuffer(config.buffer_capacity, config.max_staleness)
         split_size = make_env(config.env_id, config.train_env_kwargs).num_tasks()
         # The last ``holdout`` problems of the split are never handed out (validation).
@@ -237,6 +247,7 @@ class TrainingRun:
         self.last_eval: dict[str, float] = {}
         self._last_eval_step = self._last_save_step = -1
         self._last_reward = float("nan")
+        self._serving: dict[str, float] = {}  # the engine's last telemetry (replicas)
 
     # --- the loop ---
 
@@ -318,6 +329,14 @@ class TrainingRun:
             self._cancel_pending()
             path = self.save()
             print(f"\ninterrupted at step {self.step}; checkpoint saved to {path}", flush=True)
+            raise
+        except EngineDiedError:
+            # Every replica (or the one engine) is gone: keep what was learned, then stop.
+            self._bar.close()
+            with contextlib.suppress(Exception):
+                self._cancel_pending()
+            path = self.save()
+            logger.error("the engine died at step %d; checkpoint saved to %s", self.step, path)
             raise
         finally:
             self._bar.close()
@@ -449,6 +468,9 @@ class TrainingRun:
             tags.PERF_SYNC_S: sync_s,
             tags.TRAIN_EPOCH: self.sampler.epoch + self.sampler.position / self.sampler.size,
         })  # fmt: skip
+        telemetry = getattr(self.engine, "telemetry", None)  # replicas: perf/replica_*
+        self._serving = telemetry() if telemetry is not None else {}
+        scalars.update(self._serving)
         self.tb.log_scalars(scalars, self.step)
         text_every = self.config.text_every
         if text_every and (self.step % text_every == 0 or self.step == 1):
@@ -462,6 +484,10 @@ class TrainingRun:
         if self.last_eval:
             postfix["mean@k"] = self.last_eval[tags.EVAL_MEAN_AT_K]
         shown = {k: f"{v:.3f}" for k, v in postfix.items()}
+        if "perf/replicas_alive" in self._serving:
+            shown["replicas"] = (
+                f"{self._serving['perf/replicas_alive']:.0f}/{self.config.engine.replicas}"
+            )
         bar = self._bar
         bar.set_postfix({"step": self.step, **shown} if by_tokens else shown)
         bar.update(min(int(self.totals.gen_tokens_total), bar.total) - bar.n if by_tokens else 1)
