@@ -113,6 +113,32 @@ PERF_GENERATED_TRAJECTORIES_TOTAL = "perf/generated_trajectories_total"
 PERF_TRAINED_TRAJECTORIES_TOTAL = "perf/trained_trajectories_total"
 PERF_TRAIN_WALL_S = "perf/train_wall_s"
 PERF_ROLLOUT_TASKS = "perf/rollout_tasks"
+# Engine replicas (``engine.replicas`` > 1): written only then.
+PERF_REPLICAS_ALIVE = "perf/replicas_alive"
+PERF_REPLICAS_LOST_TOTAL = "perf/replicas_lost_total"
+#: Per replica: ``replica_tag(i, name)`` for each name in ``REPLICA_TAG_NAMES``.
+REPLICA_TAG_NAMES = {
+    "requests": "engine calls this replica served, run total (retried calls count again)",
+    "generated_tokens": "tokens this replica generated, run total",
+    "busy_share": "share of the wall time since the last log this replica had calls in flight",
+    "push_s": "wall seconds of the last weight push to this replica (load included)",
+}
+
+
+def replica_tag(index: int, name: str) -> str:
+    """The tag of replica ``index``'s ``name`` (one of ``REPLICA_TAG_NAMES``)."""
+    if name not in REPLICA_TAG_NAMES:
+        raise ValueError(f"unknown replica tag {name!r}; known: {sorted(REPLICA_TAG_NAMES)}")
+    return f"perf/replica_{index}/{name}"
+
+
+def is_replica_tag(tag: str) -> bool:
+    """Whether ``tag`` is a per-replica tag (``replica_tag``)."""
+    group, _, rest = tag.partition("/")
+    head, _, name = rest.partition("/")
+    index = head.removeprefix("replica_")
+    return group == "perf" and head != index and index.isdigit() and name in REPLICA_TAG_NAMES
+
 
 # --- text (TensorBoard's text tab) ---
 TEXT_TRAIN_SAMPLES = "train/samples"
@@ -199,6 +225,8 @@ TAGS: dict[str, str] = {
     "(generated - trained = waste: dropped, still buffered or never used)",
     PERF_TRAIN_WALL_S: "wall seconds of the training loop since the run began, evaluation excluded",
     PERF_ROLLOUT_TASKS: "mean tasks per rollout (async mode sizes rollouts to need)",
+    PERF_REPLICAS_ALIVE: "engine replicas in the rotation (engine.replicas > 1)",
+    PERF_REPLICAS_LOST_TOTAL: "engine replicas that died during the run (killed, out of memory)",
     TEXT_TRAIN_SAMPLES: "text: a few training transcripts with their rewards",
     TEXT_EVAL_SAMPLES: "text: a few evaluation transcripts",
 }

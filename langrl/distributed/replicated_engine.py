@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from langrl import metrics as tags
 from langrl.distributed import cluster as ray_cluster
 from langrl.distributed.config import ClusterConfig
 from langrl.distributed.replica import EngineFactory, EngineReplica, ServedEngineFactory, to_wire
@@ -358,15 +359,15 @@ class ReplicatedEngine(PolicyEngine):
         span = max(now - self._telemetry_at, 1e-9)
         self._telemetry_at = now
         out = {
-            "perf/replicas_alive": float(len(self.alive())),
-            "perf/replicas_lost_total": float(self._lost),
+            tags.PERF_REPLICAS_ALIVE: float(len(self.alive())),
+            tags.PERF_REPLICAS_LOST_TOTAL: float(self._lost),
         }
         for r in self.replicas:
-            prefix = f"perf/replica_{r.index}"
-            out[f"{prefix}/requests"] = float(r.requests)
-            out[f"{prefix}/generated_tokens"] = float(r.generated_tokens)
-            out[f"{prefix}/busy_share"] = min(1.0, r.take_busy(now) / span) if r.alive else 0.0
-            out[f"{prefix}/push_s"] = r.push_s
+            busy = min(1.0, r.take_busy(now) / span) if r.alive else 0.0
+            out[tags.replica_tag(r.index, "requests")] = float(r.requests)
+            out[tags.replica_tag(r.index, "generated_tokens")] = float(r.generated_tokens)
+            out[tags.replica_tag(r.index, "busy_share")] = busy
+            out[tags.replica_tag(r.index, "push_s")] = r.push_s
         return out
 
     def shutdown(self) -> None:
