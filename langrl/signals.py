@@ -10,6 +10,7 @@ instead runs the trainer's save-on-interrupt and every ``engine.shutdown()``.
 from __future__ import annotations
 
 import signal
+import threading
 from types import FrameType
 
 
@@ -20,3 +21,18 @@ def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
 def interrupt_on_sigterm() -> None:
     """Make SIGTERM raise ``KeyboardInterrupt`` in the main thread (call from a CLI ``main``)."""
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def reassert_python_handlers() -> None:
+    """Put Python's signal handlers back at the C level after a library replaced them.
+
+    Ray's core worker, started by ``ray.init``, installs its own C-level SIGTERM handler
+    (it prints a stack and aborts), which would cut the trainer down without its checkpoint
+    and engine shutdown. Python still records its own handler (``signal.getsignal``), so
+    installing that again restores the Ctrl-C path. Main thread only; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(sig)
+        if handler is not None:  # None: installed outside Python, leave it alone
+            signal.signal(sig, handler)

@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from langrl.distributed.cluster import ClusterError
+    from langrl.engine import EngineStartError
     from langrl.learner import CheckpointError
     from langrl.signals import interrupt_on_sigterm
     from langrl.training import train  # heavy imports only once the config is valid
@@ -77,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except CheckpointError as err:  # a final save failed (full disk): one line, exit 1
+    except (CheckpointError, EngineStartError, ClusterError) as err:
+        # A final save failed (full disk), the engine or a replica did not start, Ray could
+        # not be started or joined: one line, exit 1.
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -122,7 +122,7 @@ def acquire(cluster: ClusterConfig) -> RaySession:
         env = {"env_vars": lifetime.owner_env()}
         try:
             if cluster.joins:
-                _check_reachable(cluster)
+                check_reachable(cluster)
                 ray.init(
                     address=cluster.address, runtime_env=env, log_to_driver=False,
                     logging_level=logging.WARNING,
@@ -150,8 +150,8 @@ def acquire(cluster: ClusterConfig) -> RaySession:
         return RaySession()
 
 
-def _check_reachable(cluster: ClusterConfig) -> None:
-    """A ``host:port`` address answers a TCP connect within the timeout (Ray itself would
+def check_reachable(cluster: ClusterConfig) -> None:
+    """``ClusterError`` unless a ``host:port`` address answers a TCP connect within the timeout (Ray itself would
     retry for minutes); ``auto`` is left to Ray, which fails at once when nothing runs."""
     address = cluster.address or ""
     if address == "auto":

@@ -277,7 +277,9 @@ class TrainConfig:
         )  # fmt: skip
         try:
             ray_cluster.require_ray(why)
-            if not self.cluster.joins:
+            if self.cluster.joins:  # its resources are checked once joined
+                ray_cluster.check_reachable(self.cluster)
+            else:
                 gpus = ray_cluster.local_gpus() > 0
                 ray_cluster.check_demand(self.cluster, self.ray_demand(gpus))
         except ray_cluster.ClusterError as err:

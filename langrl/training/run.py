@@ -64,6 +64,7 @@ from langrl.envs import make_env
 from langrl.learner import Learner, latest_checkpoint
 from langrl.learner.learner import CheckpointError
 from langrl.metrics import TensorBoardLogger
+from langrl.signals import reassert_python_handlers
 from langrl.training.config import ConfigError, TrainConfig
 from langrl.training.planner import RolloutPlanner, SyncSchedule
 from langrl.training.state import (
@@ -170,6 +171,8 @@ class TrainingRun:
         except BaseException:
             self.close()
             raise
+        # A Ray started for replicas or ranks replaced the SIGTERM handler (signals.py).
+        reassert_python_handlers()
 
     def close(self) -> None:
         """Shut down the learner ranks, and the engine if this run started it (idempotent)."""

@@ -215,7 +215,7 @@ def test_unreachable_address_and_missing_ray_are_one_line(monkeypatch):
     # A closed local port: refused within the timeout, in one line.
     cluster = ClusterConfig(address="127.0.0.1:9", connect_timeout_s=2)
     with pytest.raises(ClusterError, match=r"cannot reach '127.0.0.1:9'") as err:
-        ray_cluster._check_reachable(cluster)
+        ray_cluster.check_reachable(cluster)
     assert "\n" not in str(err.value)
     monkeypatch.setattr(ray_cluster.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ClusterError, match=r"engine.replicas=2 needs Ray, which is not installed"):
