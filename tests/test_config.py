@@ -277,5 +277,35 @@ def test_bad_cluster_settings_are_one_line_naming_the_field(monkeypatch):
     from langrl.distributed import cluster
 
     monkeypatch.setattr(cluster.importlib.util, "find_spec", lambda name: None)
-    message = _error(path=TINY, overrides=["--engine.replicas", "2", "--engine.replica_cpus", "0.5"])
+    message = _error(
+        path=TINY, overrides=["--engine.replicas", "2", "--engine.replica_cpus", "0.5"]
+    )
     assert "engine.replicas=2 needs Ray, which is not installed: pip install" in message
+
+
+PAPER_8GPU = ROOT / "configs" / "qwen2.5-1.5b-paper-8gpu.yaml"
+
+
+def test_paper_8gpu_preset_expresses_the_papers_split(paper_model_cached):
+    from langrl.training.config import parse_config
+
+    config = parse_config(PAPER_8GPU, agent="mcts")
+    assert config.engine.replicas == 6 and config.learner.world_size == 2
+    assert config.agent_config.num_workers == 16 and config.sync_every == 8  # extended
+    assert config.engine.use_chat_template and config.cluster.address == "local"
+    # This 2-core machine without GPUs cannot hold it: refused in one line, nothing started.
+    message = _error(path=PAPER_8GPU, agent="mcts")
+    assert "engine.replicas (6 CPU" in message and "learner.world_size (2 CPU" in message
+
+
+def test_extends_merges_a_base_preset_and_refuses_cycles(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("total_steps: 7\nlearner: {lr: 0.5, c_kl: 0.1}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\nlearner: {lr: 0.25}\n")
+    config = load_config(child, agent="bon")
+    assert config.total_steps == 7 and config.learner.lr == 0.25 and config.learner.c_kl == 0.1
+    base.write_text("extends: child.yaml\n")
+    assert "a cycle" in _error(path=child)
+    child.write_text("extends: missing.yaml\n")
+    assert "extends: file" in _error(path=child)

@@ -638,10 +638,16 @@ def check_model(model: str) -> None:
 # --- parsing helpers ---
 
 
-def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+#: Preset key naming another preset (a path relative to this one) that this one extends.
+EXTENDS_KEY = "extends"
+
+
+def _read_yaml(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset as a mapping, its ``extends:`` base (recursively) merged under it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config: --config: file {str(path)!r} does not exist")
+        what = f"{_chain[-1]}: extends" if _chain else "--config"
+        raise ConfigError(f"config: {what}: file {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -650,7 +656,15 @@ def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config: {path}: top level must be a mapping, got {type(data).__name__}")
-    return data
+    base = data.pop(EXTENDS_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config: {path}: extends: must be a preset path, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in (*_chain, path.resolve()):
+        raise ConfigError(f"config: {path}: extends: {base!r} extends itself (a cycle)")
+    return _merged(_read_yaml(base_path, (*_chain, path.resolve())), data)
 
 
 def _parse_argv(argv: Sequence[str]) -> list[tuple[str, str]]:
