@@ -52,8 +52,11 @@ def push_seconds(engine: SyncEngine, model: str, repeats: int) -> float:
     """Best wall seconds of one full push (two states alternate, so every push changes)."""
     from langrl.policy_model import PolicyValueModel
 
+    from langrl.engine.common import tied_parameter_names
+
     model_copy = PolicyValueModel.from_pretrained(model)
-    lm = {k: v.detach().clone() for k, v in model_copy.lm.state_dict().items()}
+    aliases = tied_parameter_names(model_copy.lm)  # pushed once, as the learner exports them
+    lm = {k: v.detach().clone() for k, v in model_copy.lm.state_dict().items() if k not in aliases}
     head = {k: v.detach().clone() for k, v in model_copy.value_head.state_dict().items()}
     moved = {
         k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in lm.items()
