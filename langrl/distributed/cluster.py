@@ -1,6 +1,6 @@
 """Starting or joining Ray for a run, and checking what the cluster offers.
 
-One ``RaySession`` per user (the replicated engine, the learner group); Ray starts with the
+One hold (``acquire``) per user (the replicated engine, the learner group); Ray starts with the
 first and, if the run started it, stops with the last ``release()``. A run that finds Ray
 already initialised (a notebook, a test's cluster) uses it and leaves it running.
 
@@ -21,6 +21,7 @@ import threading
 from typing import Any
 
 from langrl.distributed.config import ClusterConfig
+from langrl.engine.lifetime import Hold
 
 logger = logging.getLogger(__name__)
 
@@ -91,19 +92,7 @@ _started_here = False
 _supervision: Any = None
 
 
-class RaySession:
-    """A hold on the run's Ray connection; ``release()`` once (idempotent)."""
-
-    def __init__(self) -> None:
-        self._held = True
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            _release()
-
-
-def acquire(cluster: ClusterConfig) -> RaySession:
+def acquire(cluster: ClusterConfig) -> Hold:
     """Connect this process to Ray as ``cluster`` says (start a local instance or join one),
     unless it is connected already. ``ClusterError`` (one line) if Ray is missing or the
     address cannot be reached."""
@@ -116,7 +105,7 @@ def acquire(cluster: ClusterConfig) -> RaySession:
     with _lock:
         if ray.is_initialized():
             _users += 1
-            return RaySession()
+            return Hold(_release)
         # Before Ray starts anything: its processes inherit the token; the reaper watches.
         supervision = lifetime.acquire()
         env = {"env_vars": lifetime.owner_env()}
@@ -147,7 +136,7 @@ def acquire(cluster: ClusterConfig) -> RaySession:
         _users, _started_here, _supervision = 1, not cluster.joins, supervision
         if cluster.joins:
             logger.info("joined the Ray cluster at %s", cluster.address)
-        return RaySession()
+        return Hold(_release)
 
 
 def check_reachable(cluster: ClusterConfig) -> None:

@@ -64,7 +64,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 logger = logging.getLogger(__name__)
 
@@ -362,19 +362,21 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class Supervision:
-    """What ``acquire()`` returns: ``release()`` once (idempotent) when the engine stops."""
+class Hold:
+    """A counted hold on a shared resource: ``release()`` calls ``on_release`` once
+    (idempotent). ``acquire()`` returns one for the reaper;
+    ``langrl.distributed.cluster`` one for the run's Ray connection."""
 
-    def __init__(self) -> None:
-        self._held = True
+    def __init__(self, on_release: Callable[[], None]) -> None:
+        self._on_release: Callable[[], None] | None = on_release
 
     def release(self) -> None:
-        if self._held:
-            self._held = False
-            _release()
+        on_release, self._on_release = self._on_release, None
+        if on_release is not None:
+            on_release()
 
 
-def acquire(shm_dirs: Iterable[str] = ()) -> Supervision:
+def acquire(shm_dirs: Iterable[str] = ()) -> Hold:
     """Before starting processes: set the ownership token and make sure a reaper watches
     this process (started with the first user, stopped with the last ``release``). A reaper
     that cannot start is logged, not raised: the engine still runs, unguarded."""
@@ -383,10 +385,10 @@ def acquire(shm_dirs: Iterable[str] = ()) -> Supervision:
         _users += 1
         if not supported():
             logger.info("no /proc here: the engine's processes are not guarded by a reaper")
-            return Supervision()
+            return Hold(_release)
         token = ensure_owner_env()
         if _reaper is not None and _reaper.poll() is None and _reaper_token == token:
-            return Supervision()
+            return Hold(_release)
         try:
             _reaper = start_reaper(token, shm_dirs)
             _reaper_token = token
@@ -396,7 +398,7 @@ def acquire(shm_dirs: Iterable[str] = ()) -> Supervision:
                 "processes running",
                 e,
             )
-    return Supervision()
+    return Hold(_release)
 
 
 def _release() -> None:

@@ -293,7 +293,7 @@ def _exit_description(code: int | None) -> str:
 def _supervise() -> Any:
     """Guard the processes vLLM is about to start (``langrl.engine.lifetime``: the ownership
     token in the environment, a reaper that kills them if this process dies) and sweep the
-    weight-chunk files dead runs left; a ``Supervision`` to release at shutdown."""
+    weight-chunk files dead runs left; a ``lifetime.Hold`` to release at shutdown."""
     from langrl.engine import lifetime
 
     shm_dirs: list[str] = []
