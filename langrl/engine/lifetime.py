@@ -70,6 +70,8 @@ logger = logging.getLogger(__name__)
 
 #: The environment variable that marks a process as started by one trainer.
 ENV_VAR = "LANGRL_OWNER"
+#: Tells setproctitle not to write titles over the environment (``ensure_owner_env``).
+SPT_NOENV = "SPT_NOENV"
 #: Seconds between two checks of the trainer where ``pidfd_open`` is missing.
 POLL_INTERVAL_S = 0.2
 #: Seconds the reaper keeps killing (new processes may appear while it does).
@@ -142,6 +144,11 @@ def ensure_owner_env() -> str:
     token = process_token()
     if os.environ.get(ENV_VAR) != token:
         os.environ[ENV_VAR] = token
+    # setproctitle (Ray's processes, vLLM's) writes a title longer than the command line
+    # over the environment block that /proc/<pid>/environ reads: the token would vanish
+    # and the process escape the reaper (seen: Ray's DashboardAgent and RuntimeEnvAgent
+    # outlived a SIGKILLed trainer by a minute). With SPT_NOENV set it leaves it alone.
+    os.environ.setdefault(SPT_NOENV, "1")
     return token
 
 

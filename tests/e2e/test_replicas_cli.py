@@ -111,5 +111,5 @@ def test_two_replicas_from_the_cli_leave_nothing_behind(ending, tiny_policy_path
             proc.wait()
         reader.join(timeout=10)
     # Ended normally or interrupted: shut down already; killed: the reapers' few seconds.
-    leftover = left_behind(before, timeout_s=45)
+    leftover = left_behind(before, timeout_s=30)
     assert leftover == {}, leftover
