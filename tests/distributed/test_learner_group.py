@@ -4,6 +4,7 @@ leave no actor behind."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -119,9 +120,13 @@ def test_two_ranks_train_what_one_learner_trains(local_ray, policy, one_thread, 
     finally:
         group.shutdown()
     group.shutdown()  # idempotent
+    # ray.kill is asynchronous: a call made right after it may still be answered.
+    deadline = time.monotonic() + 30
     for handle in handles:
         with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(handle.__ray_ready__.remote(), timeout=60)
+            while time.monotonic() < deadline:
+                ray.get(handle.__ray_ready__.remote(), timeout=30)
+                time.sleep(0.2)
     with pytest.raises(RuntimeError, match="shut down"):
         group.step(make_batch(2, seed=4))
 

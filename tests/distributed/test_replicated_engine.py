@@ -165,8 +165,11 @@ def test_a_replica_killed_mid_call_is_retried_on_the_other(local_ray, tiny_polic
         assert push(engine, 12.0) == 2  # pushes go on with the replica left
         assert served_by(engine.generate([1], SAMPLING)) == (survivor.info["pid"], 12.0)
         ray.kill(survivor.handle, no_restart=True)
+        deadline = time.monotonic() + 30  # ray.kill lands asynchronously
         with pytest.raises(EngineDiedError, match="every engine replica died"):
-            engine.generate([1], SAMPLING)
+            while time.monotonic() < deadline:
+                engine.generate([1], SAMPLING)
+                time.sleep(0.2)
 
 
 def test_a_dead_replica_is_replaced_with_the_current_weights(local_ray, tiny_policy_path):
@@ -174,9 +177,14 @@ def test_a_dead_replica_is_replaced_with_the_current_weights(local_ray, tiny_pol
         push(engine, 4.0)
         victim = engine.engine.replicas[0]
         ray.kill(victim.handle, no_restart=True)
-        engine.generate_many([[i] for i in range(4)], SAMPLING)  # finds it dead, retries
+        # Calls find it dead (ray.kill lands asynchronously) and are retried; then the
+        # replacement starts and joins.
         deadline = time.monotonic() + 60
-        while engine.telemetry()["perf/replicas_alive"] < 2 and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            engine.generate_many([[i] for i in range(4)], SAMPLING)
+            current = engine.engine.replicas[0]
+            if current is not victim and current.alive:
+                break
             time.sleep(0.5)
         replacement = engine.engine.replicas[0]
         assert replacement.alive and replacement.info["pid"] != victim.info["pid"]
