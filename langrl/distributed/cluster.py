@@ -140,8 +140,9 @@ def acquire(cluster: ClusterConfig) -> Hold:
 
 
 def check_reachable(cluster: ClusterConfig) -> None:
-    """``ClusterError`` unless a ``host:port`` address answers a TCP connect within the timeout (Ray itself would
-    retry for minutes); ``auto`` is left to Ray, which fails at once when nothing runs."""
+    """``ClusterError`` unless a ``host:port`` address answers a TCP connect within the
+    timeout (Ray itself would retry for minutes); ``auto`` is left to Ray, which fails at
+    once when nothing runs."""
     address = cluster.address or ""
     if address == "auto":
         return

@@ -194,17 +194,12 @@ class LearnerGroup:
         cluster = cluster or ClusterConfig()
         self._session = ray_cluster.acquire(cluster)
         try:
-            n, gpus = config.world_size, 1 if config.device.startswith("cuda") else 0
-            ray_cluster.check_demand(
-                cluster, {"learner.world_size": (n * config.rank_cpus, float(n * gpus))}
+            n = config.world_size
+            ray_cluster.check_demand(cluster, {"learner.world_size": config.ray_demand()})
+            actor = ray.remote(LearnerRank).options(
+                num_cpus=config.rank_cpus, num_gpus=config.rank_gpus, max_restarts=0
             )
-            actor = ray.remote(LearnerRank)
-            self._ranks = [
-                actor.options(num_cpus=config.rank_cpus, num_gpus=gpus, max_restarts=0).remote(
-                    rank, n
-                )
-                for rank in range(n)
-            ]
+            self._ranks = [actor.remote(rank, n) for rank in range(n)]
             # Every rank answers first (scheduled, or the timeout says why not): a rank that
             # never starts would leave the others waiting in init_process_group.
             (ip, port), *_ = self._gather(

@@ -38,13 +38,9 @@ class ServedEngineFactory:
         self.config = replace(config, replicas=1)
 
     async def __call__(self) -> PolicyEngine:
-        if self.config.backend == "vllm":
-            from langrl.engine.vllm_engine import VLLMEngine
+        from langrl.engine import start_served_engine
 
-            return await VLLMEngine.create(self.config)
-        from langrl.engine.hf_engine import HFEngine
-
-        return await HFEngine.create(self.config)
+        return await start_served_engine(self.config)
 
 
 WireState = dict[str, tuple[np.ndarray, str | None]]

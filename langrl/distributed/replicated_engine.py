@@ -49,7 +49,7 @@ from langrl.engine.base import (
     SamplingConfig,
     route_key,
 )
-from langrl.engine.common import WeightGate
+from langrl.engine.common import WeightGate, push_blocking
 from langrl.engine.config import EngineConfig, EngineStartError
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class ReplicatedEngine(PolicyEngine):
         replicas: list[Replica] = []
         try:
             await asyncio.to_thread(
-                ray_cluster.check_demand, cluster, {"engine.replicas": _demand(config)}
+                ray_cluster.check_demand, cluster, {"engine.replicas": config.ray_demand(_on_gpu())}
             )
             tokenizer = await asyncio.to_thread(_load_tokenizer, config)
             factory = factory or ServedEngineFactory(config)
@@ -304,15 +304,9 @@ class ReplicatedEngine(PolicyEngine):
         value_head_state: Mapping[str, torch.Tensor],
     ) -> int:
         """Blocking push from any thread but the engine loop (``load_weights_async``)."""
-        with contextlib.suppress(RuntimeError):
-            if asyncio.get_running_loop() is self._loop:
-                raise RuntimeError(
-                    "load_weights() blocks; on the engine's event loop use "
-                    "`await engine.load_weights_async(...)`"
-                )
-        return asyncio.run_coroutine_threadsafe(
-            self.load_weights_async(lm_state, value_head_state), self._loop
-        ).result()
+        return push_blocking(
+            self._loop, lambda: self.load_weights_async(lm_state, value_head_state)
+        )
 
     async def load_weights_async(
         self,
@@ -397,12 +391,6 @@ class ReplicatedEngine(PolicyEngine):
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _demand(config: EngineConfig) -> tuple[float, float]:
-    """(CPUs, GPUs) all replicas reserve."""
-    gpus = config.tensor_parallel_size if _on_gpu() else 0
-    return config.replicas * config.replica_cpus, float(config.replicas * gpus)
-
-
 def _on_gpu() -> bool:
     """Whether replicas take GPUs: the cluster has some (a CPU trainer may drive GPU
     replicas on other nodes)."""
@@ -424,26 +412,24 @@ async def _start_replica(index: int, config: EngineConfig, factory: EngineFactor
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    gpus = config.tensor_parallel_size if _on_gpu() else 0
+    gpus = config.replica_gpus(_on_gpu())
     bundle = {"CPU": float(config.replica_cpus)} | ({"GPU": float(gpus)} if gpus else {})
     group = placement_group([bundle], strategy="STRICT_PACK")
     try:
-        ready = await asyncio.wait_for(group.ready(), PLACEMENT_TIMEOUT_S)
-    except (asyncio.TimeoutError, Exception) as err:  # noqa: BLE001
+        await asyncio.wait_for(group.ready(), PLACEMENT_TIMEOUT_S)
+    except Exception as err:  # noqa: BLE001 - a timeout or Ray's refusal: one line
         remove_placement_group(group)
         raise EngineStartError(
             f"engine replica {index}: the cluster could not reserve {bundle} within "
             f"{PLACEMENT_TIMEOUT_S:g} s ({type(err).__name__}); lower engine.replicas or "
             "engine.replica_cpus"
         ) from None
-    del ready
     actor_cls = ray.remote(EngineReplica)
     handle = actor_cls.options(
         num_cpus=config.replica_cpus,
         num_gpus=gpus,
         scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0),
         max_restarts=0,
-        name=None,
     ).remote(index)
     replica = Replica(index=index, handle=handle, placement_group=group)
     try:

@@ -37,6 +37,7 @@ __all__ = [
     "SyncEngine",
     "VLLMEngine",
     "create_engine",
+    "start_served_engine",
 ]
 
 
@@ -50,26 +51,32 @@ def create_engine(config: EngineConfig, cluster: ClusterConfig | None = None) ->
     from langrl.engine.sync import SyncEngine
 
     cluster = cluster or ClusterConfig()
-    if cluster.uses_ray(config.replicas):
+    replicated = cluster.uses_ray(config.replicas)
+    if replicated:
         from langrl.distributed.cluster import require_ray
 
         require_ray(f"engine.replicas={config.replicas}")
-        if config.backend == "vllm":
-            from langrl.engine.vllm_engine import require_vllm
+    if config.backend == "vllm":
+        from langrl.engine.vllm_engine import require_vllm
 
-            require_vllm()
+        require_vllm()  # before the loop thread starts: the plain error, nothing to clean up
+    if replicated:
         from langrl.distributed.replicated_engine import ReplicatedEngine
 
         return SyncEngine(lambda: ReplicatedEngine.create(config, cluster))
+    return SyncEngine(lambda: start_served_engine(config))
 
+
+async def start_served_engine(config: EngineConfig) -> PolicyEngine:
+    """Create the configured backend as one engine on the running event loop: what
+    ``create_engine`` runs in this process and every engine replica runs in its actor."""
     if config.backend == "vllm":
-        from langrl.engine.vllm_engine import VLLMEngine, require_vllm
+        from langrl.engine.vllm_engine import VLLMEngine
 
-        require_vllm()  # before the loop thread starts: the plain error, nothing to clean up
-        return SyncEngine(lambda: VLLMEngine.create(config))
+        return await VLLMEngine.create(config)
     from langrl.engine.hf_engine import HFEngine
 
-    return SyncEngine(lambda: HFEngine.create(config))
+    return await HFEngine.create(config)
 
 
 def __getattr__(name: str) -> object:

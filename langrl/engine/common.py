@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -478,19 +478,9 @@ class ServedEngine(PolicyEngine):
         value_head_state: Mapping[str, torch.Tensor],
     ) -> int:
         """Blocking weight push from any thread but the engine's loop (see ``load_weights_async``)."""
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            raise RuntimeError(
-                "load_weights() blocks; on the engine's event loop use "
-                "`await engine.load_weights_async(...)`"
-            )
-        fut = asyncio.run_coroutine_threadsafe(
-            self.load_weights_async(lm_state, value_head_state), self._loop
+        return push_blocking(
+            self._loop, lambda: self.load_weights_async(lm_state, value_head_state)
         )
-        return fut.result()
 
     async def load_weights_async(
         self,
@@ -561,6 +551,26 @@ class ServedEngine(PolicyEngine):
     def _release_shared(self) -> None:
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def push_blocking(loop: asyncio.AbstractEventLoop, push: Callable[[], Awaitable[int]]) -> int:
+    """Run an engine's ``load_weights_async`` (``push()``) on its ``loop`` from another
+    thread and wait for the new version: the blocking ``load_weights`` of every engine.
+    Refused on the loop itself, where waiting would deadlock."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        raise RuntimeError(
+            "load_weights() blocks; on the engine's event loop use "
+            "`await engine.load_weights_async(...)`"
+        )
+
+    async def run() -> int:
+        return await push()
+
+    return asyncio.run_coroutine_threadsafe(run(), loop).result()
 
 
 async def start_in_thread(fn: Callable[[], T], timeout_s: float, what: str) -> T:

@@ -205,6 +205,15 @@ class EngineConfig:
         """The tokenizer to load: ``tokenizer`` if set, else ``model``."""
         return self.tokenizer or self.model
 
+    def replica_gpus(self, cluster_has_gpus: bool) -> int:
+        """GPUs one replica reserves: ``tensor_parallel_size`` where the cluster has GPUs."""
+        return self.tensor_parallel_size if cluster_has_gpus else 0
+
+    def ray_demand(self, cluster_has_gpus: bool) -> tuple[float, float]:
+        """``(CPUs, GPUs)`` all ``replicas`` reserve in Ray together."""
+        gpus = self.replicas * self.replica_gpus(cluster_has_gpus)
+        return self.replicas * self.replica_cpus, float(gpus)
+
 
 # --- model source check (shared by ``langrl.training.config`` and the engines) -------------------
 

@@ -268,6 +268,15 @@ class LearnerConfig:
         per_loss: dict[str, dict[str, float]] = {"cispo": {"eps_high": self.eps_high}}
         return per_loss[self.policy_loss]
 
+    @property
+    def rank_gpus(self) -> int:
+        """GPUs one learner rank reserves: one on CUDA, else none."""
+        return 1 if self.device.startswith("cuda") else 0
+
+    def ray_demand(self) -> tuple[float, float]:
+        """``(CPUs, GPUs)`` all ``world_size`` ranks reserve in Ray together."""
+        return self.world_size * self.rank_cpus, float(self.world_size * self.rank_gpus)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict (for checkpoints and the hyperparameter table)."""
         return dataclasses.asdict(self)

@@ -289,18 +289,9 @@ class TrainConfig:
         """``{setting: (CPUs, GPUs)}`` the run reserves in Ray: every engine replica's and,
         with ``learner.world_size`` > 1, every learner rank's. ``gpus``: whether the
         cluster has GPUs (each replica then takes ``tensor_parallel_size`` of them)."""
-        engine, learner = self.engine, self.learner
-        gpu = learner.device.startswith("cuda")
-        engine_gpus = engine.tensor_parallel_size if gpus else 0
-        demand = {
-            "engine.replicas": (engine.replicas * engine.replica_cpus,
-                                float(engine.replicas * engine_gpus)),
-        }  # fmt: skip
-        if learner.world_size > 1:
-            demand["learner.world_size"] = (
-                learner.world_size * learner.rank_cpus,
-                float(learner.world_size if gpu else 0),
-            )
+        demand = {"engine.replicas": self.engine.ray_demand(gpus)}
+        if self.learner.world_size > 1:
+            demand["learner.world_size"] = self.learner.ray_demand()
         return demand
 
     def _check_holdout(self) -> None:

@@ -487,10 +487,9 @@ class TrainingRun:
         if self.last_eval:
             postfix["mean@k"] = self.last_eval[tags.EVAL_MEAN_AT_K]
         shown = {k: f"{v:.3f}" for k, v in postfix.items()}
-        if "perf/replicas_alive" in self._serving:
-            shown["replicas"] = (
-                f"{self._serving['perf/replicas_alive']:.0f}/{self.config.engine.replicas}"
-            )
+        if tags.PERF_REPLICAS_ALIVE in self._serving:  # replicas alive / started
+            alive = self._serving[tags.PERF_REPLICAS_ALIVE]
+            shown["replicas"] = f"{alive:.0f}/{self.config.engine.replicas}"
         bar = self._bar
         bar.set_postfix({"step": self.step, **shown} if by_tokens else shown)
         bar.update(min(int(self.totals.gen_tokens_total), bar.total) - bar.n if by_tokens else 1)

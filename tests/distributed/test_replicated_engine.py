@@ -228,3 +228,14 @@ def test_unreachable_address_and_missing_ray_are_one_line(monkeypatch):
     monkeypatch.setattr(ray_cluster.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ClusterError, match=r"engine.replicas=2 needs Ray, which is not installed"):
         create_engine(EngineConfig(model="x", replicas=2))
+
+
+def test_a_blocking_push_on_the_engine_loop_is_refused(local_ray, tiny_policy_path):
+    with start(tiny_policy_path) as engine:
+
+        async def push_on_loop() -> int:
+            return engine.engine.load_weights({"w": torch.ones(4)}, {})
+
+        with pytest.raises(RuntimeError, match="load_weights\\(\\) blocks"):
+            engine.run(push_on_loop())
+        assert engine.policy_version == 0
