@@ -50,9 +50,8 @@ def tokens_per_second(run: Callable[[], list[Generation]], repeats: int) -> floa
 
 def push_seconds(engine: SyncEngine, model: str, repeats: int) -> float:
     """Best wall seconds of one full push (two states alternate, so every push changes)."""
-    from langrl.policy_model import PolicyValueModel
-
     from langrl.engine.common import tied_parameter_names
+    from langrl.policy_model import PolicyValueModel
 
     model_copy = PolicyValueModel.from_pretrained(model)
     aliases = tied_parameter_names(model_copy.lm)  # pushed once, as the learner exports them

@@ -38,6 +38,7 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferUpdateInfo,
 )
 
+from langrl.engine import malloc
 from langrl.engine.lifetime import owned_file_prefix, sweep_files
 
 if TYPE_CHECKING:
@@ -249,6 +250,7 @@ class SharedMemoryWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpda
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
         self.tensors_loaded = 0
+        malloc.begin_push()  # ended in finish_weight_update (see langrl.engine.malloc)
         initialize_layerwise_reload(self.model)
 
     def update_weights(self, update_info: dict[str, Any]) -> None:
@@ -266,7 +268,10 @@ class SharedMemoryWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpda
     def finish_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
-        finalize_layerwise_reload(self.model, self.model_config)
+        try:
+            finalize_layerwise_reload(self.model, self.model_config)
+        finally:
+            malloc.end_push()
 
     def shutdown(self) -> None:
         """Nothing held between pushes."""

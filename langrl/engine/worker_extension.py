@@ -81,13 +81,16 @@ class WeightSyncExtension:
         stale. ``reload_weights`` restores the parameters, loads, and repacks. Older vLLM
         falls back to ``model.load_weights``. Returns how many tensors arrived.
         """
-        weights = decode_weights(records)
-        runner = self.model_runner  # type: ignore[attr-defined]
-        if hasattr(runner, "reload_weights"):
-            runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
-        else:
-            runner.model.load_weights(weights=weights)
-        return len(weights)
+        from langrl.engine.malloc import push_allocations
+
+        with push_allocations():
+            weights = decode_weights(records)
+            runner = self.model_runner  # type: ignore[attr-defined]
+            if hasattr(runner, "reload_weights"):
+                runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+            else:
+                runner.model.load_weights(weights=weights)
+            return len(weights)
 
     def langrl_weight_checksum(self) -> float:
         """Sum of every parameter (float64): a cheap check that a push arrived.
