@@ -152,6 +152,7 @@ def test_paper_preset_has_the_paper_settings(paper_model_cached):
             "use_chat_template",
         ),
         ({"overrides": ["--engine.backend", "tpu"]}, "backend"),
+        ({"overrides": ["--learner.num_threads", "0"]}, "num_threads"),
     ],
 )
 def test_bad_config_is_a_one_line_error_naming_the_field(kwargs, field):
@@ -309,3 +310,18 @@ def test_extends_merges_a_base_preset_and_refuses_cycles(tmp_path):
     assert "a cycle" in _error(path=child)
     child.write_text("extends: missing.yaml\n")
     assert "extends: file" in _error(path=child)
+
+
+def test_learner_threads_follow_the_engine_and_the_device(monkeypatch):
+    from langrl.training import run
+
+    cpus = {0, 1, 2, 3}
+    monkeypatch.setattr(run.os, "sched_getaffinity", lambda pid: cpus)
+    monkeypatch.setattr(run.torch.cuda, "is_available", lambda: False)
+    assert run.learner_threads(load_config(TINY)) == 2  # a CPU engine beside it: half
+    assert run.learner_threads(load_config(TINY, ["--learner.num_threads", "3"])) == 3
+    cpus = {0}
+    assert run.learner_threads(load_config(TINY)) == 1  # never 0
+    assert run.learner_threads(load_config(TINY, ["--learner.device", "cuda"])) is None
+    monkeypatch.setattr(run.torch.cuda, "is_available", lambda: True)  # the engine's GPU
+    assert run.learner_threads(load_config(TINY)) is None

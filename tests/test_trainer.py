@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from trainer_fakes import COMPLETIONS, FakeSyncEngine
 
@@ -19,6 +20,7 @@ from langrl.tiny.model import build_random_policy
 from langrl.training import train
 from langrl.training.config import ConfigError, load_config
 from langrl.training.planner import SyncSchedule, YieldEstimate, trajectories_needed
+from langrl.training.run import TrainingRun
 from langrl.training.state import (
     EVAL_HISTORY_COLUMNS,
     EVAL_HISTORY_FILE,
@@ -133,6 +135,22 @@ def test_sync_mode_runs(policy, tmp_path):
         engine.shutdown()
     assert result["step"] == 3
     assert engine.policy_version == 2  # synced at step 2 and before the final eval
+
+
+def test_the_learner_trains_with_its_threads_and_the_run_gives_them_back(policy, tmp_path):
+    engine = FakeSyncEngine(policy)
+    before = torch.get_num_threads()
+    seen = []
+    run = TrainingRun(_config(policy, tmp_path, "bon", "--learner.num_threads", "1"), engine)
+    step = run.learner.step
+    run.learner.step = lambda *a, **k: seen.append(torch.get_num_threads()) or step(*a, **k)
+    try:
+        run.run()
+    finally:
+        run.close()
+        engine.shutdown()
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == before
 
 
 def test_task_sampler_is_deterministic_and_resumable():

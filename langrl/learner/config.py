@@ -154,6 +154,17 @@ class LearnerConfig:
     """Torch device of the trained and reference models, e.g. ``"cpu"`` (default),
     ``"cuda"``, ``"cuda:1"``."""
 
+    num_threads: int | None = None
+    """Torch intra-op threads of the trainer's process when the learner runs on CPU (set by
+    ``TrainingRun``; the HF engine, in the same process, uses them too). ``None`` (default):
+    where the engine generates on this machine's CPUs too (vLLM's CPU backend or the HF
+    engine), half the CPUs this process may use, at least 1; elsewhere torch's own default.
+    On 2 cores torch's default of 2 threads collides with vLLM's worker, which binds its
+    OpenMP thread to one core: each of the learner's threads waits for the other at every
+    op, and ``benchmarks/bench_learner.py --threads`` under a running engine showed a step
+    about 2x slower with 2 threads than with 1. Ignored on CUDA and by learner ranks
+    (``rank_cpus`` sets theirs). Must be >= 1 or None."""
+
     seed: int = 0
     """Seeds the value head's initialisation when ``model_path`` has none saved. The update
     itself is deterministic (dropout is off), so this is the only randomness."""
@@ -183,7 +194,7 @@ class LearnerConfig:
 
     def __post_init__(self) -> None:
         check_ints(self, {"warmup_steps": 0, "value_warmup_steps": 0, "micro_batch_size": 1})
-        check_ints(self, {"logits_chunk_size": 1}, optional=True)
+        check_ints(self, {"logits_chunk_size": 1, "num_threads": 1}, optional=True)
         check_ints(self, {"seed": None, "world_size": 1})
         check(self.lr > 0, _OWNER, f"lr must be > 0, got {self.lr}")
         check(

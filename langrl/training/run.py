@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from concurrent.futures import Future
 from dataclasses import replace
@@ -140,6 +141,19 @@ def train(config: TrainConfig, engine: Any = None) -> dict[str, Any]:
         run.close()
 
 
+def learner_threads(config: TrainConfig) -> int | None:
+    """Torch threads for the trainer's process (``LearnerConfig.num_threads``), or None to
+    leave torch's default: a GPU learner, learner ranks, or no CPU engine beside it."""
+    learner = config.learner
+    if learner.world_size > 1 or not learner.device.startswith("cpu"):
+        return None
+    if learner.num_threads is not None:
+        return learner.num_threads
+    if torch.cuda.is_available():  # the engine generates on the GPU
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // 2)
+
+
 class TrainingRun:
     """One training run: set-up in the constructor, the loop in ``run``.
 
@@ -160,6 +174,10 @@ class TrainingRun:
         if config.resume and resume_from is None:
             raise ConfigError(f"config: resume: no intact checkpoint under {self.ckpt_root}")
         self.model = config.model or default_model()
+        self._threads_before = torch.get_num_threads()  # restored by close()
+        threads = learner_threads(config)
+        if threads is not None:
+            torch.set_num_threads(threads)
         self._owns_engine = engine is None
         if engine is None:
             from langrl.engine import create_engine
@@ -182,6 +200,7 @@ class TrainingRun:
         if self._owns_engine and self.engine is not None:
             self.engine.shutdown()
             self.engine = None
+        torch.set_num_threads(self._threads_before)
 
     def _set_up(self, resume_from: Path | None) -> None:
         config = self.config

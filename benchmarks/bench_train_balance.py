@@ -1,0 +1,155 @@
+"""Is CISPO learner-bound on the reproduction preset? Engine and learner time, by thread count.
+
+Runs ``configs/reproduce.yaml``'s CISPO (async, as the preset trains it) for ``--steps``
+gradient steps, once per ``--threads`` value of ``learner.num_threads`` (the trainer's torch
+threads; alternated over ``--repeats``), each in a fresh subprocess with its own vLLM engine,
+and reports over the steps after ``--warmup``:
+
+- samples/s and generated tokens/s (the run's own counters over its training wall time);
+- per step: ``perf/update_s`` (the learner), ``perf/wait_s`` (the loop waiting for rollouts:
+  near 0 means the learner is the bound, the engine idles while it trains) and
+  ``perf/sync_s`` (weight pushes);
+- each process's share of a core over those steps (trainer, vLLM's EngineCore and worker).
+
+Evaluation is cut to one problem (the final one cannot be switched off; it is not timed).
+
+    nice -n 19 .venv/bin/python benchmarks/bench_train_balance.py
+    nice -n 19 .venv/bin/python benchmarks/bench_train_balance.py --threads 1 2 --steps 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from proc_cpu import CpuMeter, format_shares
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESET = ROOT / "configs" / "reproduce.yaml"
+
+
+def child(spec_path: str, out_path: str) -> None:
+    """One run: the loop unchanged, the CPU meter over the steps after the warm-up."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from langrl.training import load_config
+    from langrl.training.run import TrainingRun
+
+    spec = json.loads(Path(spec_path).read_text())
+    warmup, steps = spec.pop("warmup"), spec["total_steps"]
+    config = load_config(str(PRESET), spec, agent="cispo")
+    meter, result = CpuMeter(), {}
+
+    class MeteredRun(TrainingRun):
+        def _log(self, *args: Any, **kwargs: Any) -> None:
+            super()._log(*args, **kwargs)
+            if self.step == warmup:
+                meter.start()
+            elif self.step == steps:
+                result["cpu"], result["wall_s"] = meter.stop(), meter.wall_s
+
+    run = MeteredRun(config)
+    try:
+        run.run()
+    finally:
+        run.close()
+
+    events = EventAccumulator(str(config.run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+
+    def series(tag: str) -> dict[int, float]:
+        return {e.step: e.value for e in events.Scalars(tag)}
+
+    timed = lambda s: {k: v for k, v in s.items() if warmup < k <= steps}  # noqa: E731
+    samples, tokens = series("perf/gen_samples_total"), series("perf/gen_tokens_total")
+    wall = series("perf/train_wall_s")
+    result.update(
+        update_s=list(timed(series("perf/update_s")).values()),
+        wait_s=list(timed(series("perf/wait_s")).values()),
+        sync_s=list(timed(series("perf/sync_s")).values()),
+        samples=samples[steps] - samples[warmup],
+        tokens=tokens[steps] - tokens[warmup],
+        train_wall_s=wall[steps] - wall[warmup],
+    )
+    Path(out_path).write_text(json.dumps(result))
+
+
+def run_one(threads: int, args: argparse.Namespace, work: Path, tag: str) -> dict[str, Any]:
+    spec = {
+        "total_steps": args.steps,
+        "warmup": args.warmup,
+        "max_gen_tokens": None,
+        "eval_every_tokens": None,
+        "eval_every": 0,
+        "checkpoint_every": 0,
+        "progress": False,
+        "log_every": 1,
+        "run_dir": str(work / f"{tag}.run"),
+        "learner.num_threads": threads,
+        "eval.num_problems": 1,
+        "eval.k": 1,
+    }
+    spec_path, out_path, log_path = (work / f"{tag}.{ext}" for ext in ("spec", "out", "log"))
+    spec_path.write_text(json.dumps(spec))
+    command = [sys.executable, __file__, "--child", str(spec_path), str(out_path)]
+    with open(log_path, "w") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    if code != 0 or not out_path.exists():
+        tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-30:])
+        raise SystemExit(f"{tag} failed (exit {code}); the end of {log_path}:\n{tail}")
+    return json.loads(out_path.read_text())
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+
+    results: dict[int, list[dict[str, Any]]] = {t: [] for t in args.threads}
+    with tempfile.TemporaryDirectory(prefix="bench-balance-") as tmp:
+        for repeat in range(args.repeats):
+            for threads in args.threads:
+                print(f"run: learner.num_threads {threads}, repeat {repeat + 1}", flush=True)
+                results[threads].append(run_one(threads, args, Path(tmp), f"t{threads}r{repeat}"))
+
+    print(f"\nreproduce.yaml cispo (async), steps {args.warmup + 1}..{args.steps}")
+    print(
+        f"{'threads':>7}{'samples/s':>10}{'tok/s':>8}{'update s':>9}{'wait s':>8}{'sync s':>8}"
+        "  CPU (share of one core)"
+    )
+    speed = {}
+    for threads, runs in results.items():
+        wall = sum(r["train_wall_s"] for r in runs)
+        speed[threads] = sum(r["samples"] for r in runs) / wall
+
+        def mean(key: str, runs: list[dict[str, Any]] = runs) -> float:
+            return statistics.fmean(x for r in runs for x in r[key])
+
+        cpu: dict[str, float] = {}
+        for r in runs:
+            for name, seconds in r["cpu"].items():
+                cpu[name] = cpu.get(name, 0.0) + seconds
+        shares = format_shares(cpu, sum(r["wall_s"] for r in runs))
+        print(
+            f"{threads:>7}{speed[threads]:>10.1f}{sum(r['tokens'] for r in runs) / wall:>8.0f}"
+            f"{mean('update_s'):>9.2f}{mean('wait_s'):>8.2f}{mean('sync_s'):>8.2f}  {shares}"
+        )
+    base = args.threads[0]
+    for threads in args.threads[1:]:
+        print(f"samples/s, {threads} thread(s) / {base}: {speed[threads] / speed[base]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
