@@ -25,12 +25,14 @@ from langrl.envs.safe_arithmetic import (
     format_number,
     parse_expression,
 )
+from langrl.envs.symbolic import Relations, check_equations, written_value_matches
 
 __all__ = [
     "GSM8KEnv",
     "GSM8KTask",
     "MAX_ANSWER_CHARS",
     "SYSTEM_PROMPT",
+    "check_solution_step",
     "check_step",
     "extract_gold",
     "format_prompt",
@@ -182,24 +184,66 @@ _RHS = re.compile(
 
 
 def check_step(content: str) -> tuple[str, str]:
-    """Check the arithmetic written in a free-text step: every ``<expr> = <number>`` with
-    at least one operator (``16 - 3 - 4 = 9 eggs``, ``$<<9*2=18>>18``, ``1/2 * 1/2 = 1/4``)
-    is evaluated exactly.
+    """Check the equations written in one free-text step, on its own (no earlier steps).
 
-    Returns ``(verdict, detail)``: ``ok`` (at least one equation, all right), ``arith_error``
-    (one is wrong; a result written with k decimals may be rounded to k decimals) or
-    ``unchecked`` (nothing checkable). Equations whose sides visibly continue (a variable,
-    ``x`` as times, ``%``, a chained ``= 14 / 2 = 7``) or whose left operand is a word or
-    variable (``He works M + 4 + 2 = 8 hours``, ``y + 5 + 2 = 12``) are skipped rather than
-    guessed. A tight fraction counts as one number too (``25 / 1/3 = 75`` is ok: either the
-    precedence reading or this one must fit the written result).
-    Cost is O(len(content)): each ``=`` looks at most ``EQUATION_LIMITS.max_chars``
-    characters to its left and 64 to its right, and at most 16 equations are checked (64 ``=`` examined).
+    Returns ``(verdict, detail)``: ``ok`` (at least one equation checked, all right),
+    ``arith_error`` (one is wrong) or ``unchecked`` (nothing checkable). The same as
+    ``check_solution_step(content)`` without the variables: see there.
+    """
+    verdict, detail, _ = check_solution_step(content)
+    return verdict, detail
+
+
+def check_solution_step(content: str, relations: Relations = ()) -> tuple[str, str, Relations]:
+    """Check one step of a solution, given the variables its earlier steps fixed.
+
+    Two readers look at every ``=``:
+
+    - exact arithmetic (``safe_arithmetic``): every ``<expr> = <number>`` with at least one
+      operator (``16 - 3 - 4 = 9 eggs``, ``$<<9*2=18>>18``, ``1/2 * 1/2 = 1/4``), a result
+      written with k decimals may be rounded to k decimals, and a tight fraction may be one
+      number (``25 / 1/3 = 75``: either the precedence reading or this one must fit);
+    - the symbolic reader (``symbolic.check_equations``, sympy built from a whitelist
+      parse), for the equations arithmetic skips: identities with variables (``2x + 3x =
+      5x``), variables fixed by earlier equations (``x + x + 30 = 110`` fixes ``x = 40``,
+      then ``2*x = 80`` is checked), units (``12 customers - 5 customers = 7 customers``),
+      percents (``50% * 50% = 25%``), implicit multiplication and ``x`` as times
+      (``27(1/3) = 9``, ``40 x .5 = 20``), mixed numbers and chains (``V + 2V = 3V = 33``).
+
+    ``relations`` are the equations earlier steps established (``()`` at the start of a
+    solution); the result carries them on. Returns ``(verdict, detail, relations)``: ``ok``
+    (at least one
+    equation checked, none wrong), ``arith_error`` (one is wrong; ``detail`` says which) or
+    ``unchecked`` (nothing checkable: prose, an equation that only fixes a variable, several
+    unknowns, a unit conversion, anything beyond the readers' bounds). Equations whose
+    sides visibly continue (``= 14 / 2 = 7``'s first ``=`` for arithmetic, ``1 hour 20
+    minutes = ...``) or whose left operand is a word (``He works M + 4 + 2 = 8 hours`` is read
+    as fixing ``M``) are skipped rather than guessed.
+    Cost is bounded whatever the content: arithmetic looks at most
+    ``EQUATION_LIMITS.max_chars`` characters to the left of each ``=`` and 64 to its right and
+    checks at most 16 equations (64 ``=`` examined); the symbolic reader's bounds are
+    ``symbolic.SymbolicLimits`` (sympy never sees an expression over its degree, term or
+    symbol bounds).
     """
     content = content.translate(_UNICODE_MINUS)  # same length: positions stay valid
-    checked = examined = 0
+    verdict, detail, checked = _check_arithmetic(content)
+    sym_verdict, sym_detail, relations = check_equations(content, relations, skip=checked)
+    if verdict == "arith_error":
+        return verdict, detail, relations
+    if sym_verdict == "arith_error":
+        return sym_verdict, sym_detail, relations
+    if "ok" in (verdict, sym_verdict):
+        return "ok", "", relations
+    return "unchecked", "", relations
+
+
+def _check_arithmetic(content: str) -> tuple[str, str, list[int]]:
+    """Exact arithmetic on ``<expr> = <number>``: (verdict, detail, positions of the ``=``
+    it judged)."""
+    checked: list[int] = []
+    examined = 0
     pos = content.find("=")
-    while pos != -1 and checked < _MAX_EQUATIONS and examined < 4 * _MAX_EQUATIONS:
+    while pos != -1 and len(checked) < _MAX_EQUATIONS and examined < 4 * _MAX_EQUATIONS:
         examined += 1
         start = pos
         while (
@@ -224,12 +268,13 @@ def check_step(content: str) -> tuple[str, str]:
             except SafeArithmeticError:
                 lhs = None
             if lhs is not None and isinstance(lhs.root, BinOp):
-                checked += 1
+                checked.append(pos)
                 value, text = right
                 if not _matches(lhs.value, value, text) and not _matches_grouped(left, value, text):
-                    return "arith_error", f"{left} = {format_number(lhs.value)}, not {text}"
+                    detail = f"{left} = {format_number(lhs.value)}, not {text}"
+                    return "arith_error", detail, checked
         pos = content.find("=", pos + 1)
-    return ("ok", "") if checked else ("unchecked", "")
+    return ("ok" if checked else "unchecked"), "", checked
 
 
 def _operand_missing(left: str, before: str) -> bool:
@@ -288,12 +333,8 @@ def _rhs_number(content: str, start: int) -> tuple[Number, str] | None:
 
 
 def _matches(exact: Number, written: Number, text: str) -> bool:
-    if exact == written:
-        return True
-    if "." in text:  # "10 / 3 = 3.33": accept a correctly rounded decimal
-        decimals = len(text.split(".", 1)[1])
-        return abs(Fraction(exact) - Fraction(written)) <= Fraction(1, 2 * 10**decimals)
-    return False
+    # "10 / 3 = 3.33": a correctly rounded decimal is accepted (one rule for both readers).
+    return written_value_matches(exact, written, text)
 
 
 def load_gsm8k(
@@ -329,8 +370,16 @@ class GSM8KEnv(ReasoningEnv[GSM8KTask]):
     ignored:
 
     - ``<step>She sells 16 - 3 - 4 = 9 eggs.</step>``: one free-text step, intermediate
-      reward ``step_reward`` (0). Equations ``<expr> = <number>`` in it are checked exactly;
-      the verdict is in ``info["step_check"]``: ``ok``, ``arith_error`` or ``unchecked``.
+      reward ``step_reward`` (0). The equations in it are checked (``check_solution_step``):
+      ``<expr> = <number>`` exactly, and with sympy (built from a whitelist parse, never
+      from the text) identities such as ``2x + 3x = 5x``, equations whose variables earlier
+      steps fixed (``x + x + 30 = 110``, then ``2*x = 80``), units (``12 customers - 5
+      customers = 7 customers``), percents, implicit multiplication and ``x`` as times. The
+      verdict is in ``info["step_check"]`` (``step_detail`` says why): ``ok`` (something
+      checked, nothing wrong), ``arith_error`` (a wrong result, a false identity, or an
+      equation that contradicts the earlier steps' equations) or ``unchecked`` (nothing
+      checkable, including an equation that only fixes a variable). The equations
+      established so far are the state's ``progress`` (``symbolic.Relations``).
     - ``<answer>72</answer>``: the final answer; ``$``, thousands commas, ``%``, a trailing
       ``.``, words/units, signs, decimals, fractions and ``x = 72`` are normalised
       (``3/4`` equals ``0.75``). Several numbers (``5 or 6``), none, or non-ASCII digits are
@@ -440,5 +489,5 @@ class GSM8KEnv(ReasoningEnv[GSM8KTask]):
     def _check_step(
         self, task: GSM8KTask, content: str, progress: tuple[Any, ...]
     ) -> tuple[str, str, tuple[Any, ...]]:
-        verdict, detail = check_step(content)
-        return verdict, detail, progress
+        # progress: the equations earlier steps established (``symbolic.Relations``).
+        return check_solution_step(content, progress)

@@ -95,3 +95,26 @@ def test_adversarial_steps_are_cheap(step):
     gsm8k_check_step(step)  # warm-up, as in _measured_step
     _, work = python_work(partial(gsm8k_check_step, step))
     assert work <= MAX_WORK, f"gsm8k check_step: {work:,} lines executed and calls made"
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        # Aimed at GSM8K's symbolic reader (sympy built from a whitelist parse): refused by
+        # its bounds before sympy, or a bounded number of small sympy calls. Under 1,024
+        # characters, so that CountdownEnv parses them too.
+        "x^99999999 = x",
+        "2^99999999 * x = 2",
+        "(" * 450 + "x" + ")" * 450 + " = x",
+        "-" * 1000 + "x = x",
+        "+".join("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" * 9) + " = 1",
+        " + ".join(f"{i} apples" for i in range(80)) + " = 5 apples",
+        "2x + 3x = 5x, " * 70,
+    ],
+)
+def test_symbolic_adversarial_steps_are_cheap(step):
+    assert len(step) <= 1024
+    for env, task in ((CountdownEnv(), COUNTDOWN_TASK), (GSM8KEnv(), GSM8K_TASK)):
+        (_, reward, terminated, _, info), work = _measured_step(env, task, f"<step>{step}</step>")
+        assert work <= MAX_WORK, f"{type(env).__name__}: {work:,} lines executed and calls made"
+        assert (reward, terminated) == (0.0, False) and info["step_check"]
