@@ -32,6 +32,26 @@ while expansions are in flight waits for one to return before its next simulatio
 terminal visits cost no engine call and would otherwise pile up on whatever terminal the
 other workers' virtual losses leave free (``search/terminal_waits``).
 
+Step verdicts (``MCTSConfig.prune_failed_steps``). ``env.step`` reports its check of a
+``<step>`` in ``info["step_check"]``, a verdict other than ``ok``/``unchecked`` when the step
+breaks the task's rules (Countdown: a number that is not available, wrong arithmetic;
+GSM8K: an arithmetic error). Such a step is a dead end, and the search prunes it when it
+expands its parent: the step becomes no child (it is kept in ``Node.pruned``, prior 0), and
+the node's priors are renormalised over the steps that passed, as AlphaZero masks illegal
+moves. A node none of whose K sampled steps passed is *dead*, and so is a node all of whose
+children died: a dead node is never selected again, so the search cannot loop on it. The
+simulation that finds a dead end still counts as one: it backs up the env's
+``format_failure_reward`` (what an episode that breaks the rules earns; -1 for an env
+without a ``reward_config``), so that the parent's Q shows the dead end; once the root is
+dead the workers stop. Pruning rather than keeping failed steps as terminal children with a
+penalty: such children would still be selected (each visit a simulation without an engine
+call that learns nothing new), could end the max-visit path on a step that does not end
+the episode, and a node whose K steps all failed would never stop drawing visits. Only
+the verdict is read, through the env contract, so any env with step checks gets this, and
+one without them (every verdict ``unchecked``, or no ``step_check`` at all) grows exactly
+the tree it grew before. ``search/pruned_frac`` is the share of the distinct sampled
+steps that were pruned.
+
 Steps are cut at their closing tag, but keep every sampled token id; with a BPE tokenizer
 the last id can run past the tag (Qwen2 merges ``><`` in ``</step><step>``), so the ids
 hold text the step's action lacks (``Sample.overhang``). A node keeps that text as its
@@ -52,7 +72,9 @@ chosen path taken from the tree), ``search/unique_children_per_expansion``,
 expansion to finish instead of revisiting it at once; see ``TreeSearch._simulate``),
 ``search/engine_time_s`` (seconds awaiting engine calls; concurrent calls each count),
 ``search/overhead_time_s`` (seconds of search code between awaits: selection, env steps,
-backup), ``train/reward_mean`` and ``train/correct_frac`` of the emitted trajectories.
+backup), ``search/pruned_frac`` (sampled steps whose env check failed, of the distinct
+steps sampled; only with ``prune_failed_steps``), ``train/reward_mean`` and
+``train/correct_frac`` of the emitted trajectories.
 
 What shows whether the search helps: ``search/best_minus_chosen`` (best terminal reward in
 the tree minus the chosen trajectory's, over trees that have a terminal node; negative
@@ -82,7 +104,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -105,6 +127,7 @@ __all__ = [
     "backup",
     "puct_score",
     "select_child",
+    "step_check_failed",
     "value_calibration",
 ]
 
@@ -165,6 +188,14 @@ class MCTSConfig:
     """Merge sampled steps with identical token ids into one child (one entry in the prior
     softmax, see ``TreeSearch._expand``); saves engine calls and keeps visit counts of one
     step in one place. False keeps duplicates as separate children. Paper: not described."""
+    prune_failed_steps: bool = True
+    """Prune a sampled step whose env check fails (``info["step_check"]`` not ``ok`` or
+    ``unchecked``: Countdown's unavailable number or wrong arithmetic, GSM8K's arithmetic
+    error): it becomes no child, a node left without a live step is dead and never selected
+    again, and the simulation that found it backs up the env's ``format_failure_reward``
+    (module docstring, "Step verdicts"). An env without step checks searches exactly as with
+    False. False ignores the verdicts: the paper's search, for ablations, and the way out
+    for an env whose checker rejects steps that are valid. Paper: False (not described)."""
 
     # --- generation ---
     max_step_tokens: int = 64
@@ -318,6 +349,12 @@ class Node:
     value_estimate: float | None = None
     """V(s) from the value head, set when the node is expanded."""
     children: list[Node] = field(default_factory=list, repr=False)
+    pruned: list[Node] = field(default_factory=list, repr=False)
+    """Sampled steps of this node whose env check failed (``MCTSConfig.prune_failed_steps``):
+    kept for inspection with prior 0, never selected, not in ``children``."""
+    dead: bool = False
+    """No live step below: none of the node's sampled steps passed its check, or all of its
+    children are dead. A dead node is never selected again."""
     expanding: asyncio.Event | None = field(default=None, repr=False)
     """Set while one worker expands the node; others wait on it instead of expanding too."""
 
@@ -353,13 +390,49 @@ def puct_score(
 
 
 def select_child(node: Node, config: MCTSConfig) -> Node:
-    """The child with the highest pUCT score (the first one on ties: creation order)."""
+    """The live (not dead) child with the highest pUCT score (the first one on ties:
+    creation order). ``node`` must have a live child: one without is dead itself."""
     return max(
-        node.children,
+        (c for c in node.children if not c.dead),
         key=lambda c: puct_score(
             c, node, config.c_puct, config.virtual_loss, config.first_play_value
         ),
     )
+
+
+#: ``info["step_check"]`` verdicts of a step that passed, or that the env does not check.
+PASSING_STEP_CHECKS = frozenset({"ok", "unchecked"})
+
+
+def step_check_failed(info: Mapping[str, Any]) -> bool:
+    """Whether ``env.step``'s ``info`` reports a step whose check failed: a ``step_check``
+    verdict other than ``ok``/``unchecked``. No ``step_check`` (an answer, or an env
+    without step checks) is not a failure."""
+    return info.get("step_check", "unchecked") not in PASSING_STEP_CHECKS
+
+
+def mark_dead(node: Node) -> None:
+    """Mark ``node`` dead, and each ancestor whose children are then all dead."""
+    node.dead = True
+    parent = node.parent
+    while parent is not None and all(c.dead for c in parent.children):
+        parent.dead = True
+        parent = parent.parent
+
+
+class SteppedSample(NamedTuple):
+    """One distinct sampled step of an expansion, already stepped through the env."""
+
+    sample: Any
+    """The first ``Sample`` of its merge group."""
+    count: int
+    """How many of the K samples it stands for."""
+    state: Any
+    """The env snapshot after the step."""
+    reward: float
+    ended: bool
+    """The step ended the episode (terminated or truncated)."""
+    info: dict[str, Any]
 
 
 def backup(path: Sequence[Node], value: float) -> None:
@@ -442,6 +515,9 @@ class SearchStats:
     """Completions the engine sampled, counted like ``sampled_tokens`` (``gen/samples``)."""
     expansions: int = 0
     unique_children: int = 0
+    """Distinct steps sampled by all expansions, pruned ones included."""
+    pruned_children: int = 0
+    """Distinct sampled steps pruned for a failed env check (``search/pruned_frac``)."""
     collisions: int = 0
     terminal_waits: int = 0
     engine_time_s: float = 0.0
@@ -641,6 +717,10 @@ class TreeSearch:
         self.env.reset(options=split_task_seed(task)[0])  # the seed is not an env option
         self.info = self.env.task_info()
         self.root = Node(state=self.env.get_state())
+        # What a dead end backs up (prune_failed_steps): the reward of an episode that
+        # breaks the task's rules; an env of one's own need not have a reward_config.
+        reward_config = getattr(self.env, "reward_config", None)
+        self.dead_end_value = float(getattr(reward_config, "format_failure_reward", -1.0))
         self._expansions_in_flight = 0
         self._progress = asyncio.Event()  # replaced by a fresh one after every expansion
         self.prompt_ids = self.engine.encode_prompt(self.info)
@@ -699,6 +779,8 @@ class TreeSearch:
         stats["finished_by_sampling_frac"] = float(trajectory.info["finished_by_sampling"])
         if "best_reward_in_tree" in stats:
             stats["best_minus_chosen"] = stats["best_reward_in_tree"] - trajectory.reward
+        if self.config.prune_failed_steps:
+            stats["pruned_frac"] = self.stats.pruned_children / max(1, self.stats.unique_children)
         trajectory.info["search"] = dict(stats)
         path_values = [n.value_estimate for n in last.path() if n.value_estimate is not None]
         if self.config.advantages == "tree":
@@ -711,6 +793,8 @@ class TreeSearch:
 
     async def _worker(self) -> None:
         for _ in range(self.config.iterations_per_worker):
+            if self.root.dead:
+                return  # every step below the root failed its check: nothing left to search
             await self._simulate()
 
     async def _simulate(self) -> None:
@@ -722,19 +806,24 @@ class TreeSearch:
             while True:
                 # --- selection ---
                 with self._cpu():
-                    while node.children:
+                    # Only the root can be dead here (select_child skips dead children), or
+                    # a node whose expansion this worker waited for.
+                    while node.children and not node.dead:
                         node = select_child(node, self.config)
                         node.in_flight += 1
                         path.append(node)
                 if node.terminal:
                     value = node.reward
                     break
+                if node.dead:
+                    value = self.dead_end_value
+                    break
                 if node.expanding is not None:
                     # Another worker is expanding this node: wait for its children rather
                     # than sampling the same step twice, then keep descending below it.
                     self.stats.collisions += 1
                     await node.expanding.wait()
-                    if not node.children and not node.terminal:
+                    if not node.children and not node.terminal and not node.dead:
                         raise RuntimeError("a concurrent expansion of this node failed")
                     continue
                 # --- expansion and evaluation ---
@@ -762,7 +851,10 @@ class TreeSearch:
         entry per *distinct* child: a merged child's probability is already in its
         logprob, and counting its copies as well would square it (duplicates occur in
         proportion to that probability). Children are stepped through the env at once, so
-        terminal ones carry their episode reward and are never expanded.
+        terminal ones carry their episode reward and are never expanded. With
+        ``prune_failed_steps``, a step whose env check failed goes to ``node.pruned`` instead
+        (no prior, no scoring); if no step is left the node is dead (``mark_dead``) and the
+        call returns the dead-end value instead of V(node).
         """
         cfg = self.config
         node.expanding = asyncio.Event()
@@ -803,64 +895,91 @@ class TreeSearch:
                 for i, sample in enumerate(generation.samples):
                     key = tuple(sample.token_ids) if cfg.merge_identical else i
                     groups.setdefault(key, []).append(sample)
-                distinct = [samples[0] for samples in groups.values()]
-            if cfg.temperature == 1.0 or cfg.priors == "sampling":
+                # Every distinct step goes through the env now (its verdict decides whether
+                # it is pruned before any prior is computed for it); snapshots are immutable,
+                # so the await below cannot change them.
+                steps = []
+                for samples in groups.values():
+                    self.env.set_state(node.state)
+                    action = node.carry + samples[0].text
+                    _, reward, terminated, truncated, info = self.env.step(action)
+                    ended, state = terminated or truncated, self.env.get_state()
+                    step = SteppedSample(samples[0], len(samples), state, reward, ended, info)
+                    steps.append(step)
+                failed = [cfg.prune_failed_steps and step_check_failed(s.info) for s in steps]
+                live = [s for s, bad in zip(steps, failed, strict=True) if not bad]
+                pruned = [s for s, bad in zip(steps, failed, strict=True) if bad]
+            if not live:
+                logits = []  # nothing to rank: no scoring pass
+            elif cfg.temperature == 1.0 or cfg.priors == "sampling":
                 # The engine's logprobs are the sampling distribution's; at T = 1 (top_p = 1)
                 # that is the policy itself.
-                logits = [s.cumulative_logprob for s in distinct]
+                logits = [s.sample.cumulative_logprob for s in live]
             else:
+                # Only the live steps are scored: a pruned one gets prior 0 anyway.
                 scored = await self._engine(
-                    self.engine.score(prefix, [s.token_ids for s in distinct])
+                    self.engine.score(prefix, [s.sample.token_ids for s in live])
                 )
                 logits = [float(sum(lps)) for lps in scored]
             with self._cpu():
-                priors = softmax(logits)
-                if node is self.root and cfg.root_noise_fraction > 0:
+                # Softmax over the live steps alone: pruned steps are masked out and the
+                # priors renormalised over the rest (as AlphaZero does with illegal moves).
+                priors = softmax(logits) if live else []
+                if live and node is self.root and cfg.root_noise_fraction > 0:
                     noise = self.np_rng.dirichlet([cfg.root_dirichlet_alpha] * len(priors))
                     eps = cfg.root_noise_fraction
                     priors = [float(p) for p in (1 - eps) * np.asarray(priors) + eps * noise]
-                children = []
-                for sample, count, prior in zip(
-                    distinct, (len(g) for g in groups.values()), priors, strict=True
-                ):
-                    self.env.set_state(node.state)
-                    action = node.carry + sample.text
-                    _, reward, terminated, truncated, info = self.env.step(action)
-                    children.append(
-                        Node(
-                            state=self.env.get_state(),
-                            parent=node,
-                            step_ids=list(sample.token_ids),
-                            step_logprobs=list(sample.logprobs),
-                            text=sample.text + sample.overhang,
-                            carry=sample.overhang,
-                            prior=prior,
-                            depth=node.depth + 1,
-                            policy_version=generation.policy_version,
-                            num_samples=count,
-                            terminal=terminated or truncated,
-                            reward=float(reward),
-                            outcome=dict(info),
-                        )
-                    )
-                node.children = children
+                node.children = [
+                    self._child(node, step, prior, generation.policy_version)
+                    for step, prior in zip(live, priors, strict=True)
+                ]
+                node.pruned = [
+                    self._child(node, step, 0.0, generation.policy_version) for step in pruned
+                ]
                 if cfg.value_head:
                     node.value_estimate = float(values[0])
                 self.stats.expansions += 1
-                self.stats.unique_children += len(children)
+                self.stats.unique_children += len(steps)
+                self.stats.pruned_children += len(pruned)
+                if not live:
+                    # K samples and not one valid step: a dead end (and perhaps its parent).
+                    mark_dead(node)
         finally:
             event, node.expanding = node.expanding, None
             event.set()
             self._expansions_in_flight -= 1
             progress, self._progress = self._progress, asyncio.Event()
             progress.set()
+        if node.dead:
+            return self.dead_end_value
         return node.value_estimate if cfg.value_head else cfg.first_play_value
+
+    @staticmethod
+    def _child(node: Node, step: SteppedSample, prior: float, policy_version: int) -> Node:
+        """The child of ``node`` for one distinct sampled step."""
+        sample = step.sample
+        return Node(
+            state=step.state,
+            parent=node,
+            step_ids=list(sample.token_ids),
+            step_logprobs=list(sample.logprobs),
+            text=sample.text + sample.overhang,
+            carry=sample.overhang,
+            prior=prior,
+            depth=node.depth + 1,
+            policy_version=policy_version,
+            num_samples=step.count,
+            terminal=step.ended,
+            reward=float(step.reward),
+            outcome=dict(step.info),
+        )
 
     # --- trajectory extraction ---
 
     async def _extract(self) -> tuple[Trajectory, str, Node]:
         """Follow max visit count from the root (ties: higher Q, then higher prior, so below
-        a node whose children were never visited it takes the likeliest sampled step); finish
+        a node whose children were never visited it takes the likeliest sampled step), live
+        children before dead ones, which are known to lead to no valid step; finish
         a path that stops before the episode ends with one policy sample. Returns the
         trajectory, its transcript and the last tree node of the path."""
         cfg = self.config
@@ -871,7 +990,7 @@ class TreeSearch:
         while node.children:
             node = max(
                 node.children,
-                key=lambda c: (c.visits, c.q(0.0, cfg.first_play_value), c.prior),
+                key=lambda c: (not c.dead, c.visits, c.q(0.0, cfg.first_play_value), c.prior),
             )
         path = node.path()[1:]
         ids, logprobs, text, versions = path_parts(path)

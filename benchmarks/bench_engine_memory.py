@@ -12,8 +12,11 @@ of growth can be told apart:
 
     nice -n 19 .venv/bin/python benchmarks/bench_engine_memory.py both --rounds 160 --every 20
 
-Measured 2026-12-03 (2 cores): ``push`` x 400 and ``gen`` x 120 level off; ``both`` keeps
-growing (worker 1430 MB at round 60, 1682 MB at 160); the growth is the worker's heap.
+Measured 2026-12-03 (2 cores): ``push`` x 400 and ``gen`` x 120 level off; ``both`` kept
+growing (worker 1430 MB at round 60, 1682 MB at 160): the worker's heap, fragmented by
+weights and generation temporaries in turn. With pushes served by mmap
+(``langrl.engine.malloc``): worker 1470 MB at round 60, 1531 MB at 160 (``MALLOC_ARENA_MAX=2``
+instead: 1587 MB already at round 80).
 """
 
 from __future__ import annotations
