@@ -3,7 +3,8 @@
 The bare step is what any trainer must do for one CISPO update of this batch: the Hugging
 Face model's forward (full logits), log-softmax at the completion tokens, the CISPO loss
 ``-sg(min(ratio, eps_high)) * A * logp`` averaged over tokens, backward, gradient clipping and
-an AdamW step, all in one micro-batch. Then ``Learner.step`` in the configurations that
+an AdamW step, all in one micro-batch; and the same with a frozen reference model's forward
+and the KL term (``c_kl 0.05``, which the reproduction's CISPO trains with). Then ``Learner.step`` in the configurations that
 separate where any difference goes:
 
 - ``learner (as bare)``: no reference model, no value loss, one micro-batch, one logits chunk:
@@ -68,12 +69,16 @@ def make_batch(model_path: str, size: int, completion: int, seed: int) -> list[T
 
 
 class BareStep:
-    """The minimum a trainer does for one CISPO step on ``batch``: no langrl code."""
+    """The minimum a trainer does for one CISPO step on ``batch``: no langrl code. With
+    ``c_kl`` > 0 also a frozen reference model's forward and the k3 KL term (as TRL's
+    ``beta``), the work ``c_kl`` asks of the learner."""
 
-    def __init__(self, model_path: str, lr: float, eps_high: float) -> None:
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    def __init__(self, model_path: str, lr: float, eps_high: float, c_kl: float = 0.0) -> None:
+        load = AutoModelForCausalLM.from_pretrained
+        self.model = load(model_path, dtype=torch.float32).eval()
+        self.ref = load(model_path, dtype=torch.float32).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr)
-        self.eps_high = eps_high
+        self.eps_high, self.c_kl = eps_high, c_kl
 
     def __call__(self, batch: list[Trajectory]) -> None:
         width = max(t.num_tokens for t in batch)
@@ -96,6 +101,13 @@ class BareStep:
         logp = torch.log_softmax(logits / temp, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         weight = torch.exp(logp.detach() - old).clamp(max=self.eps_high)
         loss = -(weight * adv * logp)[mask].sum() / mask.sum()
+        if self.c_kl > 0:
+            with torch.no_grad():
+                ref = self.ref(input_ids=ids, attention_mask=attention).logits[:, :-1]
+                ref_logp = torch.log_softmax(ref / temp, -1).gather(-1, ids[:, 1:, None])
+            delta = ref_logp.squeeze(-1) - logp
+            kl = torch.exp(delta) - delta - 1  # k3, as the learner's
+            loss = loss + self.c_kl * kl[mask].sum() / mask.sum()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
@@ -142,8 +154,10 @@ def main() -> None:
 
     base = LearnerConfig(lr=2e-5)
     bare_step = BareStep(args.model, 2e-5, 5.0)
+    bare_kl = BareStep(args.model, 2e-5, 5.0, c_kl=0.05)
     rows: list[tuple[str, Callable[[], object]]] = [
-        ("bare forward+backward+AdamW", lambda: bare_step(batch))
+        ("bare forward+backward+AdamW", lambda: bare_step(batch)),
+        ("bare + reference model (KL 0.05)", lambda: bare_kl(batch)),
     ]
     for name, config in variants(base, args.batch):
         learner = Learner(args.model, config)
@@ -168,7 +182,11 @@ def main() -> None:
         share = cpu[name] / sum(times[name])
         print(f"{name:<34}{1000 * t:>10.1f}{t / bare:>7.2f}x{tokens / t:>9.0f}{100 * share:>5.0f}%")
     ours = statistics.median(times["reproduce.yaml cispo"])
-    print(f"\nLearner.step (reproduce.yaml cispo) / bare step: {ours / bare:.2f}x")
+    same_work = statistics.median(times[rows[1][0]])
+    print(
+        f"\nLearner.step (reproduce.yaml cispo) / bare step with the same KL term: "
+        f"{ours / same_work:.2f}x (/ bare step without it: {ours / bare:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

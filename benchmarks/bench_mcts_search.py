@@ -13,9 +13,13 @@ tokens per second, solved trees and distinct solutions in the trees (what
 - ``priors``: ``policy`` scores every expansion's samples at temperature 1 with
   ``engine.score`` (another transformers pass); ``sampling`` (the preset's) uses the
   logprobs the samples came with.
+- ``prune_failed_steps``: True drops the steps whose env check fails (Countdown: a number
+  not given, wrong arithmetic) at expansion, and ends the simulation at a node left with
+  none; False (the paper's search) keeps them as children.
 
     python benchmarks/bench_mcts_search.py --compare priors       # 48 problems, 2 repeats
     python benchmarks/bench_mcts_search.py --compare value_head --problems 32 --repeats 3
+    python benchmarks/bench_mcts_search.py --compare prune_failed_steps
 """
 
 from __future__ import annotations
@@ -34,7 +38,11 @@ from langrl.training.config import load_config
 #: The preset whose MCTS searches are measured (its ``mcts`` section, merged per agent).
 PRESET = Path(__file__).resolve().parent.parent / "configs" / "reproduce.yaml"
 #: Field -> (baseline value, compared value).
-COMPARISONS = {"value_head": (True, False), "priors": ("policy", "sampling")}
+COMPARISONS = {
+    "value_head": (True, False),
+    "priors": ("policy", "sampling"),
+    "prune_failed_steps": (False, True),
+}
 #: First train problem searched: clear of the holdout (the last 512) and of the start.
 FIRST_PROBLEM = 1000
 

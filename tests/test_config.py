@@ -312,16 +312,10 @@ def test_extends_merges_a_base_preset_and_refuses_cycles(tmp_path):
     assert "extends: file" in _error(path=child)
 
 
-def test_learner_threads_follow_the_engine_and_the_device(monkeypatch):
-    from langrl.training import run
+def test_learner_threads_apply_to_a_cpu_learner_only():
+    from langrl.training.run import learner_threads
 
-    cpus = {0, 1, 2, 3}
-    monkeypatch.setattr(run.os, "sched_getaffinity", lambda pid: cpus)
-    monkeypatch.setattr(run.torch.cuda, "is_available", lambda: False)
-    assert run.learner_threads(load_config(TINY)) == 2  # a CPU engine beside it: half
-    assert run.learner_threads(load_config(TINY, ["--learner.num_threads", "3"])) == 3
-    cpus = {0}
-    assert run.learner_threads(load_config(TINY)) == 1  # never 0
-    assert run.learner_threads(load_config(TINY, ["--learner.device", "cuda"])) is None
-    monkeypatch.setattr(run.torch.cuda, "is_available", lambda: True)  # the engine's GPU
-    assert run.learner_threads(load_config(TINY)) is None
+    assert learner_threads(load_config(TINY)) is None  # torch's default
+    assert learner_threads(load_config(TINY, ["--learner.num_threads", "1"])) == 1
+    cuda = ["--learner.num_threads", "1", "--learner.device", "cuda"]
+    assert learner_threads(load_config(TINY, cuda)) is None

@@ -155,14 +155,12 @@ class LearnerConfig:
     ``"cuda"``, ``"cuda:1"``."""
 
     num_threads: int | None = None
-    """Torch intra-op threads of the trainer's process when the learner runs on CPU (set by
-    ``TrainingRun``; the HF engine, in the same process, uses them too). ``None`` (default):
-    where the engine generates on this machine's CPUs too (vLLM's CPU backend or the HF
-    engine), half the CPUs this process may use, at least 1; elsewhere torch's own default.
-    On 2 cores torch's default of 2 threads collides with vLLM's worker, which binds its
-    OpenMP thread to one core: each of the learner's threads waits for the other at every
-    op, and ``benchmarks/bench_learner.py --threads`` under a running engine showed a step
-    about 2x slower with 2 threads than with 1. Ignored on CUDA and by learner ranks
+    """Torch intra-op threads of the trainer's process while the learner runs on CPU (set by
+    ``TrainingRun`` and given back at its end; the HF engine, in the same process, uses them
+    too). ``None`` (default): torch's own default (one per core). Fewer threads leave cores
+    to an engine on the same CPUs, but on 2 cores 1 thread made the reproduction's CISPO
+    slower, 0.83x the samples/s of 2 (``benchmarks/bench_train_balance.py``): the cores
+    were not the bound (see the benchmarks page). Ignored on CUDA and by learner ranks
     (``rank_cpus`` sets theirs). Must be >= 1 or None."""
 
     seed: int = 0

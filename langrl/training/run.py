@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from concurrent.futures import Future
 from dataclasses import replace
@@ -143,15 +142,11 @@ def train(config: TrainConfig, engine: Any = None) -> dict[str, Any]:
 
 def learner_threads(config: TrainConfig) -> int | None:
     """Torch threads for the trainer's process (``LearnerConfig.num_threads``), or None to
-    leave torch's default: a GPU learner, learner ranks, or no CPU engine beside it."""
+    leave torch's default: not set, a GPU learner, or learner ranks (``rank_cpus``)."""
     learner = config.learner
     if learner.world_size > 1 or not learner.device.startswith("cpu"):
         return None
-    if learner.num_threads is not None:
-        return learner.num_threads
-    if torch.cuda.is_available():  # the engine generates on the GPU
-        return None
-    return max(1, len(os.sched_getaffinity(0)) // 2)
+    return learner.num_threads
 
 
 class TrainingRun:
