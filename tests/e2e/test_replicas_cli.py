@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -46,11 +47,32 @@ def processes() -> dict[int, str]:
     return found
 
 
-def left_behind(before: dict[int, str], timeout_s: float) -> dict[int, str]:
-    """Processes started since ``before`` still running after up to ``timeout_s``."""
+#: Put in the trainer's environment by each test run; everything the run starts inherits it.
+RUN_MARK = "LANGRL_TEST_RUN"
+
+
+def another_runs(pid: int, mark: str) -> bool:
+    """Whether ``pid`` belongs to another langrl run on this machine (a benchmark, a second
+    test session): it carries an ownership token (``LANGRL_OWNER``) but not this run's
+    ``RUN_MARK``. A process without a token still counts as this run's, so an escape that
+    lost its environment is not missed."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+    except OSError:
+        return False
+    owned = any(e.startswith(b"LANGRL_OWNER=") for e in environ)
+    return owned and f"{RUN_MARK}={mark}".encode() not in environ
+
+
+def left_behind(before: dict[int, str], timeout_s: float, mark: str) -> dict[int, str]:
+    """Processes started since ``before`` still running after up to ``timeout_s``, other
+    runs' excepted (a benchmark or a second test session on the same machine)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        new = {p: c for p, c in processes().items() if p not in before}
+        new = {
+            p: c for p, c in processes().items() if p not in before and not another_runs(p, mark)
+        }
         if not new or time.monotonic() > deadline:
             return new
         time.sleep(0.5)
@@ -76,6 +98,7 @@ def test_two_replicas_from_the_cli_leave_nothing_behind(ending, tiny_policy_path
         "--run_dir", str(tmp_path / "run"),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "LANGRL_OWNER"}  # its own token
+    mark = env[RUN_MARK] = uuid.uuid4().hex
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         preexec_fn=_default_sigint,
@@ -111,5 +134,5 @@ def test_two_replicas_from_the_cli_leave_nothing_behind(ending, tiny_policy_path
             proc.wait()
         reader.join(timeout=10)
     # Ended normally or interrupted: shut down already; killed: the reapers' few seconds.
-    leftover = left_behind(before, timeout_s=30)
+    leftover = left_behind(before, timeout_s=30, mark=mark)
     assert leftover == {}, leftover
