@@ -891,6 +891,18 @@ def _scaled(units: Iterable[str]) -> bool:
     return any(word in _SCALE_WORDS for unit in units for word in unit.split())
 
 
+def _subtract_multiple(
+    terms: dict[str, Fraction], other: dict[str, Fraction], factor: Fraction
+) -> None:
+    """``terms -= factor * other`` in place, dropping the names whose coefficient becomes 0."""
+    for name, coeff in other.items():
+        value = terms.get(name, 0) - factor * coeff
+        if value:
+            terms[name] = value
+        else:
+            terms.pop(name, None)
+
+
 class _System:
     """The linear equations a solution has established so far, in reduced row-echelon form:
     each row ``(terms, const, soft)`` says ``sum(coeff * variable) + const == 0`` with its
@@ -923,12 +935,7 @@ class _System:
         for row_terms, row_const, row_soft in self.rows:
             factor = terms.get(min(row_terms))
             if factor:
-                for name, coeff in row_terms.items():
-                    value = terms.get(name, 0) - factor * coeff
-                    if value:
-                        terms[name] = value
-                    else:
-                        terms.pop(name, None)
+                _subtract_multiple(terms, row_terms, factor)
                 const -= factor * row_const
                 soft = soft or row_soft
         return terms, const, soft
@@ -949,12 +956,7 @@ class _System:
             factor = row_terms.get(pivot)
             if factor:
                 row_terms = dict(row_terms)
-                for name, coeff in terms.items():
-                    value = row_terms.get(name, 0) - factor * coeff
-                    if value:
-                        row_terms[name] = value
-                    else:
-                        row_terms.pop(name, None)
+                _subtract_multiple(row_terms, terms, factor)
                 row_const = row_const - factor * const
                 row_soft = row_soft or soft
                 if not row_terms:
