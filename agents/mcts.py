@@ -114,7 +114,7 @@ from langrl.agents.rollout import sample_and_grade
 from langrl.checks import check_int, check_ints
 from langrl.engine.base import PolicyEngine, PromptTooLongError, SamplingConfig, same_replica
 from langrl.envs import make_env
-from langrl.envs.base import action_tags
+from langrl.envs.base import action_tags, step_check_failed
 from langrl.stats import pearson
 from langrl.trajectory import Trajectory
 
@@ -127,7 +127,6 @@ __all__ = [
     "backup",
     "puct_score",
     "select_child",
-    "step_check_failed",
     "value_calibration",
 ]
 
@@ -398,17 +397,6 @@ def select_child(node: Node, config: MCTSConfig) -> Node:
             c, node, config.c_puct, config.virtual_loss, config.first_play_value
         ),
     )
-
-
-#: ``info["step_check"]`` verdicts of a step that passed, or that the env does not check.
-PASSING_STEP_CHECKS = frozenset({"ok", "unchecked"})
-
-
-def step_check_failed(info: Mapping[str, Any]) -> bool:
-    """Whether ``env.step``'s ``info`` reports a step whose check failed: a ``step_check``
-    verdict other than ``ok``/``unchecked``. No ``step_check`` (an answer, or an env
-    without step checks) is not a failure."""
-    return info.get("step_check", "unchecked") not in PASSING_STEP_CHECKS
 
 
 def mark_dead(node: Node) -> None:

@@ -18,6 +18,7 @@ import gymnasium as gym
 from gymnasium.envs.registration import WrapperSpec
 
 from langrl.envs.base import (
+    PASSING_STEP_CHECKS,
     ActionTags,
     Grade,
     ReasoningEnv,
@@ -28,6 +29,7 @@ from langrl.envs.base import (
     parse_action,
     reward_for,
     split_actions,
+    step_check_failed,
 )
 from langrl.envs.countdown import CountdownEnv, CountdownGeneratorConfig, CountdownTask
 from langrl.envs.gsm8k import GSM8KEnv, GSM8KTask
@@ -35,6 +37,7 @@ from langrl.envs.text_space import UnicodeText
 
 __all__ = [
     "ENV_SPECS",
+    "PASSING_STEP_CHECKS",
     "ActionTags",
     "CountdownEnv",
     "CountdownGeneratorConfig",
@@ -53,6 +56,7 @@ __all__ = [
     "register_envs",
     "reward_for",
     "split_actions",
+    "step_check_failed",
 ]
 
 # Copies the TimeLimit's max_episode_steps into the env, so the truncating step is graded

@@ -286,6 +286,19 @@ class Grade:
         return self.reason == "correct"
 
 
+#: ``info["step_check"]`` verdicts of a step that passed its check, or that the env does not
+#: check; any other verdict is a failed check (``step_check_failed``).
+PASSING_STEP_CHECKS = frozenset({"ok", "unchecked"})
+
+
+def step_check_failed(info: Mapping[str, Any]) -> bool:
+    """Whether ``env.step``'s ``info`` reports a step whose check failed: a ``step_check``
+    verdict outside ``PASSING_STEP_CHECKS``. No ``step_check`` (an answer, or an env without
+    step checks) is not a failure. The env's ``invalid_step_reward`` and the tree search's
+    pruning both follow this one rule."""
+    return info.get("step_check", "unchecked") not in PASSING_STEP_CHECKS
+
+
 def reward_for(grade: Grade, config: RewardConfig) -> float:
     """Map a grade to a reward under ``config``. Pure, so agents can re-score offline."""
     reason = grade.reason
@@ -536,7 +549,7 @@ class ReasoningEnv(gym.Env[str, str], Generic[TaskT]):
             info["step_check"] = verdict
             info["step_detail"] = detail
             reward = cfg.step_reward
-            if verdict not in ("ok", "unchecked"):
+            if step_check_failed(info):
                 reward += cfg.invalid_step_reward
             if self.max_steps is not None and num_steps >= self.max_steps:
                 # The truncating step is graded as "no answer" (the reference gives such

@@ -25,8 +25,8 @@ from langrl.agents.mcts import (
     TreeSearch,
     iter_nodes,
     softmax,
-    step_check_failed,
 )
+from langrl.envs import step_check_failed
 from langrl.envs.countdown import CountdownEnv
 from langrl.metrics import TAGS
 
