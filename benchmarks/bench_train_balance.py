@@ -43,7 +43,7 @@ PRESET = ROOT / "configs" / "reproduce.yaml"
 
 def child(spec_path: str, out_path: str) -> None:
     """One run: the loop unchanged, the CPU meter over the steps after the warm-up."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from run_scalars import read_scalars
 
     from langrl.training import load_config
     from langrl.training.run import TrainingRun
@@ -67,19 +67,15 @@ def child(spec_path: str, out_path: str) -> None:
     finally:
         run.close()
 
-    events = EventAccumulator(str(config.run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-
-    def series(tag: str) -> dict[int, float]:
-        return {e.step: e.value for e in events.Scalars(tag)}
+    scalars = read_scalars(config.run_dir)
 
     timed = lambda s: {k: v for k, v in s.items() if warmup < k <= steps}  # noqa: E731
-    samples, tokens = series("perf/gen_samples_total"), series("perf/gen_tokens_total")
-    wall = series("perf/train_wall_s")
+    samples, tokens = scalars["perf/gen_samples_total"], scalars["perf/gen_tokens_total"]
+    wall = scalars["perf/train_wall_s"]
     result.update(
-        update_s=list(timed(series("perf/update_s")).values()),
-        wait_s=list(timed(series("perf/wait_s")).values()),
-        sync_s=list(timed(series("perf/sync_s")).values()),
+        update_s=list(timed(scalars["perf/update_s"]).values()),
+        wait_s=list(timed(scalars["perf/wait_s"]).values()),
+        sync_s=list(timed(scalars["perf/sync_s"]).values()),
         samples=samples[steps] - samples[warmup],
         tokens=tokens[steps] - tokens[warmup],
         train_wall_s=wall[steps] - wall[warmup],

@@ -212,7 +212,7 @@ def trl_spec(model: str, steps: int, kl: float) -> dict:
 
 def langrl_child(spec_path: str, out_path: str) -> None:
     """One langrl CISPO run; per-step timings from its TensorBoard scalars."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from run_scalars import read_scalars
 
     from langrl.training import load_config
     from langrl.training.run import TrainingRun
@@ -258,12 +258,10 @@ def langrl_child(spec_path: str, out_path: str) -> None:
     finally:
         run.close()
 
-    events = EventAccumulator(str(config.run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    scalars = events.Tags()["scalars"]
+    scalars = read_scalars(config.run_dir)
 
     def series(tag: str) -> dict[int, float]:
-        return {e.step: e.value for e in events.Scalars(tag)} if tag in scalars else {}
+        return scalars.get(tag, {})
 
     wait, update, sync = series("perf/wait_s"), series("perf/update_s"), series("perf/sync_s")
     result["steps"] = [
