@@ -270,7 +270,9 @@ def _check_arithmetic(content: str) -> tuple[str, str, list[int]]:
             if lhs is not None and isinstance(lhs.root, BinOp):
                 checked.append(pos)
                 value, text = right
-                if not _matches(lhs.value, value, text) and not _matches_grouped(left, value, text):
+                if not written_value_matches(lhs.value, value, text) and not _matches_grouped(
+                    left, value, text
+                ):
                     detail = f"{left} = {format_number(lhs.value)}, not {text}"
                     return "arith_error", detail, checked
         pos = content.find("=", pos + 1)
@@ -298,7 +300,9 @@ def _matches_grouped(left: str, written: Number, text: str) -> bool:
     if grouped == left:
         return False
     try:
-        return _matches(parse_expression(grouped, EQUATION_LIMITS).value, written, text)
+        return written_value_matches(
+            parse_expression(grouped, EQUATION_LIMITS).value, written, text
+        )
     except SafeArithmeticError:
         return False
 
@@ -330,11 +334,6 @@ def _rhs_number(content: str, start: int) -> tuple[Number, str] | None:
     except SafeArithmeticError:
         return None
     return value, m.group(0).strip(" \t$")
-
-
-def _matches(exact: Number, written: Number, text: str) -> bool:
-    # "10 / 3 = 3.33": a correctly rounded decimal is accepted (one rule for both readers).
-    return written_value_matches(exact, written, text)
 
 
 def load_gsm8k(
