@@ -58,11 +58,16 @@ class RolloutBatch:
         metrics: Scalars to log, keyed by TensorBoard tag (``group/name``, see
             ``langrl.metrics``), e.g. ``"train/reward_mean"``, ``"search/tree_size"``.
         samples: A few human-readable transcripts for TensorBoard's text tab.
+        pages: Search trees (or other structured pages) the run saves under
+            ``<run_dir>/trees/`` as JSON + HTML (``langrl.agents.tree_page``): page name
+            (a file stem, e.g. ``"search_000001"``) -> JSON-able tree dict
+            (``tree_to_dict``). Most agents leave it empty.
     """
 
     trajectories: list[Trajectory]
     metrics: dict[str, float] = field(default_factory=dict)
     samples: list[str] = field(default_factory=list)
+    pages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Agent(Protocol):

@@ -111,6 +111,7 @@ import numpy as np
 from langrl.agents.base import RolloutBatch, request_seed_base, split_task_seed
 from langrl.agents.cispo import group_advantages
 from langrl.agents.rollout import sample_and_grade
+from langrl.agents.tree_page import tree_to_dict
 from langrl.checks import check_int, check_ints
 from langrl.engine.base import PolicyEngine, PromptTooLongError, SamplingConfig, same_replica
 from langrl.envs import make_env
@@ -255,10 +256,18 @@ class MCTSConfig:
     which worker's expansion returns first depends on the engine's timing, and so may the
     tree (see ``docs/design.md``, "Reproducibility")."""
 
+    # --- inspection ---
+    tree_every: int = 100
+    """Every ``tree_every``-th search of the agent (counted across ``collect`` calls, the
+    first one included) is saved as a tree page: ``collect`` puts its ``tree_to_dict`` into
+    ``RolloutBatch.pages``, and the training run writes it under ``<run_dir>/trees/`` as
+    JSON and HTML (``langrl.agents.tree_page``). 0 = never. Paper: none."""
+
     def __post_init__(self) -> None:
         positive = ("num_workers", "iterations_per_worker", "num_expansions",
                     "max_step_tokens", "finish_max_tokens", "paths_per_search")  # fmt: skip
         check_ints(self, dict.fromkeys(positive, 1))
+        check_int("MCTSConfig", "tree_every", self.tree_every, 0)
         check_int("MCTSConfig", "seed", self.seed, optional=True)
         if not self.c_puct >= 0:
             raise ValueError(f"MCTSConfig.c_puct must be >= 0, got {self.c_puct}")
@@ -568,6 +577,9 @@ class SearchResult:
     """What the search hands to the learner (before ``min_reward``): the chosen trajectory
     and the next-best paths (``MCTSConfig.paths_per_search``), or with ``advantages="tree"``
     a uniform sample of the tree's ends."""
+    chosen: Node | None = None
+    """The last tree node of the chosen trajectory's path (``TreeSearch._extract``); a
+    finishing sample, if any, continues from it (``langrl.agents.tree_page``)."""
 
 
 # --- the agent ---
@@ -614,11 +626,14 @@ class MCTSAgent:
         # closing tags (``</step>``/``</answer>`` unless the env names its own).
         self.step_stop = action_tags(self.env).action_stop
         self._rng = random.Random(config.seed)
+        # Searches that collect() has finished so far: every tree_every-th one is saved.
+        self.searches = 0
 
     async def collect(self, tasks: Sequence[Mapping[str, Any]]) -> RolloutBatch:
         """Search every task concurrently (the engine batches across all of their workers)
         and return their trajectories (those ``min_reward`` keeps), with search statistics
-        as ``search/`` metrics."""
+        as ``search/`` metrics and the tree of every ``tree_every``-th search in ``pages``
+        (``search_000001``: the agent's first search)."""
         # A task's own seed (from the training run) decides its search alone; without one,
         # seeds are drawn from the agent's RNG in task order (reproducible within a session).
         seeds = [self._search_seed(task) for task in tasks]
@@ -665,10 +680,17 @@ class MCTSAgent:
             if self.config.min_reward is None or t.reward >= self.config.min_reward
         ]
         metrics["gen/trajectories"] = float(len(kept))
+        pages = {}
+        for result in results:  # task order: which searches are saved does not hang on timing
+            self.searches += 1
+            every = self.config.tree_every
+            if every and (self.searches - 1) % every == 0:
+                pages[f"search_{self.searches:06d}"] = tree_to_dict(result)
         return RolloutBatch(
             trajectories=kept,
             metrics=metrics,
             samples=[r.transcript for r in results[:NUM_TRANSCRIPTS]],
+            pages=pages,
         )
 
     async def search(self, task: Mapping[str, Any], seed: int | None = None) -> SearchResult:
@@ -776,7 +798,7 @@ class TreeSearch:
         else:
             emitted = [trajectory, *self._more_paths(last)]
         return SearchResult(
-            self.root, trajectory, stats, transcript, self.stats, path_values, emitted
+            self.root, trajectory, stats, transcript, self.stats, path_values, emitted, last
         )
 
     async def _worker(self) -> None:

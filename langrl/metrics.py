@@ -144,6 +144,7 @@ def is_replica_tag(tag: str) -> bool:
 # --- text (TensorBoard's text tab) ---
 TEXT_TRAIN_SAMPLES = "train/samples"
 TEXT_EVAL_SAMPLES = "eval/samples"
+TEXT_TREES = "search/trees"
 
 #: Tag -> what it means. Components may add tags (e.g. extra ``loss/`` terms of the learner).
 TAGS: dict[str, str] = {
@@ -231,6 +232,8 @@ TAGS: dict[str, str] = {
     PERF_REPLICAS_LOST_TOTAL: "engine replicas that died during the run (killed, out of memory)",
     TEXT_TRAIN_SAMPLES: "text: a few training transcripts with their rewards",
     TEXT_EVAL_SAMPLES: "text: a few evaluation transcripts",
+    TEXT_TREES: "text: search tree pages saved under the run's trees/ (MCTS tree_every), "
+    "each with its nodes, best terminal reward and chosen reward",
 }
 
 #: Tags a training run always writes (the end-to-end tests check these).

@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 from langrl import metrics as tags
 from langrl.agents import make_agent
 from langrl.agents.evaluation import evaluate_async
+from langrl.agents.tree_page import summary_line, write_tree_page
 from langrl.buffer import TrajectoryBuffer
 from langrl.engine.base import EngineDiedError
 from langrl.envs import make_env
@@ -84,6 +85,8 @@ from langrl.trajectory import Trajectory
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
+#: Where a run writes its agent's pages (``RolloutBatch.pages``: MCTS search trees).
+TREE_DIR = "trees"
 
 
 def resolve_run_dir(config: TrainConfig) -> Path:
@@ -245,6 +248,7 @@ class TrainingRun:
         # Agents that declare ``task_seeds`` get each task's sampling seed with it.
         self._task_seeds = bool(getattr(type(self.agent), "task_seeds", False))
         self._rollouts = RolloutStats()
+        self._page_lines: list[str] = []  # pages written since the last log (search/trees)
         if resume_from is not None:  # the engine serves the initial model: push the checkpoint
             self.version = self.engine.load_weights(*self.learner.export_weights())
             self._restore_run_state(extra)
@@ -401,11 +405,30 @@ class TrainingRun:
         future, num_tasks = self._pending
         self._pending = None
         batch, seconds = future.result()
+        self._write_pages(getattr(batch, "pages", None) or {})
         self.buffer.put(batch.trajectories)
         self._rollouts.add(batch, seconds, num_tasks)
         self.totals.add_rollout(batch)
         self.planner.observe(num_tasks, len(batch.trajectories))
         return len(batch.trajectories)
+
+    def _write_pages(self, pages: dict[str, Any]) -> None:
+        """Write a harvested rollout's pages (``RolloutBatch.pages``) to ``run_dir/trees/``
+        as ``step_{step}_{name}.json`` and ``.html`` (the step: gradient steps done when the
+        rollout came in, so a resumed run, whose agent counts searches from 1 again, does
+        not overwrite earlier pages), and note one line each for the ``search/trees`` text
+        entry of the next log. A page that cannot be written costs a warning, never the
+        run."""
+        if not pages:
+            return
+        for name, tree in pages.items():
+            stem = f"step_{self.step:06d}_{name}"
+            try:
+                path = write_tree_page(tree, self.run_dir / TREE_DIR, stem)
+            except (OSError, TypeError, ValueError) as err:  # full disk, or a page not JSON
+                logger.warning("could not write tree page %s: %s", stem, err)
+                continue
+            self._page_lines.append(f"{path.relative_to(self.run_dir)}: {summary_line(tree)}")
 
     def _cancel_pending(self) -> None:
         if self._pending is not None:
@@ -493,6 +516,9 @@ class TrainingRun:
         if text_every and (self.step % text_every == 0 or self.step == 1):
             texts = self._rollouts.samples or [trajectory_text(t) for t in trajectories[:2]]
             self.tb.log_text(tags.TEXT_TRAIN_SAMPLES, texts[:4], self.step)
+        if self._page_lines:  # already thinned by the agent (tree_every): every one is listed
+            self.tb.log_text(tags.TEXT_TREES, ["\n".join(self._page_lines)], self.step)
+            self._page_lines = []
         self._rollouts = RolloutStats()
         self._last_reward = scalars.get(tags.TRAIN_REWARD_MEAN, self._last_reward)
 
