@@ -6,10 +6,13 @@ one search tree whose edges are reasoning *steps* (``<step>...</step>`` or the f
 ``<answer>...</answer>``, or the tags the env names in its ``ACTION_TAGS``). Each simulation selects a path by pUCT with virtual loss,
 expands the leaf with K sampled one-step completions (priors = softmax over their summed
 logprobs), evaluates it with the learner's value head, and backs the value up. After the
-search, the max-visit path from the root is the one trajectory emitted for the task; the
-learner trains it with CISPO + value MSE + KL and ``A_t = r - sg(V_old(s_t))``
+search, ``MCTSConfig.distill`` decides what the task hands the learner: the max-visit path
+from the root (the paper's), the path to the best end of the episode the tree found, or
+every distinct correct end it found (rejection sampling with the search as the sampler).
+The learner trains them with CISPO + value MSE + KL and ``A_t = r - sg(V_old(s_t))``
 (``Trajectory.advantages = None``). Paper settings (Qwen-2.5-1.5B): 16 workers x 100
-iterations, K = 4, 64 step tokens at T = 0.8, c_puct = 0.5, virtual loss 1.
+iterations, K = 4, 64 step tokens at T = 0.8, c_puct = 0.5, virtual loss 1, max-visit
+distillation.
 
 Defects of the reference implementation that this file does not copy:
 
@@ -21,7 +24,7 @@ Defects of the reference implementation that this file does not copy:
 3. "Virtual loss" only bumped visit counts, which made a busy *bad* branch look better
    (its Q moved towards 0). Here an in-flight path both raises N and lowers W by
    ``virtual_loss`` on every node, and backup removes exactly that.
-4. The selected trajectory could stop before any answer. Here a max-visit path that ends
+4. The selected trajectory could stop before any answer. Here a chosen path that ends
    on a non-terminal node is finished with a policy sample (``sample_and_grade``) and
    graded by the env, so every trajectory carries a real episode reward.
 
@@ -63,7 +66,8 @@ the learner; search values here come from ``PolicyEngine.values``, the learner's
 
 Logged metrics (``RolloutBatch.metrics``; per-task values averaged over the batch, times
 summed): ``search/tree_size`` (nodes), ``search/max_depth``, ``search/depth`` (steps of the
-chosen path taken from the tree), ``search/unique_children_per_expansion``,
+chosen path taken from the tree: the max-visit path for ``distill="max_visits"``, else the
+path to the best end in the tree when it has one), ``search/unique_children_per_expansion``,
 ``search/root_visit_entropy`` (nats, over the root's children), ``search/terminal_leaf_frac``
 (leaves that end the episode), ``search/chosen_reward``, ``search/best_reward_in_tree``
 (best terminal reward, over trees that have one), ``search/root_value`` (root W/N),
@@ -74,7 +78,8 @@ expansion to finish instead of revisiting it at once; see ``TreeSearch._simulate
 ``search/overhead_time_s`` (seconds of search code between awaits: selection, env steps,
 backup), ``search/pruned_frac`` (sampled steps whose env check failed, of the distinct
 steps sampled; only with ``prune_failed_steps``), ``train/reward_mean`` and
-``train/correct_frac`` of the emitted trajectories.
+``train/correct_frac`` of the chosen trajectories (one per search, whatever ``distill``
+emits), and ``gen/trajectories`` (what the batch hands the learner).
 
 What shows whether the search helps: ``search/best_minus_chosen`` (best terminal reward in
 the tree minus the chosen trajectory's, over trees that have a terminal node; negative
@@ -103,13 +108,12 @@ import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from langrl.agents.base import RolloutBatch, request_seed_base, split_task_seed
-from langrl.agents.cispo import group_advantages
 from langrl.agents.rollout import sample_and_grade
 from langrl.agents.tree_page import tree_to_dict
 from langrl.checks import check_int, check_ints
@@ -137,12 +141,11 @@ NUM_TRANSCRIPTS = 2
 
 # --- config ---
 
-#: ``MCTSConfig.extraction`` values.
-EXTRACTIONS = ("max_visits", "best_terminal")
+#: ``MCTSConfig.distill`` values.
+DISTILLS = ("max_visits", "best_end", "solutions")
 #: ``MCTSConfig.priors`` values.
 PRIORS = ("policy", "sampling")
-#: ``MCTSConfig.advantages`` values.
-ADVANTAGES = ("value", "tree")
+_DISTILL = "'distill' (" + " | ".join(DISTILLS) + ")"
 
 
 @dataclass
@@ -213,38 +216,42 @@ class MCTSConfig:
     T < 1 these priors are sharper than the policy's. At ``temperature = 1`` the two are
     the same. Paper: the policy's."""
     finish_max_tokens: int = 256
-    """Token budget of the policy sample that finishes a max-visit path which stops before
+    """Token budget of the policy sample that finishes a chosen path which stops before
     the episode ends. Paper: none (its trajectory could stop short)."""
     # --- distillation ---
-    extraction: str = "max_visits"
-    """Which path of the tree becomes the trajectory. ``"max_visits"`` follows the most
-    visited child from the root (the paper). ``"best_terminal"`` takes the path to the
-    highest-reward node that ends the episode (ties: more visits, then earlier in the
-    tree), falling back to ``max_visits`` when no simulation reached an end; it distils the
-    best end the search found, which the max-visit path can miss
-    (``search/best_minus_chosen``)."""
-    paths_per_search: int = 1
-    """Trajectories one search emits: the chosen path (``extraction``), then, with
-    ``best_terminal``, the next-best distinct paths to ends of the episode (by reward, then
-    visits), up to this many in all. A search that finds several solutions then distils
-    each of them instead of one; search statistics describe the chosen path. Must be 1
-    with ``max_visits``. Paper: 1."""
-    advantages: str = "value"
-    """How the learner weighs a trajectory's tokens. ``"value"``: ``A_t = r - V_old(s_t)``
-    from the learner's value head (the paper's). ``"tree"``: the paths one search emits
-    (``paths_per_search``) are a group, each path's advantage its reward minus their mean
-    (CISPO's ``group_advantages``), so the search's wrong ends teach as its right ones do,
-    and a step shared by several paths is pushed by the sum of theirs: by how much better
-    its subtree's ends were than the tree's. The paths are then ``paths_per_search`` ends
-    of the tree drawn uniformly (all when fewer; the best-first choice would bias the mean
-    up). A search whose paths all scored the same teaches nothing and is dropped
-    (``gen/zero_variance_groups``). Use it with no ``min_reward``. Paper: ``"value"``."""
-    min_reward: float | None = None
-    """Drop a search whose trajectory's reward is below this (``None`` keeps every one, as
-    the paper does). With ``1.0`` and ``best_terminal`` the agent distils only solutions
-    the search found (rejection sampling with search as the sampler); pair it with
-    ``c_value = 0`` (a value head fit on kept trajectories alone would learn V = 1 and
-    cancel ``A = r - V``)."""
+    distill: str = "max_visits"
+    """What a search hands the learner. ``"max_visits"`` (the paper's): the path that
+    follows the most visited child from the root, one trajectory per search.
+    ``"best_end"``: the path to the highest-reward end of the episode in the tree (ties:
+    more visits, then earlier in the tree), or the max-visit path when no simulation
+    reached an end; one trajectory per search. It distils the best end the search found,
+    which the max-visit path can miss (``search/best_minus_chosen``). ``"solutions"``: every
+    distinct correct end in the tree (``is_correct``), best first (reward, visits, tree
+    order), at most ``max_solutions``; a search that found none emits nothing. That is
+    rejection sampling with the search as the sampler, so the run's ``c_value`` defaults to
+    0 (``MCTSAgent.learner_defaults``); pair it with ``value_head=False``. A chosen path that
+    stops before the episode ends is finished by a policy sample (``finish_max_tokens``);
+    with ``"solutions"`` that happens only in a tree with no end, and the sample is
+    emitted when it is correct. Every choice trains with value-head advantages
+    (``A_t = r - V_old(s_t)``). ``configs/reproduce.yaml`` uses ``"solutions"``: at its 32
+    simulations max-visit paths scored 0.4 below the best end, and distilling the dense
+    reward's best ends (mostly legal wrong answers) made the policy worse
+    (``results/README.md``). Paper: ``"max_visits"``."""
+    max_solutions: int = 8
+    """Most trajectories one search emits with ``distill="solutions"`` (>= 1); no other
+    choice reads it. Paper: none (one trajectory per search)."""
+
+    #: Former fields -> where their setting went; the config loader names it when a preset
+    #: or override still uses one (``langrl.training.config``).
+    RENAMED: ClassVar[dict[str, str]] = {
+        "extraction": f"'extraction' was folded into {_DISTILL}: best_terminal is best_end",
+        "paths_per_search": f"'paths_per_search' was folded into {_DISTILL}: several "
+        "paths per search are distill: solutions, at most max_solutions",
+        "min_reward": f"'min_reward' was folded into {_DISTILL}: distill: solutions keeps "
+        "only correct ends",
+        "advantages": f"'advantages' was folded into {_DISTILL}: every choice uses "
+        "value-head advantages ('tree' was removed)",
+    }
 
     seed: int | None = None
     """Mixed into the per-task seeds a training run hands out (``langrl.agents.base``:
@@ -265,7 +272,7 @@ class MCTSConfig:
 
     def __post_init__(self) -> None:
         positive = ("num_workers", "iterations_per_worker", "num_expansions",
-                    "max_step_tokens", "finish_max_tokens", "paths_per_search")  # fmt: skip
+                    "max_step_tokens", "finish_max_tokens", "max_solutions")  # fmt: skip
         check_ints(self, dict.fromkeys(positive, 1))
         check_int("MCTSConfig", "tree_every", self.tree_every, 0)
         check_int("MCTSConfig", "seed", self.seed, optional=True)
@@ -292,25 +299,9 @@ class MCTSConfig:
             raise ValueError(
                 f"MCTSConfig.priors must be one of {', '.join(PRIORS)}, got {self.priors!r}"
             )
-        if self.extraction not in EXTRACTIONS:
+        if self.distill not in DISTILLS:
             raise ValueError(
-                f"MCTSConfig.extraction must be one of {', '.join(EXTRACTIONS)}, "
-                f"got {self.extraction!r}"
-            )
-        if self.advantages not in ADVANTAGES:
-            raise ValueError(
-                f"MCTSConfig.advantages must be one of {', '.join(ADVANTAGES)}, "
-                f"got {self.advantages!r}"
-            )
-        if self.advantages == "tree" and self.paths_per_search < 2:
-            raise ValueError(
-                "MCTSConfig.advantages='tree' needs paths_per_search >= 2 (a group of one "
-                "path has no spread)"
-            )
-        if self.paths_per_search > 1 and self.extraction != "best_terminal":
-            raise ValueError(
-                f"MCTSConfig.paths_per_search={self.paths_per_search} needs "
-                f"extraction='best_terminal' (max-visit extraction yields one path)"
+                f"MCTSConfig.distill must be one of {', '.join(DISTILLS)}, got {self.distill!r}"
             )
 
 
@@ -461,26 +452,6 @@ def path_parts(path: Sequence[Node]) -> tuple[list[int], list[float], str, list[
     return ids, logprobs, "".join(n.text for n in path), [n.policy_version for n in path]
 
 
-def tree_advantages(
-    groups: Sequence[Sequence[Trajectory]], min_std: float = 1e-6
-) -> tuple[list[list[Trajectory]], float]:
-    """Each search's paths with per-token advantages ``r - mean(r)`` over that search's
-    paths, and how many searches were dropped for a reward std at or below ``min_std``."""
-    out, dropped = [], 0
-    for group in groups:
-        adv, std = group_advantages([t.reward for t in group])
-        if std <= min_std:
-            dropped += 1
-            continue
-        out.append(
-            [
-                replace(t, advantages=[a] * len(t.completion_ids))
-                for t, a in zip(group, adv, strict=True)
-            ]
-        )
-    return out, float(dropped)
-
-
 def softmax(logits: Sequence[float]) -> list[float]:
     """Numerically stable softmax of a short list."""
     top = max(logits)
@@ -574,9 +545,8 @@ class SearchResult:
     path_values: list[float] = field(default_factory=list)
     """V(s) of the expanded nodes on the chosen path, root first (value calibration)."""
     emitted: list[Trajectory] = field(default_factory=list)
-    """What the search hands to the learner (before ``min_reward``): the chosen trajectory
-    and the next-best paths (``MCTSConfig.paths_per_search``), or with ``advantages="tree"``
-    a uniform sample of the tree's ends."""
+    """What the search hands to the learner (``MCTSConfig.distill``): ``[trajectory]``, or
+    with ``"solutions"`` the tree's correct ends, best first (empty when it found none)."""
     chosen: Node | None = None
     """The last tree node of the chosen trajectory's path (``TreeSearch._extract``); a
     finishing sample, if any, continues from it (``langrl.agents.tree_page``)."""
@@ -587,7 +557,7 @@ class SearchResult:
 
 class MCTSAgent:
     """MCTS-distill agent: one parallel tree search per task; each search emits its chosen
-    trajectory (and with ``paths_per_search > 1`` the next-best paths to other ends).
+    trajectory, or with ``distill="solutions"`` the correct ends its tree found.
 
     Args:
         config: Search hyperparameters.
@@ -604,9 +574,13 @@ class MCTSAgent:
 
     @classmethod
     def learner_defaults(cls, config: MCTSConfig) -> dict[str, Any]:
-        """``c_value = 0`` when the search does not read the value head (``value_head``
-        False): nothing would use what the head learns."""
-        return {} if config.value_head else {"c_value": 0.0}
+        """``c_value = 0`` when the value head should not be trained: the search does not
+        read it (``value_head`` False), so nothing would use what it learns; or
+        ``distill="solutions"``, whose trajectories are all correct, so a head fit on them
+        alone would learn V = 1 and cancel ``A = r - V``."""
+        if config.value_head and config.distill != "solutions":
+            return {}
+        return {"c_value": 0.0}
 
     def __init__(
         self,
@@ -631,7 +605,7 @@ class MCTSAgent:
 
     async def collect(self, tasks: Sequence[Mapping[str, Any]]) -> RolloutBatch:
         """Search every task concurrently (the engine batches across all of their workers)
-        and return their trajectories (those ``min_reward`` keeps), with search statistics
+        and return what they emit (``MCTSConfig.distill``), with search statistics
         as ``search/`` metrics and the tree of every ``tree_every``-th search in ``pages``
         (``search_000001``: the agent's first search)."""
         # A task's own seed (from the training run) decides its search alone; without one,
@@ -670,16 +644,8 @@ class MCTSAgent:
             metrics["train/correct_frac"] = float(
                 np.mean([t.info["is_correct"] for t in trajectories])
             )
-        groups = [r.emitted for r in results]
-        if self.config.advantages == "tree":
-            groups, metrics["gen/zero_variance_groups"] = tree_advantages(groups)
-        kept = [
-            t
-            for group in groups
-            for t in group
-            if self.config.min_reward is None or t.reward >= self.config.min_reward
-        ]
-        metrics["gen/trajectories"] = float(len(kept))
+        emitted = [t for r in results for t in r.emitted]
+        metrics["gen/trajectories"] = float(len(emitted))
         pages = {}
         for result in results:  # task order: which searches are saved does not hang on timing
             self.searches += 1
@@ -687,7 +653,7 @@ class MCTSAgent:
             if every and (self.searches - 1) % every == 0:
                 pages[f"search_{self.searches:06d}"] = tree_to_dict(result)
         return RolloutBatch(
-            trajectories=kept,
+            trajectories=emitted,
             metrics=metrics,
             samples=[r.transcript for r in results[:NUM_TRANSCRIPTS]],
             pages=pages,
@@ -793,10 +759,7 @@ class TreeSearch:
             stats["pruned_frac"] = self.stats.pruned_children / max(1, self.stats.unique_children)
         trajectory.info["search"] = dict(stats)
         path_values = [n.value_estimate for n in last.path() if n.value_estimate is not None]
-        if self.config.advantages == "tree":
-            emitted = self._sampled_ends()
-        else:
-            emitted = [trajectory, *self._more_paths(last)]
+        emitted = self._emitted(trajectory, last)
         return SearchResult(
             self.root, trajectory, stats, transcript, self.stats, path_values, emitted, last
         )
@@ -987,14 +950,16 @@ class TreeSearch:
     # --- trajectory extraction ---
 
     async def _extract(self) -> tuple[Trajectory, str, Node]:
-        """Follow max visit count from the root (ties: higher Q, then higher prior, so below
-        a node whose children were never visited it takes the likeliest sampled step), live
-        children before dead ones, which are known to lead to no valid step; finish
-        a path that stops before the episode ends with one policy sample. Returns the
-        trajectory, its transcript and the last tree node of the path."""
+        """The chosen path: unless ``distill="max_visits"``, the one to the best end in the
+        tree (``best_terminal``) when there is one; else follow max visit count from the
+        root (ties: higher Q, then higher prior, so below a node whose children were never
+        visited it takes the likeliest sampled step), live children before dead ones, which
+        are known to lead to no valid step. A path that stops before the episode ends is
+        finished with one policy sample. Returns the trajectory, its transcript and the last
+        tree node of the path."""
         cfg = self.config
         node = self.root
-        best = best_terminal(self.root) if cfg.extraction == "best_terminal" else None
+        best = best_terminal(self.root) if cfg.distill != "max_visits" else None
         if best is not None:
             node = best
         while node.children:
@@ -1037,24 +1002,24 @@ class TreeSearch:
         )
         return trajectory, transcript, node
 
-    def _more_paths(self, chosen: Node) -> list[Trajectory]:
-        """Up to ``paths_per_search - 1`` trajectories to other ends of the episode in the
-        tree, best first (reward, then visits, then tree order, as ``best_terminal``)."""
-        if self.config.paths_per_search == 1:
-            return []
-        ends = [n for n in iter_nodes(self.root) if n.terminal and n is not chosen]
+    def _emitted(self, trajectory: Trajectory, chosen: Node) -> list[Trajectory]:
+        """What the search hands the learner (``MCTSConfig.distill``): the chosen
+        trajectory, or with ``"solutions"`` the trajectories to the tree's distinct correct
+        ends, best first (reward, then visits, then tree order, as ``best_terminal``), at
+        most ``max_solutions``; the chosen trajectory stands for its own end."""
+        cfg = self.config
+        if cfg.distill != "solutions":
+            return [trajectory]
+        if trajectory.info["finished_by_sampling"]:
+            # No end in the tree (else the chosen path would lead to the best one): the
+            # search's one answer is the finished max-visit path, a solution if correct.
+            return [trajectory] if trajectory.info["is_correct"] else []
+        ends = [n for n in iter_nodes(self.root) if n.terminal and n.outcome.get("is_correct")]
         ends.sort(key=lambda n: (n.reward, n.visits), reverse=True)  # stable: tree order
-        return [self._end_trajectory(n) for n in ends[: self.config.paths_per_search - 1]]
-
-    def _sampled_ends(self) -> list[Trajectory]:
-        """Trajectories to ``paths_per_search`` ends of the episode in the tree drawn
-        uniformly without replacement (all of them when fewer), in tree order: a group
-        whose mean estimates the tree's mean end reward without favouring the best."""
-        ends = [n for n in iter_nodes(self.root) if n.terminal]
-        if len(ends) > self.config.paths_per_search:
-            keep = set(self.rng.sample(range(len(ends)), self.config.paths_per_search))
-            ends = [n for i, n in enumerate(ends) if i in keep]
-        return [self._end_trajectory(n) for n in ends]
+        return [
+            trajectory if n is chosen else self._end_trajectory(n)
+            for n in ends[: cfg.max_solutions]
+        ]
 
     def _end_trajectory(self, node: Node) -> Trajectory:
         """The trajectory of the tree path from the root to ``node``, an end of the episode."""

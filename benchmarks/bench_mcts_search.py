@@ -5,7 +5,7 @@ Each comparison flips one ``MCTSConfig`` field of the reproduce preset's MCTS
 seeds, the same train problems, all searched at once as one rollout) both ways on the tiny
 default policy, alternating the two ``--repeats`` times. It prints wall time, generated
 tokens per second, solved trees and distinct solutions in the trees (what
-``paths_per_search`` can distil); the ratio row compares the two in this same run.
+``distill="solutions"`` can distil); the ratio row compares the two in this same run.
 
 - ``value_head``: True calls ``PolicyEngine.values`` (a forward pass of the transformers
   copy beside vLLM, on the same cores) on every expansion; False backs up

@@ -204,7 +204,7 @@ TAGS: dict[str, str] = {
     GEN_SAMPLES: "completions sampled during the rollout (MCTS: every sampled step)",
     GEN_COMPLETION_LEN: "mean sampled completion length in tokens",
     GEN_TRUNCATED_FRAC: "fraction of samples cut off by max_tokens",
-    GEN_ZERO_VAR_GROUPS: "CISPO groups (MCTS tree-advantage searches) dropped: one reward for all",
+    GEN_ZERO_VAR_GROUPS: "CISPO groups dropped: one reward for all",
     GEN_ZERO_VAR_FRAC: "CISPO: fraction of groups dropped for zero reward variance",
     GEN_TRAJECTORIES: "trajectories the rollout handed to the buffer",
     GEN_SKIPPED_PROMPTS: "tasks skipped because the prompt did not fit the engine's context",

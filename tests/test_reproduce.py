@@ -40,14 +40,14 @@ def test_preset_builds_for_every_agent_with_its_budget(agent, tmp_path):
     # No agent of this preset trains a value head: CISPO has no use for one, and best-of-N
     # and MCTS keep only correct trajectories, where a fitted V = 1 would cancel A = r - V.
     assert config.learner.c_value == 0.0
-    if agent != "cispo":
+    if agent == "bon":
         assert config.agent_config.min_reward == 1.0
     if agent == "mcts":  # an untrained head would only cost a forward per expansion
         assert config.agent_config.value_head is False
         # No scoring pass per expansion, and every solution a tree finds is distilled.
         assert config.agent_config.priors == "sampling"
-        assert config.agent_config.paths_per_search > 1
-        assert config.agent_config.extraction == "best_terminal"
+        assert config.agent_config.distill == "solutions"
+        assert config.agent_config.max_solutions == 8
 
 
 def _write_eval(path: Path, correct: list[int], k: int = 4) -> None:

@@ -21,7 +21,8 @@ load): parsing and validating the dataclasses is pure (no torch, transformers or
 no file read besides the preset), so a bad value is refused at once; then ``load_config``
 checks what needs the outside world (``TrainConfig.check_resources``: the env builds and fits
 the agent, the model exists, ``holdout`` fits the data). Every problem raises ``ConfigError``:
-ONE line naming the field.
+ONE line naming the field (for a former field that a config class lists in its ``RENAMED``,
+the field that took its place: ``MCTSConfig.RENAMED``).
 """
 
 from __future__ import annotations
@@ -712,8 +713,16 @@ def _section(name: str, value: Any) -> Mapping[str, Any]:
 
 
 def _check_section_keys(name: str, cls: type, values: Any) -> None:
+    """Refuse keys that are not fields of ``cls``. A class may name its former fields in a
+    ``RENAMED`` class attribute (old key -> where its setting went, one line), which the
+    error then gives instead of the list of known fields."""
     known = _field_types(cls)
+    renamed: Mapping[str, str] = getattr(cls, "RENAMED", {})
     for key in _section(name, values):
+        if key not in known and key in renamed:
+            raise ConfigError(
+                f"config: {name}.{key}: no longer a field of {cls.__name__}; {renamed[key]}"
+            )
         if key not in known:
             raise ConfigError(
                 f"config: {name}.{key}: unknown field of {cls.__name__}; known: {', '.join(known)}"

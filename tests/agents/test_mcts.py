@@ -27,14 +27,12 @@ from langrl.agents.mcts import (
     puct_score,
     select_child,
     softmax,
-    tree_advantages,
     value_calibration,
 )
 from langrl.agents.rollout import grade_completion
 from langrl.engine.base import Generation, PolicyEngine, Sample, SamplingConfig
 from langrl.engine.common import find_stop, stop_overhang
 from langrl.metrics import TAGS
-from langrl.trajectory import Trajectory
 
 TASK = {"numbers": [3, 5, 7, 2], "target": 24}
 PROMPT = "Numbers: 3 5 7 2\nTarget: 24\n"
@@ -227,10 +225,9 @@ def check_tree_invariants(root: Node, engine: FakeEngine) -> None:
         ("root_dirichlet_alpha", 0.0),
         ("temperature", 0.0),
         ("seed", "x"),
-        ("extraction", "max_q"),
+        ("distill", "best_terminal"),
         ("priors", "raw"),
-        ("paths_per_search", 0),
-        ("advantages", "q"),
+        ("max_solutions", 0),
     ],
 )
 def test_config_rejects_bad_values(field, value):
@@ -678,130 +675,6 @@ def test_best_minus_chosen_is_the_gap_to_the_best_terminal_in_the_tree():
     assert result.stats["best_minus_chosen"] == pytest.approx(best - result.trajectory.reward)
 
 
-def test_best_terminal_extraction_takes_the_best_end_in_the_tree():
-    agent, _ = make_agent(num_workers=3, iterations_per_worker=4, extraction="best_terminal")
-    result = search(agent)
-    best = best_terminal(result.root)
-    ends = [n for n in iter_nodes(result.root) if n.terminal]
-    assert best is not None and best.reward == max(n.reward for n in ends)
-    assert result.trajectory.reward == pytest.approx(best.reward)
-    assert result.trajectory.info["text"] == "".join(n.text for n in best.path()[1:])
-    assert result.stats["best_minus_chosen"] == 0.0
-
-
-@pytest.mark.parametrize(
-    "extraction, chosen",
-    [("max_visits", "<answer>3 + 5</answer>"), ("best_terminal", "<answer>3 * 7 + 5 - 2</answer>")],
-)
-def test_extraction_rules_differ_where_the_best_end_is_rarely_visited(extraction, chosen):
-    agent, engine = make_agent(extraction=extraction)
-    tree = TreeSearch(agent, TASK, None)
-    ends = []
-    for text, reward, visits in (("<answer>3 + 5</answer>", -1 / 3, 5),
-                                 ("<answer>3 * 7 + 5 - 2</answer>", 1.0, 1)):  # fmt: skip
-        ids = engine.tokenizer(text)["input_ids"]
-        ends.append(Node(state=None, parent=tree.root, step_ids=ids, step_logprobs=[-0.1] * len(ids),
-                         text=text, terminal=True, reward=reward, visits=visits,
-                         outcome={"reason": "answer", "is_correct": reward == 1.0}))  # fmt: skip
-    tree.root.children = ends
-    trajectory, _, _ = asyncio.run(tree._extract())
-    assert trajectory.info["text"] == chosen
-
-
-def test_paths_per_search_emits_the_best_distinct_ends_best_first():
-    agent, engine = make_agent(extraction="best_terminal", paths_per_search=3)
-    tree = TreeSearch(agent, TASK, None)
-    ends = []
-    for text, reward, visits in (("<answer>3 + 5</answer>", -1 / 3, 5),
-                                 ("<answer>3 * 7 + 5 - 2</answer>", 1.0, 1),
-                                 ("<answer>3 * 5 + 7 + 2</answer>", 1.0, 2),
-                                 ("<answer>3 * 5</answer>", -0.5, 9)):  # fmt: skip
-        ids = engine.tokenizer(text)["input_ids"]
-        ends.append(Node(state=None, parent=tree.root, step_ids=ids, step_logprobs=[-0.1] * len(ids),
-                         text=text, terminal=True, reward=reward, visits=visits, policy_version=3,
-                         outcome={"reason": "answer", "is_correct": reward == 1.0}))  # fmt: skip
-    tree.root.children = ends
-    trajectory, _, last = asyncio.run(tree._extract())
-    more = tree._more_paths(last)
-    # The chosen one (best reward, more visits), then the rest by reward: 3 paths in all.
-    assert trajectory.info["text"] == "<answer>3 * 5 + 7 + 2</answer>"
-    assert [t.info["text"] for t in more] == ["<answer>3 * 7 + 5 - 2</answer>", "<answer>3 + 5</answer>"]  # fmt: skip
-    assert [t.reward for t in more] == pytest.approx([1.0, -1 / 3])
-    assert [t.info["is_correct"] for t in more] == [True, False]
-    assert all(t.completion_ids == engine.tokenizer(t.info["text"])["input_ids"] for t in more)
-    assert all(t.policy_version == 3 and not t.info["finished_by_sampling"] for t in more)
-
-
-def two_solutions_script(done: str) -> list[str]:
-    if done.count("</step>") == 0:
-        return ["<step>3 * 5 = 15</step>", "<answer>3 * 5 + 7 + 2</answer>",
-                "<answer>3 * 7 + 5 - 2</answer>", "<answer>3 + 5</answer>"]  # fmt: skip
-    return ["<answer>3 * 5 + 7 + 2</answer>", "<answer>3 * 5 + 7</answer>"]
-
-
-def test_paths_per_search_with_min_reward_distils_every_solution_once():
-    config = dict(num_workers=3, iterations_per_worker=6, extraction="best_terminal",
-                  paths_per_search=50, min_reward=1.0)  # fmt: skip
-    agent, _ = make_agent(FakeEngine(two_solutions_script), **config)
-    result = search(agent)
-    solutions = {
-        "".join(n.text for n in node.path()[1:])
-        for node in iter_nodes(result.root)
-        if node.terminal and node.reward == 1.0
-    }
-    assert len(solutions) == 3  # two at the root, one below its first step
-    assert result.emitted[0] is result.trajectory  # the chosen one first
-    kept = [t for t in result.emitted if t.reward >= 1.0]
-    assert sorted(t.info["text"] for t in kept) == sorted(solutions)
-    assert len(result.emitted) > len(kept)  # wrong ends too, before min_reward
-    # collect() keeps exactly those: every solution once, nothing below min_reward.
-    agent, _ = make_agent(FakeEngine(two_solutions_script), **config)
-    batch = asyncio.run(agent.collect([TASK]))
-    assert sorted(t.info["text"] for t in batch.trajectories) == sorted(solutions)
-    assert batch.metrics["gen/trajectories"] == len(solutions)
-
-
-def test_tree_advantages_centre_each_search_and_drop_the_flat_ones():
-    def traj(reward, n):
-        return Trajectory([1], [2] * n, [-0.1] * n, reward, policy_version=0)
-
-    groups = [[traj(1.0, 3), traj(-1.0, 2), traj(0.0, 1)], [traj(0.5, 2), traj(0.5, 4)]]
-    out, dropped = tree_advantages(groups)
-    assert dropped == 1.0 and len(out) == 1
-    assert [t.advantages for t in out[0]] == [[1.0] * 3, [-1.0] * 2, [0.0]]
-    assert groups[0][0].advantages is None  # copies, the inputs are left as they were
-
-
-def test_tree_advantages_give_every_end_of_a_search_its_centred_reward():
-    config = dict(num_workers=3, iterations_per_worker=6, extraction="best_terminal",
-                  paths_per_search=50, advantages="tree")  # fmt: skip
-    agent, _ = make_agent(FakeEngine(two_solutions_script), **config)
-    batch = asyncio.run(agent.collect([TASK]))
-    rewards = [t.reward for t in batch.trajectories]
-    assert len(rewards) >= 4 and len(set(rewards)) > 1  # right and wrong ends alike
-    mean = sum(rewards) / len(rewards)
-    for t in batch.trajectories:
-        assert t.advantages == pytest.approx([t.reward - mean] * len(t.completion_ids))
-    assert batch.metrics["gen/zero_variance_groups"] == 0.0
-    # Every end of the tree, not the best-first few: the group mean is the tree's.
-    result = search(make_agent(FakeEngine(two_solutions_script), **config)[0])
-    ends = ["".join(n.text for n in node.path()[1:]) for node in iter_nodes(result.root) if node.terminal]  # fmt: skip
-    assert sorted(t.info["text"] for t in result.emitted) == sorted(ends)
-    # Fewer paths than ends: a seeded uniform draw without replacement.
-    drawn = []
-    for _ in range(2):
-        agent, _ = make_agent(FakeEngine(two_solutions_script), **{**config, "paths_per_search": 2})
-        drawn.append([t.info["text"] for t in asyncio.run(agent.search(TASK, seed=5)).emitted])
-    assert drawn[0] == drawn[1] and len(set(drawn[0])) == 2 and set(drawn[0]) <= set(ends)
-    with pytest.raises(ValueError, match="paths_per_search"):
-        MCTSConfig(advantages="tree", extraction="best_terminal")
-
-
-def test_paths_per_search_needs_best_terminal():
-    with pytest.raises(ValueError, match="paths_per_search"):
-        MCTSConfig(paths_per_search=2, extraction="max_visits")
-
-
 def test_best_terminal_is_none_without_an_end_and_prefers_visits_on_ties():
     root = Node(state=None)
     assert best_terminal(root) is None
@@ -810,19 +683,6 @@ def test_best_terminal_is_none_without_an_end_and_prefers_visits_on_ties():
     c = Node(state=None, parent=root, terminal=False, reward=0.9, visits=9)
     root.children = [a, b, c]
     assert best_terminal(root) is b
-
-
-def test_min_reward_drops_searches_below_it():
-    # One answer for both tasks: exact for target 24 (reward 1), legal but 6 off for
-    # target 30 (dense reward 1 - 2 * 6/30 = 0.6).
-    answer = "<answer>3 * 7 + 5 - 2</answer>"
-    engine = FakeEngine(lambda done: [answer])
-    agent, _ = make_agent(engine, num_workers=1, iterations_per_worker=2, min_reward=1.0)
-    batch = asyncio.run(agent.collect([TASK, {"numbers": [3, 5, 7, 2], "target": 30}]))
-    assert [t.reward for t in batch.trajectories] == [1.0]
-    assert batch.metrics["gen/trajectories"] == 1.0
-    assert batch.metrics["train/correct_frac"] == 0.5  # of all searches, kept or not
-    assert batch.metrics["train/reward_mean"] == pytest.approx((1.0 + 0.6) / 2)
 
 
 def test_value_calibration_arithmetic():

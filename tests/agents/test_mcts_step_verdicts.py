@@ -351,8 +351,8 @@ CONFIGS = [
     {"num_workers": 3, "iterations_per_worker": 5, "value_head": False},
     {"num_workers": 4, "iterations_per_worker": 6, "priors": "sampling",
      "root_noise_fraction": 0.25},
-    {"num_workers": 4, "iterations_per_worker": 6, "extraction": "best_terminal",
-     "paths_per_search": 3},
+    {"num_workers": 4, "iterations_per_worker": 6, "distill": "best_end"},
+    {"num_workers": 4, "iterations_per_worker": 6, "distill": "solutions", "max_solutions": 3},
 ]  # fmt: skip
 
 
