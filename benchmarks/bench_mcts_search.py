@@ -1,11 +1,16 @@
-"""MCTS search cost of one setting against another, through one real vLLM engine.
+"""MCTS search cost of one setting against another, and against best-of-N sampling, through
+one real vLLM engine.
 
 Each comparison flips one ``MCTSConfig`` field of the reproduce preset's MCTS
 (``configs/reproduce.yaml``, merged for the agent) and runs the same searches (the same
 seeds, the same train problems, all searched at once as one rollout) both ways on the tiny
-default policy, alternating the two ``--repeats`` times. It prints wall time, generated
-tokens per second, solved trees and distinct solutions in the trees (what
-``distill="solutions"`` can distil); the ratio row compares the two in this same run.
+default policy; beside them, best-of-N samples ``--bon-n`` whole answers per problem of the
+same problems at the preset's best-of-N settings (T 0.8, at most 96 tokens), all at once.
+The three runs alternate ``--repeats`` times. Per row: wall time, generated tokens, tokens
+per second, solved problems, distinct correct ends (MCTS: the tree's correct ends, and a
+correct finishing sample of a tree with none, what ``distill="solutions"`` can distil;
+best-of-N: distinct correct samples), tokens per correct end and correct ends per minute.
+The ratio rows compare each with the first MCTS setting in this same run.
 
 - ``value_head``: True calls ``PolicyEngine.values`` (a forward pass of the transformers
   copy beside vLLM, on the same cores) on every expansion; False backs up
@@ -30,6 +35,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from langrl.agents.best_of_n import BestOfNAgent
 from langrl.agents.mcts import MCTSAgent, iter_nodes
 from langrl.engine import EngineConfig, create_engine
 from langrl.tiny import ensure_policy
@@ -61,14 +67,41 @@ def run_once(engine, preset, field: str, value, tasks: list[dict], seed: int) ->
     start = time.perf_counter()
     results = engine.run(search_all())
     wall = time.perf_counter() - start
-    solutions = [
-        {tuple(t for n in node.path()[1:] for t in n.step_ids)
-         for node in iter_nodes(r.root) if node.terminal and node.outcome.get("is_correct")}
-        for r in results
-    ]  # fmt: skip
+    solutions = []
+    for r in results:
+        ends = {
+            tuple(t for n in node.path()[1:] for t in n.step_ids)
+            for node in iter_nodes(r.root)
+            if node.terminal and node.outcome.get("is_correct")
+        }
+        if not ends and r.trajectory.info["is_correct"]:  # a tree with no end, finished
+            ends.add(tuple(r.trajectory.completion_ids))
+        solutions.append(ends)
     return {
         "wall_s": wall,
         "tokens": sum(r.counters.sampled_tokens for r in results),
+        "solved": sum(bool(s) for s in solutions),
+        "solutions": sum(len(s) for s in solutions),
+    }
+
+
+def run_best_of_n(engine, bon_preset, n: int, tasks: list[dict], seed: int) -> dict:
+    """``n`` whole answers per task at the preset's best-of-N settings, graded by the env."""
+    agent = BestOfNAgent(
+        replace(bon_preset.agent_config, seed=seed),
+        bon_preset.env_id,
+        bon_preset.env_kwargs,
+        engine.engine,
+    )
+    start = time.perf_counter()
+    _, groups = engine.run(agent.sample(tasks, n))
+    wall = time.perf_counter() - start
+    solutions = [
+        {tuple(g.sample.token_ids) for g in group if g.info.get("is_correct")} for group in groups
+    ]
+    return {
+        "wall_s": wall,
+        "tokens": sum(len(g.sample.token_ids) for group in groups for g in group),
         "solved": sum(bool(s) for s in solutions),
         "solutions": sum(len(s) for s in solutions),
     }
@@ -80,37 +113,55 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=48, help="train problems searched")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each setting")
     parser.add_argument("--model", help="policy directory (default: the tiny default policy)")
+    parser.add_argument("--bon-n", type=int, default=32, help="best-of-N samples per problem")
     args = parser.parse_args()
 
     field, values = args.compare, COMPARISONS[args.compare]
     preset = load_config(PRESET, [], agent="mcts", model=None)
+    bon_preset = load_config(PRESET, [], agent="bon", model=None)
     model = args.model or str(ensure_policy("default"))
     engine = create_engine(replace(EngineConfig(), model=model))
     tasks = [{"index": FIRST_PROBLEM + i} for i in range(args.problems)]
+    bon = f"best-of-{args.bon_n}"
+    labels = [f"{field}={v}" for v in values] + [bon]
     try:
         run_once(engine, preset, field, values[1], tasks[:4], seed=99)  # warm-up
-        rows: dict = {v: [] for v in values}
+        run_best_of_n(engine, bon_preset, args.bon_n, tasks[:4], seed=99)
+        rows: dict = {label: [] for label in labels}
         for r in range(args.repeats):
-            for value in values:  # alternate: drifting load hits both alike
-                rows[value].append(run_once(engine, preset, field, value, tasks, seed=r))
+            for label, value in zip(labels, values, strict=False):  # alternate: drifting
+                rows[label].append(run_once(engine, preset, field, value, tasks, seed=r))
+            rows[bon].append(run_best_of_n(engine, bon_preset, args.bon_n, tasks, seed=r))
     finally:
         engine.shutdown()
 
-    def total(value, key: str) -> float:
-        return sum(row[key] for row in rows[value])
+    def total(label, key: str) -> float:
+        return sum(row[key] for row in rows[label])
 
-    print(f"\n{args.problems} problems x {args.repeats} repeats, preset search settings")
-    print(f"{field:<12}{'wall s':>10}{'tokens':>12}{'tok/s':>10}{'solved':>10}{'solutions':>11}")
-    for value in values:
-        wall, tokens = total(value, "wall_s"), total(value, "tokens")
+    print(
+        f"\n{args.problems} problems x {args.repeats} repeats; MCTS: the preset's search "
+        f"settings; {bon}: the preset's best-of-N sampling"
+    )
+    width = max(len(label) for label in labels) + 2
+    print(
+        f"{'':<{width}}{'wall s':>8}{'tokens':>10}{'tok/s':>8}{'solved':>8}"
+        f"{'correct':>9}{'tok/correct':>13}{'correct/min':>13}"
+    )
+    for label in labels:
+        wall, tokens, correct = (total(label, k) for k in ("wall_s", "tokens", "solutions"))
+        per = f"{tokens / correct:>13.0f}" if correct else f"{'-':>13}"
         print(
-            f"{value!s:<12}{wall:>10.1f}{tokens:>12.0f}{tokens / wall:>10.0f}"
-            f"{total(value, 'solved'):>10.0f}{total(value, 'solutions'):>11.0f}"
+            f"{label:<{width}}{wall:>8.1f}{tokens:>10.0f}{tokens / wall:>8.0f}"
+            f"{total(label, 'solved'):>8.0f}{correct:>9.0f}{per}{60 * correct / wall:>13.1f}"
         )
-    base, new = values
-    rate = {v: total(v, "tokens") / total(v, "wall_s") for v in values}
-    print(f"{f'{new} / {base}':<12}{total(new, 'wall_s') / total(base, 'wall_s'):>10.2f}"
-          f"{'':>12}{rate[new] / rate[base]:>10.2f}")  # fmt: skip
+    base = labels[0]
+    rate = {k: total(k, "tokens") / total(k, "wall_s") for k in labels}
+    found = {k: total(k, "solutions") / total(k, "wall_s") for k in labels}
+    for label in labels[1:]:
+        print(
+            f"{label} / {base}: tok/s {rate[label] / rate[base]:.2f}x, "
+            f"correct/min {found[label] / found[base]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
-"""Is CISPO learner-bound on the reproduction preset? Engine and learner time, by thread count.
+"""Is CISPO learner-bound on the reproduction preset? Engine and learner time, by placement.
 
 Runs ``configs/reproduce.yaml``'s CISPO (async, as the preset trains it) for ``--steps``
-gradient steps, once per ``--threads`` value of ``learner.num_threads`` (the trainer's torch
-threads; alternated over ``--repeats``), each in a fresh subprocess with its own vLLM engine,
-and reports over the steps after ``--warmup``:
+gradient steps, once per ``--variants`` entry (alternated over ``--repeats``), each in a
+fresh subprocess with its own vLLM engine, and reports over the steps after ``--warmup``:
 
 - samples/s and generated tokens/s (the run's own counters over its training wall time);
 - per step: ``perf/update_s`` (the learner), ``perf/wait_s`` (the loop waiting for rollouts:
@@ -11,10 +10,14 @@ and reports over the steps after ``--warmup``:
   ``perf/sync_s`` (weight pushes);
 - each process's share of a core over those steps (trainer, vLLM's EngineCore and worker).
 
-Evaluation is cut to one problem (the final one cannot be switched off; it is not timed).
+The variants (``VARIANTS``): ``default`` (the preset as it is), ``1-thread`` (the learner on
+one torch thread, ``learner.num_threads 1``), ``engine-actor`` (``cluster.address local``:
+the engine as one Ray replica, so vLLM's frontend runs in the replica's process instead of
+the trainer's). Evaluation is cut to one problem (the final one cannot be switched off; it
+is not timed).
 
     nice -n 19 .venv/bin/python benchmarks/bench_train_balance.py
-    nice -n 19 .venv/bin/python benchmarks/bench_train_balance.py --threads 1 2 --steps 40
+    nice -n 19 .venv/bin/python benchmarks/bench_train_balance.py --variants default engine-actor
 
 Measured 2026-12-03 (2 cores, ``--steps 40 --warmup 8 --repeats 2``): 2 threads 40.8
 samples/s, update 1.55 s, wait 1.18 s per step, CPU worker 80% + trainer 48% + EngineCore 34%
@@ -39,6 +42,12 @@ from proc_cpu import CpuMeter, format_shares
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESET = ROOT / "configs" / "reproduce.yaml"
+#: Variant name -> config overrides on top of the preset's CISPO.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "1-thread": {"learner.num_threads": 1},
+    "engine-actor": {"cluster.address": "local"},
+}
 
 
 def child(spec_path: str, out_path: str) -> None:
@@ -83,7 +92,7 @@ def child(spec_path: str, out_path: str) -> None:
     Path(out_path).write_text(json.dumps(result))
 
 
-def run_one(threads: int, args: argparse.Namespace, work: Path, tag: str) -> dict[str, Any]:
+def run_one(variant: str, args: argparse.Namespace, work: Path, tag: str) -> dict[str, Any]:
     spec = {
         "total_steps": args.steps,
         "warmup": args.warmup,
@@ -94,9 +103,9 @@ def run_one(threads: int, args: argparse.Namespace, work: Path, tag: str) -> dic
         "progress": False,
         "log_every": 1,
         "run_dir": str(work / f"{tag}.run"),
-        "learner.num_threads": threads,
         "eval.num_problems": 1,
         "eval.k": 1,
+        **VARIANTS[variant],
     }
     spec_path, out_path, log_path = (work / f"{tag}.{ext}" for ext in ("spec", "out", "log"))
     spec_path.write_text(json.dumps(spec))
@@ -114,28 +123,29 @@ def main() -> None:
         child(sys.argv[2], sys.argv[3])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["default"])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
 
-    results: dict[int, list[dict[str, Any]]] = {t: [] for t in args.threads}
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
     with tempfile.TemporaryDirectory(prefix="bench-balance-") as tmp:
         for repeat in range(args.repeats):
-            for threads in args.threads:
-                print(f"run: learner.num_threads {threads}, repeat {repeat + 1}", flush=True)
-                results[threads].append(run_one(threads, args, Path(tmp), f"t{threads}r{repeat}"))
+            for variant in args.variants:
+                print(f"run: {variant}, repeat {repeat + 1}", flush=True)
+                results[variant].append(run_one(variant, args, Path(tmp), f"{variant}.{repeat}"))
 
     print(f"\nreproduce.yaml cispo (async), steps {args.warmup + 1}..{args.steps}")
     print(
-        f"{'threads':>7}{'samples/s':>10}{'tok/s':>8}{'update s':>9}{'wait s':>8}{'sync s':>8}"
+        f"{'variant':>12}{'steps/s':>8}{'samples/s':>10}{'tok/s':>8}{'update s':>9}{'wait s':>8}{'sync s':>8}"
         "  CPU (share of one core)"
     )
-    speed = {}
-    for threads, runs in results.items():
+    speed, steps = {}, {}
+    for variant, runs in results.items():
         wall = sum(r["train_wall_s"] for r in runs)
-        speed[threads] = sum(r["samples"] for r in runs) / wall
+        speed[variant] = sum(r["samples"] for r in runs) / wall
+        steps[variant] = len(runs) * (args.steps - args.warmup) / wall
 
         def mean(key: str, runs: list[dict[str, Any]] = runs) -> float:
             return statistics.fmean(x for r in runs for x in r[key])
@@ -146,12 +156,15 @@ def main() -> None:
                 cpu[name] = cpu.get(name, 0.0) + seconds
         shares = format_shares(cpu, sum(r["wall_s"] for r in runs))
         print(
-            f"{threads:>7}{speed[threads]:>10.1f}{sum(r['tokens'] for r in runs) / wall:>8.0f}"
+            f"{variant:>12}{steps[variant]:>8.2f}{speed[variant]:>10.1f}{sum(r['tokens'] for r in runs) / wall:>8.0f}"
             f"{mean('update_s'):>9.2f}{mean('wait_s'):>8.2f}{mean('sync_s'):>8.2f}  {shares}"
         )
-    base = args.threads[0]
-    for threads in args.threads[1:]:
-        print(f"samples/s, {threads} thread(s) / {base}: {speed[threads] / speed[base]:.2f}x")
+    base = args.variants[0]
+    for variant in args.variants[1:]:
+        print(
+            f"{variant} / {base}: steps/s {steps[variant] / steps[base]:.2f}x, "
+            f"generated samples/s {speed[variant] / speed[base]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
     .venv/bin/python benchmarks/bench_vs_trl.py                  # 2 repeats, 8 steps
     .venv/bin/python benchmarks/bench_vs_trl.py --models tiny    # or 100m; --sides trl,vllm
 
+By default the tiny policy runs every side and the ~85M model the sync ones (TRL, vLLM,
+HF: the like-for-like rows; its async rows cost about 3 minutes each, ``--sides``).
+
 What it measures. One CISPO training run per side, each in a fresh subprocess, alternated
 (TRL, langrl with its vLLM engine, langrl with its HF engine, then again for ``--repeats``),
 on (a) the tiny default policy (``langrl.training.run.default_model()``: 4 layers, width
@@ -30,7 +33,10 @@ generation, AdamW at lr 2e-5 (constant), gradient clipping at 1, no KL term (TRL
 ``beta`` 0; langrl's CISPO default ``c_kl`` is 0.05, set to 0 here, which also skips its
 reference model; ``--kl`` sets both), no activation checkpointing (TRL defaults to it),
 no evaluation or checkpoint inside the timed steps. langrl runs its real loop
-(``load_config("configs/reproduce.yaml")`` + ``TrainingRun``) in ``mode: sync`` with every
+(``load_config("configs/reproduce.yaml")`` + ``TrainingRun``) in ``mode: sync`` (sides
+``vllm``, ``hf``) or in its default ``mode: async`` (sides ``vllm-async``, ``hf-async``: the
+next generation runs while the learner trains, from weights one push (2 optimiser steps)
+older than sync mode's and TRL's; the ``stale`` column shows each side's mean) with every
 group kept (``cispo.filter_zero_variance: false``: TRL trains zero-advantage groups too, so
 both train all 64 samples of a generation) and ``sync_every: 2`` (weights pushed once per
 generation, when TRL's next generation would see them).
@@ -85,7 +91,13 @@ TRL_VERSION = "1.16.0"
 TRL_VENV = ROOT / ".bench" / "trl-venv"
 TRL_SIDE = Path(__file__).resolve().parent / "trl_grpo_side.py"
 
-SIDES = {"trl": "TRL (HF generate)", "vllm": "langrl vLLM", "hf": "langrl HF"}
+SIDES = {
+    "trl": "TRL (HF generate)",
+    "vllm": "langrl vLLM",
+    "hf": "langrl HF",
+    "vllm-async": "langrl vLLM async",
+    "hf-async": "langrl HF async",
+}
 MODELS = ("tiny", "100m")
 #: The shared work (see the docstring).
 WORK = {
@@ -148,14 +160,17 @@ def model_path(name: str, tmp: Path) -> str:
     return str(build_random_policy(tmp / "random-100m", preset=spec))
 
 
-def langrl_overrides(model: str, backend: str, steps: int, kl: float, run_dir: str) -> dict:
-    """``configs/reproduce.yaml``'s CISPO run, changed to the benchmark's work."""
+def langrl_overrides(model: str, side: str, steps: int, kl: float, run_dir: str) -> dict:
+    """``configs/reproduce.yaml``'s CISPO run, changed to the benchmark's work; ``side`` is
+    the engine backend, with ``-async`` for langrl's default async mode (the next
+    generation overlaps the updates, from weights one push older than sync mode's)."""
+    backend, _, mode = side.partition("-")
     return {
         "model": model,
         "total_steps": steps,
         "max_gen_tokens": None,
         "eval_every_tokens": None,
-        "mode": "sync",
+        "mode": mode or "sync",
         "batch_size": WORK["batch_size"],
         "sync_every": STEPS_PER_GENERATION,
         "max_staleness": 1,
@@ -264,6 +279,7 @@ def langrl_child(spec_path: str, out_path: str) -> None:
         return scalars.get(tag, {})
 
     wait, update, sync = series("perf/wait_s"), series("perf/update_s"), series("perf/sync_s")
+    staleness = series("perf/staleness")
     result["steps"] = [
         {
             "step": step,
@@ -271,6 +287,7 @@ def langrl_child(spec_path: str, out_path: str) -> None:
             "gen_s": wait[step],
             "update_s": update[step],
             "sync_s": sync.get(step, 0.0),
+            "staleness": staleness.get(step, 0.0),
             "samples": trained[step][0],
             "tokens": trained[step][1],
         }
@@ -349,6 +366,9 @@ def summarize(results: list[dict]) -> dict[str, Any]:
         "update_s": sum(s["update_s"] for s in timed) / n,
         "sync_s": sum(s["sync_s"] for s in timed) / n,
         "old_logp_s": sum(s.get("old_logp_s", 0.0) for s in timed) / n,
+        # In weight versions (langrl: one per push, every generation here). TRL samples
+        # each generation from its current weights: 0, as langrl's sync mode.
+        "staleness": sum(s.get("staleness", 0.0) for s in timed) / n,
         "len": sum(s["tokens"] for s in timed) / max(sum(s["samples"] for s in timed), 1),
         "cpu": format_shares(cpu, wall),
         "runs": len(results),
@@ -362,7 +382,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 steps, 1 repeat (< 20 min)")
     parser.add_argument("--models", default="tiny,100m", help="tiny, 100m or both (comma)")
-    parser.add_argument("--sides", default="trl,vllm,hf", help="of trl, vllm, hf (comma)")
+    parser.add_argument(
+        "--sides",
+        help=f"of {', '.join(SIDES)} (comma; default: all on tiny, the sync ones on 100m)",
+    )
     parser.add_argument("--steps", type=int, help="optimiser steps per run (default 8; even)")
     parser.add_argument("--repeats", type=int, help="runs per side and model (default 2)")
     parser.add_argument("--kl", type=float, default=0.0, help="KL coefficient of both sides")
@@ -376,7 +399,12 @@ def main() -> None:
     args.steps = args.steps or (4 if args.quick else 8)
     args.repeats = args.repeats or (1 if args.quick else 2)
     models = [m.strip() for m in args.models.split(",")]
-    sides = [s.strip() for s in args.sides.split(",")]
+    if args.sides:
+        sides = [s.strip() for s in args.sides.split(",")]
+        sides_of = dict.fromkeys(models, sides)
+    else:
+        sides = list(SIDES)
+        sides_of = {m: sides if m == "tiny" else ["trl", "vllm", "hf"] for m in models}
     if args.steps < 2 * STEPS_PER_GENERATION or args.steps % STEPS_PER_GENERATION:
         parser.error(f"--steps must be a multiple of {STEPS_PER_GENERATION}, at least 4")
     if not set(models) <= set(MODELS) or not set(sides) <= set(SIDES):
@@ -390,13 +418,13 @@ def main() -> None:
         work = Path(tmp)
         for name in models:
             model = model_path(name, work)
-            results: dict[str, list[dict]] = {side: [] for side in sides}
+            results: dict[str, list[dict]] = {side: [] for side in sides_of[name]}
             for repeat in range(args.repeats):
-                for side in sides:
+                for side in sides_of[name]:
                     tag = f"{name}.{side}.{repeat}"
                     print(f"[{time.perf_counter() - start:5.0f} s] {tag} ...", flush=True)
                     results[side].append(run_side(side, model, args, work, tag))
-            for side in sides:
+            for side in sides_of[name]:
                 rows[name, side] = summarize(results[side])
                 rows[name, side]["params"] = results[side][0].get("params")
 
@@ -412,7 +440,7 @@ def main() -> None:
     )
     header = (
         f"{'model':<6} {'side':<18} {'samples/s':>9} {'tok/s':>7} {'len':>5} {'gen s':>6} "
-        f"{'upd s':>6} {'sync s':>6} {'start':>5} {'run s':>5} {'others':>6}  CPU (one core = 100%)"
+        f"{'upd s':>6} {'sync s':>6} {'stale':>5} {'start':>5} {'run s':>5} {'others':>6}  CPU (one core = 100%)"
     )
     print(header)
     print("-" * len(header))
@@ -420,11 +448,14 @@ def main() -> None:
         print(
             f"{name:<6} {SIDES[side]:<18} {r['samples_s']:>9.2f} {r['tokens_s']:>7.0f} "
             f"{r['len']:>5.1f} {r['gen_s']:>6.2f} {r['update_s']:>6.2f} {r['sync_s']:>6.2f} "
-            f"{r['startup_s']:>5.0f} {r['total_s']:>5.0f} {100 * r['others']:>5.0f}%  {r['cpu']}"
+            f"{r['staleness']:>5.2f} {r['startup_s']:>5.0f} {r['total_s']:>5.0f} {100 * r['others']:>5.0f}%  {r['cpu']}"
         )
     print(
-        "gen/upd/sync s: per optimiser step (a generation serves 2); len: trained tokens per "
-        "sample; start: s to set up (engine, models); run s: the whole subprocess; others: "
+        "gen/upd/sync s: per optimiser step (a generation serves 2; async: gen is the wait "
+        "for a rollout, which overlaps the updates); len: trained tokens per sample; stale: "
+        "mean weight versions between the samples and the weights they train, a version being "
+        "one generation's weights, 2 optimiser steps (perf/staleness; TRL: 0 by construction); "
+        "start: s to set up (engine, models); run s: the whole subprocess; others: "
         "CPU of processes outside the benchmark during the run (from /proc/stat; above "
         "a few %, the run shared its cores and its figures are slower than the machine's)"
     )
@@ -441,8 +472,8 @@ def main() -> None:
             continue
         trl = rows[name, "trl"]
         parts = []
-        for side in ("vllm", "hf"):
-            if (name, side) in rows:
+        for side in SIDES:
+            if side != "trl" and (name, side) in rows:
                 r = rows[name, side]
                 ratio = r["samples_s"] / trl["samples_s"]
                 best[name] = max(best.get(name, 0.0), ratio)
