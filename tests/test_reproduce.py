@@ -25,7 +25,7 @@ def test_preset_builds_for_every_agent_with_its_budget(agent, tmp_path):
     config = load_config(ROOT / "configs" / "reproduce.yaml", [], agent=agent, model=None)
     # Wall-matched token budgets (26 to 30 min here), a few in-run evaluations each, and
     # the equal-token variant's override reaches every agent.
-    budgets = {"mcts": 6_000_000, "cispo": 6_300_000, "bon": 12_000_000}
+    budgets = {"mcts": 4_500_000, "cispo": 6_300_000, "bon": 12_000_000}
     assert config.max_gen_tokens == budgets[agent]
     assert 3 <= config.max_gen_tokens // config.eval_every_tokens <= 6
     variant = load_config(
