@@ -127,7 +127,7 @@ def tree_to_dict(
     ``chosen``: the end of the chosen path; default ``result.chosen``, the last tree node
     of the trajectory the search emitted. Without one no node is on the chosen path.
     """
-    chosen = chosen if chosen is not None else getattr(result, "chosen", None)
+    chosen = chosen if chosen is not None else result.chosen
     chosen_path = {id(n) for n in chosen.path()} if chosen is not None else set()
     root = _node_dict(result.root, False, chosen_path, [0])
     tree: dict[str, Any] = {"root": root}
