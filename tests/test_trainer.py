@@ -26,6 +26,7 @@ from langrl.training.state import (
     EVAL_HISTORY_FILE,
     EvalHistory,
     TaskSampler,
+    evals_without_gain,
 )
 from langrl.trajectory import Trajectory
 
@@ -420,3 +421,46 @@ def test_holdout_and_train_split_eval_are_validated(policy, tmp_path):
     config = _config(policy, tmp_path, "cispo", "--holdout", "8", "--eval.split", "train",
                      "--eval.first_problem", "19992")  # fmt: skip
     assert config.holdout == 8 and config.train_split_size() == 20_000
+
+
+# --- early stopping at a plateau ---
+
+
+def test_evals_without_gain_counts_from_the_last_new_best():
+    assert evals_without_gain([]) == 0
+    assert evals_without_gain([0.1]) == 0
+    assert evals_without_gain([0.1, 0.2, 0.2, 0.15]) == 2  # a tie is no gain
+    assert evals_without_gain([0.1, 0.05, 0.3]) == 0
+    assert evals_without_gain([0.1, 0.105, 0.2], threshold=0.01) == 0
+    assert evals_without_gain([0.1, 0.105, 0.109], threshold=0.01) == 2  # best stays 0.1
+
+
+def test_early_stopping_ends_the_run_and_counts_evaluations_across_resume(policy, tmp_path):
+    # threshold 1.0: no evaluation can gain, so every one after the first is flat.
+    flat = ["--eval_every", "1", "--checkpoint_every", "0", "--early_stopping_threshold", "1.0"]
+    first = _train(
+        _config(policy, tmp_path, "cispo", *flat, "--total_steps", "10",
+                "--early_stopping_patience", "2"),
+        policy,
+    )  # fmt: skip
+    assert first["stopped_early"] and first["step"] == 2  # evals at 0, 1, 2
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step_00000002"
+    rows = EvalHistory(tmp_path / EVAL_HISTORY_FILE, keep_through=10**9).rows()
+    assert [int(r["step"]) for r in rows] == [0, 1, 2]
+    # Resumed with more patience: the two flat evaluations before count, one more ends it.
+    second = _train(
+        _config(policy, tmp_path, "cispo", *flat, "--total_steps", "10",
+                "--early_stopping_patience", "3", resume=True),
+        policy,
+    )  # fmt: skip
+    assert second["stopped_early"] and second["step"] == 3
+    # Off (the default): the run goes to total_steps.
+    third = _train(_config(policy, tmp_path / "off", "cispo", *flat, "--total_steps", "3"), policy)
+    assert not third["stopped_early"] and third["step"] == 3
+
+
+def test_early_stopping_needs_evaluations(policy, tmp_path):
+    with pytest.raises(ConfigError, match="early_stopping_patience: needs evaluations"):
+        _config(policy, tmp_path, "cispo", "--eval_every", "0", "--early_stopping_patience", "3")
+    with pytest.raises(ConfigError, match="early_stopping_threshold"):
+        _config(policy, tmp_path, "cispo", "--early_stopping_threshold", "-0.1")

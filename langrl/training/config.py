@@ -144,6 +144,16 @@ class TrainConfig:
     trained on (choose settings there, not on the test set). 0 (default) = train on the
     whole split. Must be smaller than the split. Every evaluation is also appended to
     ``run_dir/eval_history.csv`` (step, generated tokens, wall time, scores)."""
+    early_stopping_patience: int = 0
+    """End the run (final push, checkpoint) at the evaluation that makes this many in a row
+    without a gain: none raised the best ``mean_at_k`` of the run so far (the evaluation at
+    the start included) by more than ``early_stopping_threshold``. The count is read from
+    ``eval_history.csv``, so it survives ``resume``. Needs evaluations during the run
+    (``eval_every`` or ``eval_every_tokens``). 0 (default) = off: only ``total_steps`` and
+    ``max_gen_tokens`` end the run. ``configs/reproduce.yaml``'s plateau rows use 3."""
+    early_stopping_threshold: float = 0.0
+    """Smallest rise of the best ``mean_at_k`` (a fraction: 0.01 is one point) that counts
+    as a gain for ``early_stopping_patience``; >= 0."""
     log_every: int = 1
     """Write scalars every N steps."""
     text_every: int = 10
@@ -213,7 +223,7 @@ class TrainConfig:
         lows = {
             "total_steps": 1, "batch_size": 1, "sync_every": 1, "buffer_capacity": 1,
             "max_empty_rollouts": 1, "log_every": 1, "eval_every": 0, "text_every": 0,
-            "checkpoint_every": 0, "holdout": 0,
+            "checkpoint_every": 0, "holdout": 0, "early_stopping_patience": 0,
         }  # fmt: skip
         optional = {
             "eval_every_tokens": 1, "max_gen_tokens": 1, "tasks_per_rollout": 1, "keep_last": 1,
@@ -226,6 +236,16 @@ class TrainConfig:
             check_int("TrainConfig", "max_staleness", self.max_staleness, 0, optional=True)
         except ValueError as err:
             raise ConfigError(f"config: {str(err).removeprefix('TrainConfig.')}") from None
+        if not self.early_stopping_threshold >= 0:
+            raise ConfigError(
+                f"config: early_stopping_threshold: must be >= 0, "
+                f"got {self.early_stopping_threshold}"
+            )
+        if self.early_stopping_patience and not (self.eval_every or self.eval_every_tokens):
+            raise ConfigError(
+                "config: early_stopping_patience: needs evaluations during the run "
+                "(eval_every or eval_every_tokens), both are off"
+            )
         if self.mode not in ("async", "sync"):
             raise ConfigError(f"config: mode: must be 'async' or 'sync', got {self.mode!r}")
         if self.mode == "async" and self.max_staleness == 0:

@@ -23,7 +23,9 @@ rollout whenever the buffer cannot fill a batch, then trains, in turn.
 
 Budget and cost. ``max_gen_tokens`` stops the run (final push, evaluation and checkpoint,
 as at ``total_steps``) once the generated tokens reach it; no rollout is submitted after.
-Run totals are logged each step as ``perf/*_total`` and survive ``resume``.
+Run totals are logged each step as ``perf/*_total`` and survive ``resume``. With
+``early_stopping_patience`` the run also ends (the same way) at the evaluation that makes
+that many in a row without a new best ``mean_at_k``: training to a plateau.
 
 Checkpoints (the learner's atomic ``save_checkpoint``) carry, in ``extra``, the global step,
 the task sampler's position, the RNG states, the run totals and the run directory, so
@@ -75,6 +77,7 @@ from langrl.training.state import (
     RunTotals,
     TaskSampler,
     eval_history_row,
+    evals_without_gain,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -268,6 +271,7 @@ class TrainingRun:
         self.last_eval: dict[str, float] = {}
         self._last_eval_step = self._last_save_step = -1
         self._last_reward = float("nan")
+        self.stopped_early = False  # by early_stopping_patience
         self._serving: dict[str, float] = {}  # the engine's last telemetry (replicas)
 
     # --- the loop ---
@@ -322,6 +326,7 @@ class TrainingRun:
                 # --- eval ---
                 if eval_due:
                     self.evaluate()
+                    final = final or self._plateaued()
 
                 # --- logging ---
                 if self.step % config.log_every == 0 or final:
@@ -363,7 +368,12 @@ class TrainingRun:
             self._bar.close()
             self.tb.close()
         self._cancel_pending()  # a rollout started for a step that will not come
-        if out_of_budget:
+        if self.stopped_early:
+            logger.info(
+                "stopped at step %d: %d evaluations without a gain over the best mean@k "
+                "(early_stopping_patience)", self.step, config.early_stopping_patience,
+            )  # fmt: skip
+        elif out_of_budget:
             logger.info(
                 "stopped at step %d: %.0f generated tokens reached max_gen_tokens %d",
                 self.step, self.totals.gen_tokens_total, config.max_gen_tokens,
@@ -372,6 +382,7 @@ class TrainingRun:
             "step": self.step,
             "run_dir": str(self.run_dir),
             "policy_version": self.version,
+            "stopped_early": self.stopped_early,
             **self.totals.state_dict(),
             **self.last_eval,
         }
@@ -483,6 +494,18 @@ class TrainingRun:
         self._last_eval_step = self.step
         self.last_eval = scalars
         return scalars
+
+    def _plateaued(self) -> bool:
+        """Whether the evaluations so far (``eval_history.csv``, so a resumed run counts the
+        ones before it) end in ``early_stopping_patience`` without a gain; sets
+        ``stopped_early``."""
+        patience = self.config.early_stopping_patience
+        if not patience:
+            return False
+        scores = [float(row["mean_at_k"]) for row in self.history.rows()]
+        flat = evals_without_gain(scores, self.config.early_stopping_threshold)
+        self.stopped_early = flat >= patience
+        return self.stopped_early
 
     # --- logging ---
 

@@ -8,7 +8,7 @@ import base64
 import csv
 import dataclasses
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,6 +253,19 @@ class EvalHistory:
         """The rows as the file holds them (strings)."""
         with open(self.path, newline="") as f:
             return list(csv.DictReader(f))
+
+
+def evals_without_gain(scores: Sequence[float], threshold: float = 0.0) -> int:
+    """How many of the last ``scores`` (evaluations in run order) came in a row without a
+    gain: no score above the best before it by more than ``threshold``. The first score
+    sets the best; a gain resets the count (``TrainConfig.early_stopping_patience``)."""
+    best, flat = None, 0
+    for score in scores:
+        if best is None or score > best + threshold:
+            best, flat = score, 0
+        else:
+            flat += 1
+    return flat
 
 
 #: Columns of ``eval_history.csv`` (``mean_at_k_ci95`` follows when reported).
