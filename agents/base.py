@@ -62,12 +62,17 @@ class RolloutBatch:
             ``<run_dir>/trees/`` as JSON + HTML (``langrl.agents.tree_page``): page name
             (a file stem, e.g. ``"search_000001"``) -> JSON-able tree dict
             (``tree_to_dict``). Most agents leave it empty.
+        value_trajectories: Records that train the value head alone
+            (``Trajectory.value_only``, e.g. every end of a search tree). They do not count
+            as the rollout's yield; the buffer hands each out with the next batch, beyond
+            ``batch_size``. Most agents leave it empty.
     """
 
     trajectories: list[Trajectory]
     metrics: dict[str, float] = field(default_factory=dict)
     samples: list[str] = field(default_factory=list)
     pages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    value_trajectories: list[Trajectory] = field(default_factory=list)
 
 
 class Agent(Protocol):

@@ -7,8 +7,10 @@ the current one, so the next weight push would drop them), then the freshest: th
 ``policy_version`` first and, within a version, in arrival order. A batch is therefore as
 on-policy as what is held allows without throwing away data that can still be trained
 (freshest-first alone drops the surplus of any rollout that yields more than expected; the
-planner's ``trajectories_needed`` already counts the expiring ones as consumed first). The
-buffer is bounded (the
+planner's ``trajectories_needed`` already counts the expiring ones as consumed first).
+Value-only trajectories (``Trajectory.value_only``: outcomes that train the value head
+alone) are held apart: they never count towards a batch's size, ``len`` or ``count``, and
+``get`` hands every fresh one out with the next batch. The buffer is bounded (the
 earliest arrivals are dropped first when full) and enforces off-policyness: a trajectory
 sampled by policy version ``v`` is dropped when the learner's version is more than
 ``max_staleness`` ahead of ``v``. Both kinds of drop are counted. (How much to generate so
@@ -54,6 +56,7 @@ class TrajectoryBuffer:
         self.capacity = capacity
         self.max_staleness = max_staleness
         self._items: deque[Trajectory] = deque()
+        self._value_only: deque[Trajectory] = deque()  # same bound, same staleness rule
         self._cond = threading.Condition()
         self.num_put = 0
         self.num_got = 0
@@ -61,18 +64,21 @@ class TrajectoryBuffer:
         self.dropped_overflow = 0
 
     def __len__(self) -> int:
+        """Trajectories held for the policy (value-only ones not counted)."""
         with self._cond:
             return len(self._items)
 
     def put(self, trajectories: Iterable[Trajectory]) -> int:
-        """Append trajectories (oldest dropped beyond ``capacity``); return how many were added."""
+        """Append trajectories (oldest dropped beyond ``capacity``, which bounds the
+        value-only ones separately); return how many were added."""
         added = 0
         with self._cond:
             for traj in trajectories:
-                self._items.append(traj)
+                items = self._value_only if traj.value_only else self._items
+                items.append(traj)
                 added += 1
-                if len(self._items) > self.capacity:
-                    self._items.popleft()
+                if len(items) > self.capacity:
+                    items.popleft()
                     self.dropped_overflow += 1
             self.num_put += added
             self._cond.notify_all()
@@ -86,15 +92,18 @@ class TrajectoryBuffer:
     def _drop_stale_locked(self, current_version: int) -> int:
         if self.max_staleness is None:
             return 0
-        kept = [t for t in self._items if current_version - t.policy_version <= self.max_staleness]
-        dropped = len(self._items) - len(kept)
-        if dropped:
-            self._items = deque(kept)
-            self.dropped_stale += dropped
+        dropped = 0
+        for name in ("_items", "_value_only"):
+            items = getattr(self, name)
+            kept = [t for t in items if current_version - t.policy_version <= self.max_staleness]
+            if len(kept) < len(items):
+                dropped += len(items) - len(kept)
+                setattr(self, name, deque(kept))
+        self.dropped_stale += dropped
         return dropped
 
     def count(self, min_version: int | None = None) -> int:
-        """Trajectories held whose ``policy_version >= min_version`` (``None``: all)."""
+        """Policy trajectories held whose ``policy_version >= min_version`` (``None``: all)."""
         with self._cond:
             if min_version is None:
                 return len(self._items)
@@ -121,7 +130,10 @@ class TrajectoryBuffer:
 
         ``expiring_up_to``: when the expiring ones alone outnumber ``batch_size``, take
         them all, up to this many (for the last step before a weight push, which would
-        drop the rest)."""
+        drop the rest).
+
+        Every value-only trajectory held (fresh enough) follows the batch, in arrival order,
+        beyond its size."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if expiring_up_to is not None and expiring_up_to < batch_size:
@@ -145,7 +157,9 @@ class TrajectoryBuffer:
                     taken = set(order[:size])
                     batch = [self._items[i] for i in order[:size]]
                     self._items = deque(t for i, t in enumerate(self._items) if i not in taken)
-                    self.num_got += size
+                    batch += self._value_only
+                    self._value_only.clear()
+                    self.num_got += len(batch)
                     return batch
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -166,6 +180,7 @@ class TrajectoryBuffer:
     def clear(self) -> None:
         with self._cond:
             self._items.clear()
+            self._value_only.clear()
 
     # --- checkpoints ---
 
@@ -179,7 +194,9 @@ class TrajectoryBuffer:
         rollout (2048 trajectories of 512 tokens), under 200 KB for the tiny preset's."""
         with self._cond:
             return {
-                "trajectories": [_encode(t, current_version) for t in self._items],
+                "trajectories": [
+                    _encode(t, current_version) for t in (*self._items, *self._value_only)
+                ],
                 "counters": {
                     "num_put": self.num_put,
                     "num_got": self.num_got,
@@ -192,12 +209,15 @@ class TrajectoryBuffer:
         """Replace the contents and counters with a ``state_dict``'s; each trajectory gets
         ``policy_version = current_version - age`` (the staleness it had when saved)."""
         items = [_decode(d, current_version) for d in state["trajectories"]]
+        policy = [t for t in items if not t.value_only]
+        value_only = [t for t in items if t.value_only]
         with self._cond:
-            self._items = deque(items[-self.capacity :])
+            self._items = deque(policy[-self.capacity :])
+            self._value_only = deque(value_only[-self.capacity :])
             counters = state.get("counters", {})
             for name in ("num_put", "num_got", "dropped_stale", "dropped_overflow"):
                 setattr(self, name, int(counters.get(name, 0)))
-            self.dropped_overflow += len(items) - len(self._items)
+            self.dropped_overflow += len(items) - len(self._items) - len(self._value_only)
             self._cond.notify_all()
 
     def stats(self) -> dict[str, int]:
@@ -205,6 +225,7 @@ class TrajectoryBuffer:
         with self._cond:
             return {
                 "size": len(self._items),
+                "value_only": len(self._value_only),
                 "put": self.num_put,
                 "got": self.num_got,
                 "dropped_stale": self.dropped_stale,
@@ -242,6 +263,7 @@ def _encode(traj: Trajectory, current_version: int) -> dict[str, Any]:
         "temperature": float(traj.temperature),
         "age": current_version - traj.policy_version,
         "agent": traj.agent,
+        "value_only": traj.value_only,
         # Diagnostics only (never trained on): anything JSON cannot hold becomes its repr.
         "info": json.loads(json.dumps(traj.info, default=_json_default)),
     }
@@ -258,5 +280,6 @@ def _decode(data: Mapping[str, Any], current_version: int) -> Trajectory:
         temperature=float(data["temperature"]),
         policy_version=current_version - int(data["age"]),
         agent=data["agent"],
+        value_only=bool(data.get("value_only", False)),  # absent in older checkpoints
         info=dict(data["info"]),
     )

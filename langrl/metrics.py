@@ -45,6 +45,7 @@ TRAIN_ADVANTAGE_MEAN = "train/advantage_mean"
 TRAIN_VALUE_MEAN = "train/value_mean"
 TRAIN_VALUE_REWARD_CORR = "train/value_reward_corr"
 TRAIN_REWARD_MEAN_BATCH = "train/reward_mean_batch"
+TRAIN_VALUE_ONLY_TRAJECTORIES = "train/value_only_trajectories"
 TRAIN_STALENESS_MEAN = "train/staleness_mean"
 TRAIN_SKIPPED_STEPS = "train/skipped_steps"
 
@@ -162,12 +163,15 @@ TAGS: dict[str, str] = {
     TRAIN_ENTROPY: "mean policy entropy over the loss tokens (learner)",
     TRAIN_RATIO_MEAN: "mean importance ratio pi / pi_behaviour (learner)",
     TRAIN_ADVANTAGE_MEAN: "mean advantage over the loss tokens (learner)",
-    TRAIN_VALUE_MEAN: "mean V(s_t) over the completion tokens (learner)",
-    TRAIN_VALUE_REWARD_CORR: "Pearson correlation over the trained batch of each trajectory's "
-    "mean V_old over its completion tokens with its reward; absent when either is constant "
-    "(learner)",
-    TRAIN_REWARD_MEAN_BATCH: "mean reward of the trajectories trained on, to compare with "
-    "train/value_mean (learner)",
+    TRAIN_VALUE_MEAN: "mean V(s_t) over the completion tokens, value-only trajectories "
+    "included (learner)",
+    TRAIN_VALUE_REWARD_CORR: "Pearson correlation over the trained batch (value-only "
+    "trajectories included) of each trajectory's mean V_old over its completion tokens with "
+    "its reward, before the step trains on it: the value head's calibration; absent when "
+    "either is constant (learner)",
+    TRAIN_REWARD_MEAN_BATCH: "mean reward of the policy trajectories trained on (learner)",
+    TRAIN_VALUE_ONLY_TRAJECTORIES: "value-only trajectories (Trajectory.value_only, e.g. "
+    "MCTS's value_ends) that rode along with the batch and trained the value head (learner)",
     TRAIN_STALENESS_MEAN: "mean staleness as the learner saw it (learner)",
     TRAIN_SKIPPED_STEPS: "optimizer steps skipped for NaN/inf so far (learner)",
     EVAL_MEAN_AT_K: "mean@k on the test split: mean over problems of the fraction of k correct",

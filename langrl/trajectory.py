@@ -33,6 +33,12 @@ class Trajectory:
         policy_version: Engine weight version that sampled the completion; the learner
             reports ``current_version - policy_version`` as staleness.
         agent: Name of the agent that produced it (for logging only).
+        value_only: Train only the value head on it (``V(s_t)`` towards ``reward`` at every
+            completion token), not the policy: no policy loss, no KL, no entropy, and the LM
+            trunk runs without gradient for it. For outcomes an agent saw but does not want
+            imitated, e.g. every end of a search tree (``MCTSConfig.value_ends``). The buffer
+            does not count such trajectories towards ``batch_size``: each rides along with
+            the next batch taken after it arrives.
         info: Free-form diagnostics (task, text, search statistics); never read by the learner.
     """
 
@@ -44,6 +50,7 @@ class Trajectory:
     temperature: float = 1.0
     policy_version: int = 0
     agent: str = ""
+    value_only: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -136,3 +136,36 @@ def test_get_waits_for_a_producer_thread():
 def test_bad_arguments_name_the_field(kwargs):
     with pytest.raises(ValueError, match=f"TrajectoryBuffer.{next(iter(kwargs))}"):
         TrajectoryBuffer(**kwargs)
+
+
+def _value_only(version: int = 0, reward: float = 0.0) -> Trajectory:
+    return Trajectory([1], [2], [-0.1], reward, policy_version=version, value_only=True)
+
+
+def test_value_only_trajectories_ride_along_without_counting_towards_a_batch():
+    buf = TrajectoryBuffer(capacity=2, max_staleness=1)
+    buf.put([_value_only(0, 10.0), traj(1, 1.0), _value_only(1, 11.0), _value_only(1, 12.0)])
+    assert len(buf) == 1 and buf.count() == 1 and not buf.ready(2, current_version=1)
+    assert buf.stats()["value_only"] == 2  # its own capacity: 10.0 was dropped for 12.0
+    assert buf.stats()["dropped_overflow"] == 1
+    assert buf.get(2, current_version=1) is None  # value-only ones never fill a batch
+    buf.put([traj(1, 2.0)])
+    batch = buf.get(2, current_version=1)
+    assert [(t.reward, t.value_only) for t in batch] == [
+        (1.0, False), (2.0, False), (11.0, True), (12.0, True),
+    ]  # fmt: skip
+    assert buf.stats()["value_only"] == 0  # each is handed out once
+    buf.put([_value_only(0), traj(2), traj(2)])
+    assert [t.value_only for t in buf.get(2, current_version=2)] == [False, False]  # stale
+
+
+def test_value_only_trajectories_survive_a_checkpoint():
+    buf = TrajectoryBuffer(capacity=8)
+    buf.put([traj(3, 1.0), _value_only(2, -1.0)])
+    restored = TrajectoryBuffer(capacity=8)
+    restored.load_state_dict(buf.state_dict(current_version=3), current_version=7)
+    assert len(restored) == 1 and restored.stats()["value_only"] == 1
+    batch = restored.get(1, current_version=7)
+    assert [(t.reward, t.value_only, t.policy_version) for t in batch] == [
+        (1.0, False, 7), (-1.0, True, 6),
+    ]  # fmt: skip

@@ -96,6 +96,7 @@ METRIC_TAGS: tuple[str, ...] = (
     "train/value_mean",
     "train/value_reward_corr",
     "train/reward_mean_batch",
+    "train/value_only_trajectories",
     "train/staleness_mean",
     "train/skipped_steps",
     "perf/learner_tokens_per_s",
@@ -154,6 +155,7 @@ class _MicroBatch:
     has_advantages: torch.Tensor  # (B, T-1) bool: True where the agent supplied A_t
     returns: torch.Tensor  # (B, T-1) float: the episode reward at completion positions
     num_tokens: int  # real (non-pad) tokens, for throughput
+    value_only: bool = False  # every row is Trajectory.value_only (they are never mixed)
 
     def to(self, device: torch.device) -> _MicroBatch:
         moved = {
@@ -203,6 +205,7 @@ def _collate(trajectories: Sequence[Trajectory], pad_id: int) -> _MicroBatch:
         has_advantages=has_advantages,
         returns=returns,
         num_tokens=sum(t.num_tokens for t in trajectories),
+        value_only=all(t.value_only for t in trajectories),
     )
 
 
@@ -625,19 +628,32 @@ class Learner:
             return self._skip(reason)
 
         # --- collate: sort by length so micro-batches carry little padding ---
+        # Value-only trajectories get micro-batches of their own (no policy term at all);
+        # with c_value 0 there is nothing to learn from them.
         cfg = self.config
-        order = sorted(range(len(batch)), key=lambda i: batch[i].num_tokens)
+        by_length = sorted(range(len(batch)), key=lambda i: batch[i].num_tokens)
+        policy_order = [i for i in by_length if not batch[i].value_only]
+        value_order = [i for i in by_length if batch[i].value_only and cfg.c_value > 0]
+        order = policy_order + value_order
         size = cfg.micro_batch_size
         micro = [
-            _collate([batch[i] for i in order[k : k + size]], self._pad_id)
-            for k in range(0, len(order), size)
+            _collate([batch[i] for i in rows[k : k + size]], self._pad_id)
+            for rows in (policy_order, value_order)
+            for k in range(0, len(rows), size)
         ]
+
         # Whole-batch counts (CPU, no sync): the normalisers that make accumulation exact.
-        n_tokens = sum(int(mb.completion_mask.sum()) for mb in micro)
-        if cfg.loss_normalization == "token":
-            normalizer = max(n_tokens, 1)
-        else:
-            normalizer = max(sum(int(mb.completion_mask.any(-1).sum()) for mb in micro), 1)
+        # The policy and KL terms average over the policy trajectories; the value term over
+        # every trajectory, value-only ones included.
+        def count(mbs: list[_MicroBatch]) -> int:
+            if cfg.loss_normalization == "token":
+                return sum(int(mb.completion_mask.sum()) for mb in mbs)
+            return sum(int(mb.completion_mask.any(-1).sum()) for mb in mbs)
+
+        n_tokens = sum(int(mb.completion_mask.sum()) for mb in micro if not mb.value_only)
+        n_value_tokens = sum(int(mb.completion_mask.sum()) for mb in micro)
+        normalizer = max(count([mb for mb in micro if not mb.value_only]), 1)
+        value_normalizer = max(count(micro), 1)
 
         # --- forward / backward per micro-batch (data parallel: this rank's share) ---
         value_only = self.global_step < cfg.value_warmup  # value warm-up: head only
@@ -651,7 +667,7 @@ class Learner:
                 row_values.append(torch.zeros(mb.input_ids.shape[0], device=self.device))
                 continue
             parts, mb_row_values = self._forward_backward(
-                mb.to(self.device), normalizer, value_only
+                mb.to(self.device), normalizer, value_only, value_normalizer
             )
             for name, value in parts.items():
                 sums[name] = sums[name] + value if name in sums else value
@@ -684,7 +700,8 @@ class Learner:
         scalars = torch.stack([sums[k].float() for k in sorted(sums)] + [grad_norm.float()])
         flat = torch.cat([scalars, *row_values]).tolist()  # sync
         values = dict(zip(names, flat[: len(names)], strict=True))
-        rewards = [float(batch[i].reward) for i in order]
+        rewards = [float(batch[i].reward) for i in order]  # row_values' order
+        policy_rewards = [float(batch[i].reward) for i in policy_order]
         per_token = 1.0 / max(n_tokens, 1)
         metrics = {
             "loss/policy": values["loss/policy"],
@@ -695,8 +712,9 @@ class Learner:
             "train/ratio_mean": values["sum/ratio_mean"] * per_token,
             "train/entropy": values["sum/entropy"] * per_token,
             "train/advantage_mean": values["sum/advantage"] * per_token,
-            "train/value_mean": values["sum/value"] / max(n_tokens, 1),
-            "train/reward_mean_batch": sum(rewards) / len(rewards),
+            "train/value_mean": values["sum/value"] / max(n_value_tokens, 1),
+            "train/reward_mean_batch": sum(policy_rewards) / max(len(policy_rewards), 1),
+            "train/value_only_trajectories": float(len(value_order)),
             "train/grad_norm": values["grad_norm"],
             "train/lr": lrs[POLICY_GROUP],
             "train/skipped_steps": float(self.skipped_steps),
@@ -709,7 +727,7 @@ class Learner:
             metrics["train/kl"] = values["sum/kl"] * per_token
         version = current_version if current_version is not None else self.current_version
         if version is not None:
-            staleness = [version - t.policy_version for t in batch]
+            staleness = [version - batch[i].policy_version for i in order]
             metrics["train/staleness_mean"] = sum(staleness) / len(staleness)
         elapsed = time.perf_counter() - start
         metrics["perf/learner_tokens_per_s"] = sum(mb.num_tokens for mb in micro) / elapsed
@@ -734,15 +752,27 @@ class Learner:
         return names
 
     def _forward_backward(
-        self, mb: _MicroBatch, normalizer: int, value_only: bool
+        self,
+        mb: _MicroBatch,
+        normalizer: int,
+        value_only: bool,
+        value_normalizer: int | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Loss of one micro-batch (normalised by whole-batch counts), backward.
+        """Loss of one micro-batch (normalised by whole-batch counts: ``normalizer`` for the
+        policy and KL terms, ``value_normalizer`` for the value term, ``normalizer`` when
+        ``None``), backward.
 
         Returns detached sums for the metrics and each row's mean V_old over its completion
         tokens (B,). ``value_only`` (value warm-up): the loss is the value term alone and the LM
         runs without gradient, so only the value head gets gradients; the KL is reported as 0
-        (the LM is still the reference then) without running the reference model.
+        (the LM is still the reference then) without running the reference model. A
+        micro-batch of value-only trajectories (``mb.value_only``) trains the same way and
+        adds nothing to the policy-side metrics.
         """
+        if value_normalizer is None:
+            value_normalizer = normalizer
+        if mb.value_only:
+            return self._value_only_backward(mb, value_normalizer)
         cfg = self.config
         chunk = cfg.logits_chunk_size
         # Logprobs only where the loss reads them: every term using them (policy, KL,
@@ -806,7 +836,7 @@ class Learner:
             mb.returns,
             mask,
             normalization=cfg.loss_normalization,
-            normalizer=normalizer,
+            normalizer=value_normalizer,
         )
         if ref_logprobs is not None:
             kl_tokens = k3_kl(logprobs, ref_logprobs)  # (B, T-1)
@@ -842,6 +872,39 @@ class Learner:
                 parts["sum/kl"] = token_sum(kl_tokens.detach())
             elif self.ref_model is not None:  # value warm-up: the LM is the reference
                 parts["sum/kl"] = torch.zeros((), device=logprobs.device)
+            row_values = torch.where(mask, values.detach(), 0.0).sum(-1)  # (B,)
+            row_values = row_values / mask.sum(-1).clamp(min=1)  # (B,)
+        return parts, row_values
+
+    def _value_only_backward(
+        self, mb: _MicroBatch, value_normalizer: int
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``_forward_backward`` of value-only trajectories: the value head learns ``V(s_t)``
+        towards the reward on frozen LM features; no logits, no reference model, and zeros
+        for every policy-side part."""
+        cfg = self.config
+        mask = mb.completion_mask  # (B, T-1)
+        with self._autocast():
+            with torch.no_grad():
+                hidden = self.model.hidden_states(mb.input_ids, mb.attention_mask)
+            values = self.model.values_from_hidden(hidden)  # (B, T)
+        del hidden
+        values = values[:, :-1].float()  # (B, T-1)
+        value = value_loss(
+            values,
+            mb.returns,
+            mask,
+            normalization=cfg.loss_normalization,
+            normalizer=value_normalizer,
+        )
+        total = cfg.c_value * value
+        total.backward()
+        with torch.no_grad():
+            zero = torch.zeros((), device=values.device)
+            parts = dict.fromkeys(self._part_names(), zero)
+            parts["loss/value"] = value.detach()
+            parts["loss/total"] = total.detach()
+            parts["sum/value"] = torch.where(mask, values.detach(), 0.0).sum()
             row_values = torch.where(mask, values.detach(), 0.0).sum(-1)  # (B,)
             row_values = row_values / mask.sum(-1).clamp(min=1)  # (B,)
         return parts, row_values

@@ -87,6 +87,12 @@ from langrl.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
 
+
+def _policy_count(trajectories: list[Trajectory]) -> int:
+    """Trajectories the policy trains on (not ``value_only``)."""
+    return sum(not t.value_only for t in trajectories)
+
+
 CHECKPOINT_DIR = "checkpoints"
 #: Where a run writes its agent's pages (``RolloutBatch.pages``: MCTS search trees).
 TREE_DIR = "trees"
@@ -311,7 +317,8 @@ class TrainingRun:
                 update_s = time.perf_counter() - update_start
                 self.step += 1
                 self._unsynced += 1
-                self.totals.trained_trajectories_total += len(trajectories)
+                # Value-only trajectories ride along beyond batch_size: not counted here.
+                self.totals.trained_trajectories_total += _policy_count(trajectories)
                 final = self.step == config.total_steps or not self._budget_left()
 
                 # --- sync ---
@@ -418,6 +425,7 @@ class TrainingRun:
         batch, seconds = future.result()
         self._write_pages(getattr(batch, "pages", None) or {})
         self.buffer.put(batch.trajectories)
+        self.buffer.put(getattr(batch, "value_trajectories", None) or [])
         self._rollouts.add(batch, seconds, num_tasks)
         self.totals.add_rollout(batch)
         self.planner.observe(num_tasks, len(batch.trajectories))
@@ -524,7 +532,7 @@ class TrainingRun:
             tags.PERF_STALENESS: float(np.mean(staleness)),
             tags.PERF_STALENESS_MAX: float(max(staleness)),
             tags.PERF_DROPPED_STALE: float(self.buffer.dropped_stale),
-            tags.PERF_BATCH_TRAJECTORIES: float(len(trajectories)),
+            tags.PERF_BATCH_TRAJECTORIES: float(_policy_count(trajectories)),
             tags.PERF_POLICY_VERSION: float(self.version - self._version_base),
             tags.PERF_UPDATE_S: update_s,
             tags.PERF_WAIT_S: wait_s,

@@ -72,11 +72,18 @@ def test_all_reduce_step_over_one_rank_keeps_everything(group_of_one):
         {"value_warmup_steps": 1},  # value warm-up with a reference: "sum/kl" = 0
     ],
 )
-def test_part_names_are_what_forward_backward_returns(tiny_policy, overrides):
+@pytest.mark.parametrize("value_only_rows", [False, True])
+def test_part_names_are_what_forward_backward_returns(tiny_policy, overrides, value_only_rows):
     learner = Learner(tiny_policy, LearnerConfig(**overrides))
-    mb = _collate(make_batch(2), learner._pad_id)
+    batch = make_batch(2)
+    for traj in batch:  # a micro-batch of Trajectory.value_only rows takes its own path
+        traj.value_only = value_only_rows
+    mb = _collate(batch, learner._pad_id)
+    assert mb.value_only == value_only_rows
     value_only = learner.global_step < learner.config.value_warmup
-    parts, _ = learner._forward_backward(mb, normalizer=10, value_only=value_only)
+    parts, _ = learner._forward_backward(
+        mb, normalizer=10, value_normalizer=12, value_only=value_only
+    )
     assert sorted(parts) == sorted(learner._part_names())
 
 

@@ -210,3 +210,70 @@ def test_value_reward_corr_is_omitted_for_constant_rewards(tiny_policy):
     metrics = learner.step(make_batch(4, rewards=[-0.5] * 4))
     assert "train/value_reward_corr" not in metrics
     assert metrics["train/reward_mean_batch"] == pytest.approx(-0.5)
+
+
+# --- value-only trajectories (Trajectory.value_only) ---
+
+
+def _value_only(batch: list[Trajectory]) -> list[Trajectory]:
+    for traj in batch:
+        traj.value_only = True
+    return batch
+
+
+def test_value_only_trajectories_train_the_head_and_never_the_lm(tiny_policy):
+    learner = _learner(tiny_policy, value_warmup_steps=0, weight_decay=0.1, value_lr=1e-2)
+    lm, head = _state(learner.model.lm), _state(learner.model.value_head)
+    batch = _value_only(make_batch(6, seed=3, rewards=[1.0] * 6))
+    before = completion_values(learner.model, batch[0])
+    metrics = learner.step(batch)
+    assert metrics["train/value_only_trajectories"] == 6.0
+    assert metrics["loss/policy"] == 0.0 and metrics["train/entropy"] == 0.0
+    assert metrics["loss/value"] > 0
+    assert _same(_state(learner.model.lm), lm)  # no gradient, so no AdamW decay either
+    assert not _same(_state(learner.model.value_head), head)
+    for _ in range(5):
+        learner.step(batch)
+    after = completion_values(learner.model, batch[0])
+    assert sum(after) / len(after) > sum(before) / len(before) + 0.1  # towards the reward 1
+
+
+def test_value_only_trajectories_ride_along_without_touching_the_policy_terms(tiny_policy):
+    plain = _learner(tiny_policy, value_warmup_steps=0, micro_batch_size=3)
+    mixed = _learner(tiny_policy, value_warmup_steps=0, micro_batch_size=3)
+    policy = with_behaviour_logprobs(plain.model, make_batch(4, seed=1))
+    extra = _value_only(make_batch(5, seed=2, rewards=[-1.0] * 5))
+    a = plain.step(policy)
+    b = mixed.step([extra[0], *policy, *extra[1:]])  # any order: they are sorted apart
+    for tag in ("loss/policy", "loss/kl", "train/entropy", "train/clip_frac",
+                "train/reward_mean_batch"):  # fmt: skip
+        assert b[tag] == pytest.approx(a[tag], rel=1e-5, abs=1e-7), tag
+    assert a["train/value_only_trajectories"] == 0.0
+    assert b["train/value_only_trajectories"] == 5.0
+    # The value term now averages over every trajectory's tokens, value-only ones included.
+    tokens = sum(len(t.completion_ids) for t in policy)
+    extra_tokens = sum(len(t.completion_ids) for t in extra)
+    start = _learner(tiny_policy).model  # V_old: the weights before either step
+    expected = sum(
+        (v - t.reward) ** 2 for t in [*policy, *extra] for v in completion_values(start, t)
+    )
+    assert b["loss/value"] == pytest.approx(expected / (tokens + extra_tokens), rel=1e-4)
+
+
+def test_value_only_accumulation_is_exact_across_micro_batch_sizes(tiny_policy):
+    batch = [*make_batch(4, seed=1), *_value_only(make_batch(5, seed=2))]
+    small = _learner(tiny_policy, value_warmup_steps=0, micro_batch_size=1).step(batch)
+    large = _learner(tiny_policy, value_warmup_steps=0, micro_batch_size=64).step(batch)
+    for tag in ("loss/value", "loss/policy", "loss/total", "train/grad_norm"):
+        assert small[tag] == pytest.approx(large[tag], rel=1e-4), tag
+
+
+def test_value_only_trajectories_are_ignored_without_a_value_term(tiny_policy):
+    a = _learner(tiny_policy, c_value=0.0)
+    b = _learner(tiny_policy, c_value=0.0)
+    policy = make_batch(4, seed=1)
+    ma = a.step(policy)
+    mb = b.step([*policy, *_value_only(make_batch(3, seed=2))])
+    assert mb["train/value_only_trajectories"] == 0.0
+    assert ma["loss/total"] == mb["loss/total"]
+    assert _same(_state(a.model.lm), _state(b.model.lm))
