@@ -240,6 +240,18 @@ class MCTSConfig:
     max_solutions: int = 8
     """Most trajectories one search emits with ``distill="solutions"`` (>= 1); no other
     choice reads it. Paper: none (one trajectory per search)."""
+    value_ends: int = 0
+    """Besides what ``distill`` emits, hand the learner up to this many other ends of each
+    tree as value-only trajectories (``Trajectory.value_only``): the value head learns
+    ``V(s_t)`` towards their outcomes at every token of their paths, the policy does not
+    imitate them. An end is a node that ended the episode (its reward) or, with
+    ``prune_failed_steps``, a pruned step (the dead-end value the search backs up for it);
+    they are drawn uniformly without replacement by the search's RNG, so their mix follows
+    what the search met. The head then ranks open leaves having seen failures, not only
+    distilled answers (a head fit on ``distill="solutions"`` alone would learn V = 1).
+    Needs ``value_head`` (the search reads the head); the run's ``c_value`` must be > 0,
+    else the learner ignores them. 0 (default) = none. Paper: none (the head learns from
+    the distilled path only)."""
 
     #: Former fields -> where their setting went; the config loader names it when a preset
     #: or override still uses one (``langrl.training.config``).
@@ -275,6 +287,12 @@ class MCTSConfig:
                     "max_step_tokens", "finish_max_tokens", "max_solutions")  # fmt: skip
         check_ints(self, dict.fromkeys(positive, 1))
         check_int("MCTSConfig", "tree_every", self.tree_every, 0)
+        check_int("MCTSConfig", "value_ends", self.value_ends, 0)
+        if self.value_ends and not self.value_head:
+            raise ValueError(
+                "MCTSConfig.value_ends trains the value head the search reads, but "
+                "value_head is False: set value_head true or value_ends 0"
+            )
         check_int("MCTSConfig", "seed", self.seed, optional=True)
         if not self.c_puct >= 0:
             raise ValueError(f"MCTSConfig.c_puct must be >= 0, got {self.c_puct}")
@@ -550,6 +568,8 @@ class SearchResult:
     chosen: Node | None = None
     """The last tree node of the chosen trajectory's path (``TreeSearch._extract``); a
     finishing sample, if any, continues from it (``langrl.agents.tree_page``)."""
+    value_ends: list[Trajectory] = field(default_factory=list)
+    """Value-only trajectories to other ends of the tree (``MCTSConfig.value_ends``)."""
 
 
 # --- the agent ---
@@ -576,9 +596,9 @@ class MCTSAgent:
     def learner_defaults(cls, config: MCTSConfig) -> dict[str, Any]:
         """``c_value = 0`` when the value head should not be trained: the search does not
         read it (``value_head`` False), so nothing would use what it learns; or
-        ``distill="solutions"``, whose trajectories are all correct, so a head fit on them
-        alone would learn V = 1 and cancel ``A = r - V``."""
-        if config.value_head and config.distill != "solutions":
+        ``distill="solutions"`` without ``value_ends``, whose trajectories are all correct,
+        so a head fit on them alone would learn V = 1 and cancel ``A = r - V``."""
+        if config.value_head and (config.distill != "solutions" or config.value_ends):
             return {}
         return {"c_value": 0.0}
 
@@ -652,11 +672,15 @@ class MCTSAgent:
             every = self.config.tree_every
             if every and (self.searches - 1) % every == 0:
                 pages[f"search_{self.searches:06d}"] = tree_to_dict(result)
+        value_ends = [t for r in results for t in r.value_ends]
+        if self.config.value_ends:
+            metrics["search/value_ends"] = float(len(value_ends)) / max(len(results), 1)
         return RolloutBatch(
             trajectories=emitted,
             metrics=metrics,
             samples=[r.transcript for r in results[:NUM_TRANSCRIPTS]],
             pages=pages,
+            value_trajectories=value_ends,
         )
 
     async def search(self, task: Mapping[str, Any], seed: int | None = None) -> SearchResult:
@@ -761,8 +785,9 @@ class TreeSearch:
         path_values = [n.value_estimate for n in last.path() if n.value_estimate is not None]
         emitted = self._emitted(trajectory, last)
         return SearchResult(
-            self.root, trajectory, stats, transcript, self.stats, path_values, emitted, last
-        )
+            self.root, trajectory, stats, transcript, self.stats, path_values, emitted, last,
+            self._value_ends(emitted, last),
+        )  # fmt: skip
 
     async def _worker(self) -> None:
         for _ in range(self.config.iterations_per_worker):
@@ -1020,6 +1045,35 @@ class TreeSearch:
             trajectory if n is chosen else self._end_trajectory(n)
             for n in ends[: cfg.max_solutions]
         ]
+
+    def _value_ends(self, emitted: list[Trajectory], chosen: Node) -> list[Trajectory]:
+        """Up to ``value_ends`` value-only trajectories to the tree's other ends: nodes that
+        ended the episode (their reward) and pruned steps (the dead-end value), drawn
+        uniformly by the search's RNG (in tree order). An end whose path is emitted already
+        is left out (with ``distill="solutions"``, every correct end)."""
+        count = self.config.value_ends
+        if not count:
+            return []
+        solutions = self.config.distill == "solutions"
+
+        def emitted_end(node: Node) -> bool:
+            if solutions:
+                return bool(node.outcome.get("is_correct"))
+            return node is chosen and bool(emitted)
+
+        nodes = list(iter_nodes(self.root))
+        ends = [n for n in nodes if n.terminal and not emitted_end(n)]
+        ends += [p for n in nodes for p in n.pruned]
+        out = []
+        for index in sorted(self.rng.sample(range(len(ends)), min(count, len(ends)))):
+            node = ends[index]
+            trajectory = self._end_trajectory(node)
+            if not node.terminal:  # a pruned step: the value its dead end backs up
+                trajectory.reward = self.dead_end_value
+                trajectory.info["reason"] = "pruned_step"
+            trajectory.value_only = True
+            out.append(trajectory)
+        return out
 
     def _end_trajectory(self, node: Node) -> Trajectory:
         """The trajectory of the tree path from the root to ``node``, an end of the episode."""

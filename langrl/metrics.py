@@ -78,6 +78,7 @@ SEARCH_ROOT_VALUE = "search/root_value"
 SEARCH_BEST_MINUS_CHOSEN = "search/best_minus_chosen"
 SEARCH_FINISHED_BY_SAMPLING = "search/finished_by_sampling_frac"
 SEARCH_VALUE_REWARD_CORR = "search/value_reward_corr"
+SEARCH_VALUE_ENDS = "search/value_ends"
 SEARCH_VALUE_ABS_ERR = "search/value_abs_err"
 SEARCH_COLLISIONS = "search/collisions"
 SEARCH_TERMINAL_WAITS = "search/terminal_waits"
@@ -198,6 +199,8 @@ TAGS: dict[str, str] = {
     SEARCH_BEST_MINUS_CHOSEN: "MCTS: best terminal reward in the tree - chosen reward",
     SEARCH_FINISHED_BY_SAMPLING: "MCTS: share of chosen paths finished by a policy sample",
     SEARCH_VALUE_REWARD_CORR: "MCTS: Pearson r of V(s) on the chosen paths with their reward",
+    SEARCH_VALUE_ENDS: "MCTS: value-only trajectories per search to other ends of the tree "
+    "(MCTSConfig.value_ends)",
     SEARCH_VALUE_ABS_ERR: "MCTS: mean |V(s) - reward| over the chosen paths' expanded nodes",
     SEARCH_COLLISIONS: "MCTS: waits on a node another worker was expanding",
     SEARCH_TERMINAL_WAITS: "MCTS: waits after a terminal visit for other workers' paths",

@@ -464,3 +464,19 @@ def test_early_stopping_needs_evaluations(policy, tmp_path):
         _config(policy, tmp_path, "cispo", "--eval_every", "0", "--early_stopping_patience", "3")
     with pytest.raises(ConfigError, match="early_stopping_threshold"):
         _config(policy, tmp_path, "cispo", "--early_stopping_threshold", "-0.1")
+
+
+# --- value-only trajectories through the loop ---
+
+
+def test_mcts_value_ends_reach_the_learner_beyond_the_batch(policy, tmp_path):
+    config = _config(policy, tmp_path, "mcts", "--mcts.value_ends", "4", "--mode", "sync",
+                     "--train_expiring", "false", "--mcts.iterations_per_worker", "3")  # fmt: skip
+    assert config.learner.c_value > 0
+    result = _train(config, policy)
+    assert result["step"] == 3
+    value_only = _values(tmp_path, tags.TRAIN_VALUE_ONLY_TRAJECTORIES)
+    assert len(value_only) == 3 and sum(value_only) > 0
+    assert _values(tmp_path, tags.PERF_BATCH_TRAJECTORIES) == [4.0, 4.0, 4.0]  # batch_size
+    assert result["trained_trajectories_total"] == 12  # value-only ones are not counted
+    assert max(_values(tmp_path, "search/value_ends")) > 0
