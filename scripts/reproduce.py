@@ -31,6 +31,14 @@ larger budget, another lr), given after ``--`` and named by ``--variant``; its o
 preset's own rows stay as they are::
 
     python scripts/reproduce.py --agents bon --variant 6M -- --max_gen_tokens 6000000
+
+``--plateau`` trains each agent until its validation stops rising instead: three in-run
+evaluations in a row without a new best (``early_stopping_patience 3``, under a 100M-token
+ceiling), and evaluates on the test set both the run's last checkpoint (``X.json``) and the
+one with the best validation score (``X@best-val.json``; hyperparameters and checkpoints are
+chosen on validation only)::
+
+    python scripts/reproduce.py --plateau --results results/plateau --runs runs/plateau
 """
 
 from __future__ import annotations
@@ -51,6 +59,10 @@ LABELS = {"start": "start policy", "mcts": "MCTS-distill", "cispo": "CISPO", "bo
 COLORS = {"mcts": "tab:red", "cispo": "tab:blue", "bon": "tab:green"}
 VARIANT_SEP = "@"
 VARIANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+#: What ``--plateau`` adds to each training command: the token budget is only a ceiling.
+PLATEAU_OVERRIDES = ("--max_gen_tokens", "100000000", "--early_stopping_patience", "3")
+#: Suffix of the best-validation checkpoint's test evaluation (``--plateau``).
+BEST_VAL = "best-val"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,12 +79,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="sampling seed of the test evaluations")
     p.add_argument("--report-only", action="store_true", help="only rebuild table and plot")
     p.add_argument("--retrain", action="store_true", help="discard finished runs of --agents")
+    p.add_argument("--plateau", action="store_true",
+                   help="train to the validation plateau (3 evaluations without a new best); "
+                   "also evaluate the best-validation checkpoint")  # fmt: skip
     p.add_argument("--variant", default=None,
                    help="name of a row with other settings (given after --): {agent}@{variant}")  # fmt: skip
     p.add_argument("train_overrides", nargs="*", help="extra --key value for train_agent.py")
     args = p.parse_args(argv)
     if args.variant is not None and not VARIANT.fullmatch(args.variant):
         p.error(f"--variant must match {VARIANT.pattern} (a file-name part), got {args.variant!r}")
+    if args.plateau:  # given first, so that explicit overrides after -- still win
+        args.train_overrides = [*PLATEAU_OVERRIDES, *args.train_overrides]
     return args
 
 
@@ -135,6 +152,32 @@ def train(agent: str, args: argparse.Namespace) -> Path:
     done.write_text(json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                                 "last_session_s": seconds}))  # fmt: skip
     return run_dir
+
+
+def best_validation_step(curve: Path) -> int:
+    """The step of the first evaluation with the highest validation mean@k in ``curve``
+    (an ``eval_history.csv``)."""
+    rows = read_curve(curve)
+    best = max(rows, key=lambda r: r["mean_at_k"])  # max keeps the first of equals
+    return int(best["step"])
+
+
+def evaluate_best_validation(agent: str, results: Path, args: argparse.Namespace) -> None:
+    """``results/evals/{name}@best-val.json``: the test evaluation of the checkpoint with the
+    best validation score (the start policy's own file when no step beat it)."""
+    name = run_name(agent, args.variant)
+    out = results / "evals" / f"{name}{VARIANT_SEP}{BEST_VAL}.json"
+    if out.is_file():
+        print(f"have {out}", flush=True)
+        return
+    step = best_validation_step(results / "curves" / f"{name}.csv")
+    if step == 0:
+        shutil.copy2(results / "evals" / "start.json", out)
+        return
+    checkpoint = Path(args.runs) / name / "checkpoints" / f"step_{step:08d}"
+    if not checkpoint.is_dir():
+        raise SystemExit(f"{checkpoint}: the best validation step has no checkpoint")
+    evaluate(str(checkpoint), out, args)
 
 
 # --- report ---
@@ -306,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
             curve.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(run_dir / "eval_history.csv", curve)
             evaluate(str(run_dir / "checkpoints"), final, args)
+        if args.plateau:
+            for agent in args.agents:
+                evaluate_best_validation(agent, results, args)
     report(results)
     return 0
 

@@ -162,3 +162,43 @@ def test_a_variant_gets_its_own_row_run_dir_and_results(tmp_path, monkeypatch, r
     _write_eval(tmp_path / "evals" / "nope.json", [0, 1, 0, 2])
     with pytest.raises(SystemExit, match="nope.json"):
         reproduce.report(tmp_path)
+
+
+def test_plateau_trains_to_early_stopping_and_evaluates_the_best_validation_checkpoint(
+    tmp_path, monkeypatch, reproduce
+):
+    calls: list[list[str]] = []
+    monkeypatch.setattr(reproduce, "report", lambda results: None)
+    results, runs = tmp_path / "r", tmp_path / "runs"
+
+    def fake_training(cmd: list[str]) -> float:
+        calls.append(cmd)
+        if "scripts/train_agent.py" in cmd:  # the run's curve: best at step 20 (of 0..50)
+            run_dir = Path(cmd[cmd.index("--run_dir") + 1])
+            run_dir.mkdir(parents=True)
+            with open(run_dir / "eval_history.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["step", "gen_tokens_total", "train_wall_s", "k", "mean_at_k"])
+                w.writerows([[0, 0, 0, 4, 0.05], [10, 1e6, 60, 4, 0.06], [20, 2e6, 120, 4, 0.08],
+                             [30, 3e6, 180, 4, 0.08], [40, 4e6, 240, 4, 0.07],
+                             [50, 5e6, 300, 4, 0.075]])  # fmt: skip
+            (run_dir / "checkpoints" / "step_00000020").mkdir(parents=True)
+        return 1.0
+
+    monkeypatch.setattr(reproduce, "run", fake_training)
+    argv = ["--plateau", "--agents", "cispo", "--results", str(results), "--runs", str(runs),
+            "--", "--max_gen_tokens", "5000000"]  # fmt: skip
+    assert reproduce.main(argv) == 0
+    (train_cmd,) = [c for c in calls if "scripts/train_agent.py" in c]
+    assert train_cmd[-6:] == [
+        "--max_gen_tokens",
+        "100000000",
+        "--early_stopping_patience",
+        "3",
+        "--max_gen_tokens",
+        "5000000",
+    ]  # fmt: skip  (explicit wins)
+    evals = [c[c.index("--json-out") + 1] for c in calls if "scripts/evaluate.py" in c]
+    assert [Path(e).name for e in evals] == ["start.json", "cispo.json", "cispo@best-val.json"]
+    best = next(c for c in calls if "cispo@best-val.json" in " ".join(c))
+    assert best[best.index("--model") + 1] == str(runs / "cispo" / "checkpoints" / "step_00000020")
