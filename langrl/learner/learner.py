@@ -831,13 +831,7 @@ class Learner:
             normalizer=normalizer,
             **self._policy_loss_kwargs,
         )
-        value = value_loss(
-            values,
-            mb.returns,
-            mask,
-            normalization=cfg.loss_normalization,
-            normalizer=value_normalizer,
-        )
+        value = self._value_loss(values, mb, value_normalizer)
         if ref_logprobs is not None:
             kl_tokens = k3_kl(logprobs, ref_logprobs)  # (B, T-1)
             kl = masked_mean(kl_tokens, mask, cfg.loss_normalization, normalizer)
@@ -876,6 +870,19 @@ class Learner:
             row_values = row_values / mask.sum(-1).clamp(min=1)  # (B,)
         return parts, row_values
 
+    def _value_loss(
+        self, values: torch.Tensor, mb: _MicroBatch, value_normalizer: int
+    ) -> torch.Tensor:
+        """MSE of ``values`` (B, T-1) against the micro-batch's returns over its completion
+        tokens, normalised by the whole batch's ``value_normalizer``."""
+        return value_loss(
+            values,
+            mb.returns,
+            mb.completion_mask,
+            normalization=self.config.loss_normalization,
+            normalizer=value_normalizer,
+        )
+
     def _value_only_backward(
         self, mb: _MicroBatch, value_normalizer: int
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -890,13 +897,7 @@ class Learner:
             values = self.model.values_from_hidden(hidden)  # (B, T)
         del hidden
         values = values[:, :-1].float()  # (B, T-1)
-        value = value_loss(
-            values,
-            mb.returns,
-            mask,
-            normalization=cfg.loss_normalization,
-            normalizer=value_normalizer,
-        )
+        value = self._value_loss(values, mb, value_normalizer)
         total = cfg.c_value * value
         total.backward()
         with torch.no_grad():
