@@ -41,8 +41,9 @@ breaks the task's rules (Countdown: a number that is not available, wrong arithm
 GSM8K: an arithmetic error). Such a step is a dead end, and the search prunes it when it
 expands its parent: the step becomes no child (it is kept in ``Node.pruned``, prior 0), and
 the node's priors are renormalised over the steps that passed, as AlphaZero masks illegal
-moves. A node none of whose K sampled steps passed is *dead*, and so is a node all of whose
-children died: a dead node is never selected again, so the search cannot loop on it. The
+moves. A node none of whose K sampled steps passed is *dead* (after
+``expansion_retries`` more expansions that fared no better, each backing up the dead-end
+value), and so is a node all of whose children died: a dead node is never selected again, so the search cannot loop on it. The
 simulation that finds a dead end still counts as one: it backs up the env's
 ``format_failure_reward`` (what an episode that breaks the rules earns; -1 for an env
 without a ``reward_config``), so that the parent's Q shows the dead end; once the root is
@@ -199,6 +200,14 @@ class MCTSConfig:
     (module docstring, "Step verdicts"). An env without step checks searches exactly as with
     False. False ignores the verdicts: the paper's search, for ablations, and the way out
     for an env whose checker rejects steps that are valid. Paper: False (not described)."""
+    expansion_retries: int = 0
+    """With ``prune_failed_steps``: how many more times a node none of whose K sampled
+    steps passed its check is expanded again (K fresh samples each time, on later visits)
+    before it is declared dead. Each failed expansion backs up the dead-end value, so the
+    parent's Q shows it, and its steps join ``Node.pruned``. With most sampled steps
+    failing (``search/pruned_frac``), K failures in a row are common even where a valid
+    step exists, and a dead root ends the search with a plain policy sample. 0 (default) =
+    dead at the first failed expansion. Paper: none."""
 
     # --- generation ---
     max_step_tokens: int = 64
@@ -288,6 +297,7 @@ class MCTSConfig:
         check_ints(self, dict.fromkeys(positive, 1))
         check_int("MCTSConfig", "tree_every", self.tree_every, 0)
         check_int("MCTSConfig", "value_ends", self.value_ends, 0)
+        check_int("MCTSConfig", "expansion_retries", self.expansion_retries, 0)
         if self.value_ends and not self.value_head:
             raise ValueError(
                 "MCTSConfig.value_ends trains the value head the search reads, but "
@@ -370,8 +380,11 @@ class Node:
     """Sampled steps of this node whose env check failed (``MCTSConfig.prune_failed_steps``):
     kept for inspection with prior 0, never selected, not in ``children``."""
     dead: bool = False
-    """No live step below: none of the node's sampled steps passed its check, or all of its
-    children are dead. A dead node is never selected again."""
+    """No live step below: none of the node's sampled steps passed its check (in
+    ``1 + expansion_retries`` expansions), or all of its children are dead. A dead node is
+    never selected again."""
+    failed_expansions: int = 0
+    """Expansions of this node whose K steps all failed their check."""
     expanding: asyncio.Event | None = field(default=None, repr=False)
     """Set while one worker expands the node; others wait on it instead of expanding too."""
 
@@ -820,10 +833,12 @@ class TreeSearch:
                     # Another worker is expanding this node: wait for its children rather
                     # than sampling the same step twice, then keep descending below it.
                     self.stats.collisions += 1
+                    failed_before = node.failed_expansions
                     await node.expanding.wait()
-                    if not node.children and not node.terminal and not node.dead:
+                    stuck = not node.children and not node.terminal and not node.dead
+                    if stuck and node.failed_expansions == failed_before:
                         raise RuntimeError("a concurrent expansion of this node failed")
-                    continue
+                    continue  # (a failed expansion with retries left: expand it again)
                 # --- expansion and evaluation ---
                 value = await self._expand(node)
                 break
@@ -931,7 +946,7 @@ class TreeSearch:
                     self._child(node, step, prior, generation.policy_version)
                     for step, prior in zip(live, priors, strict=True)
                 ]
-                node.pruned = [
+                node.pruned += [
                     self._child(node, step, 0.0, generation.policy_version) for step in pruned
                 ]
                 if cfg.value_head:
@@ -939,8 +954,11 @@ class TreeSearch:
                 self.stats.expansions += 1
                 self.stats.unique_children += len(steps)
                 self.stats.pruned_children += len(pruned)
-                if not live:
+                if not live and node.failed_expansions < cfg.expansion_retries:
+                    node.failed_expansions += 1  # a later visit samples K fresh steps
+                elif not live:
                     # K samples and not one valid step: a dead end (and perhaps its parent).
+                    node.failed_expansions += 1
                     mark_dead(node)
         finally:
             event, node.expanding = node.expanding, None
@@ -948,7 +966,7 @@ class TreeSearch:
             self._expansions_in_flight -= 1
             progress, self._progress = self._progress, asyncio.Event()
             progress.set()
-        if node.dead:
+        if not node.children:  # dead, or a failed expansion to retry
             return self.dead_end_value
         return node.value_estimate if cfg.value_head else cfg.first_play_value
 

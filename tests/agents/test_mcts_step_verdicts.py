@@ -113,7 +113,10 @@ def check_accounting(root: Node) -> None:
             assert step_check_failed(pruned.outcome)
             assert pruned.visits == 0 and pruned.prior == 0.0 and pruned not in tree
         if node.children:
-            assert node.visits == 1 + sum(c.visits for c in node.children)
+            # One visit per expansion (failed ones that were retried included), the rest
+            # went on to the children.
+            expansions = 1 + node.failed_expansions
+            assert node.visits == expansions + sum(c.visits for c in node.children)
             assert node.dead == all(c.dead for c in node.children)
             assert math.isclose(sum(c.prior for c in node.children), 1.0)
         elif node.dead:
@@ -399,3 +402,51 @@ def test_pruned_frac_is_reported_as_a_documented_search_metric():
                     prune_failed_steps=False)  # fmt: skip
     batch = asyncio.run(agent.collect([TASK, TASK]))
     assert "search/pruned_frac" not in batch.metrics
+
+
+# --- expansion retries: a node whose K steps all failed is sampled again ---
+
+
+def fails_first(times: int) -> Callable[[str], list[str]]:
+    """The root's first ``times`` expansions sample only failing steps, later ones OK_15;
+    below OK_15, a correct answer."""
+    calls = {"root": 0}
+
+    def script(done: str) -> list[str]:
+        if done:
+            return ["<answer>3 * 5 + 7 + 2</answer>"]
+        calls["root"] += 1
+        return [UNAVAILABLE, WRONG_SUM] if calls["root"] <= times else [OK_15]
+
+    return script
+
+
+@pytest.mark.parametrize("num_workers", [1, 4])
+def test_a_failed_expansion_is_retried_before_the_node_is_dead(num_workers):
+    agent, engine = make(fails_first(2), num_workers=num_workers, iterations_per_worker=4,
+                         expansion_retries=2)  # fmt: skip
+    result = run(agent)
+    root = result.root
+    assert not root.dead and root.failed_expansions == 2
+    assert [c.text for c in root.children] == [OK_15]
+    assert [p.text for p in root.pruned] == [UNAVAILABLE, WRONG_SUM] * 2  # both tries kept
+    assert (
+        result.trajectory.info["is_correct"] and not result.trajectory.info["finished_by_sampling"]
+    )
+    assert expansions_of(engine, "") == 3
+    # Each failed expansion was one simulation backing up the dead-end value.
+    assert root.value_sum <= 2 * DEAD_END + (root.visits - 2) * 1.0
+    check_accounting(root)
+
+
+def test_retries_run_out_and_the_node_dies():
+    agent, engine = make(fails_first(5), num_workers=2, iterations_per_worker=4,
+                         expansion_retries=1)  # fmt: skip
+    result = run(agent)
+    assert result.root.dead and result.root.failed_expansions == 2
+    assert expansions_of(engine, "") == 2 and result.trajectory.info["finished_by_sampling"]
+    # Without retries (the default) the first failed expansion kills it, as before.
+    agent, engine = make(fails_first(5), num_workers=2, iterations_per_worker=4)
+    assert run(agent).root.dead and expansions_of(engine, "") == 1
+    with pytest.raises(ValueError, match="expansion_retries"):
+        MCTSConfig(expansion_retries=-1)
