@@ -207,7 +207,10 @@ class MCTSConfig:
     parent's Q shows it, and its steps join ``Node.pruned``. With most sampled steps
     failing (``search/pruned_frac``), K failures in a row are common even where a valid
     step exists, and a dead root ends the search with a plain policy sample. 0 (default) =
-    dead at the first failed expansion. Paper: none."""
+    dead at the first failed expansion: on 96 train problems x 2 at the reproduce preset,
+    2 retries doubled the tokens for 18 correct ends against 14 (2.8k generated tokens per
+    correct end against 1.9k; ``benchmarks/bench_mcts_search.py --compare
+    expansion_retries``). Paper: none."""
 
     # --- generation ---
     max_step_tokens: int = 64

@@ -21,10 +21,13 @@ The ratio rows compare each with the first MCTS setting in this same run.
 - ``prune_failed_steps``: True drops the steps whose env check fails (Countdown: a number
   not given, wrong arithmetic) at expansion, and ends the simulation at a node left with
   none; False (the paper's search) keeps them as children.
+- ``expansion_retries``: 2 expands a node whose K steps all failed their check up to twice
+  more before it is dead; 0 (the preset's) declares it dead at once.
 
     python benchmarks/bench_mcts_search.py --compare priors       # 48 problems, 2 repeats
     python benchmarks/bench_mcts_search.py --compare value_head --problems 32 --repeats 3
     python benchmarks/bench_mcts_search.py --compare prune_failed_steps
+    python benchmarks/bench_mcts_search.py --compare expansion_retries --problems 96
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ COMPARISONS = {
     "value_head": (True, False),
     "priors": ("policy", "sampling"),
     "prune_failed_steps": (False, True),
+    "expansion_retries": (0, 2),
 }
 #: First train problem searched: clear of the holdout (the last 512) and of the start.
 FIRST_PROBLEM = 1000
