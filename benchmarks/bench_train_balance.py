@@ -13,9 +13,7 @@ fresh subprocess with its own vLLM engine, and reports over the steps after ``--
 The variants (``VARIANTS``): ``default`` (the preset as it is), ``1-thread`` (the learner on
 one torch thread, ``learner.num_threads 1``), ``engine-actor`` (``cluster.address local``:
 the engine as one Ray replica, so vLLM's frontend runs in the replica's process instead of
-the trainer's), ``no-spin`` (``engine.busy_loop_s 0``: vLLM's engine core and worker sleep
-on a socket between messages instead of busy-waiting, ``langrl.engine.vllm_plugin``).
-Evaluation is cut to one problem (the final one cannot be switched off; it
+the trainer's). Evaluation is cut to one problem (the final one cannot be switched off; it
 is not timed).
 
     nice -n 19 .venv/bin/python benchmarks/bench_train_balance.py
@@ -49,7 +47,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "1-thread": {"learner.num_threads": 1},
     "engine-actor": {"cluster.address": "local"},
-    "no-spin": {"engine.busy_loop_s": 0.0},
 }
 
 
@@ -108,7 +105,6 @@ def run_one(variant: str, args: argparse.Namespace, work: Path, tag: str) -> dic
         "run_dir": str(work / f"{tag}.run"),
         "eval.num_problems": 1,
         "eval.k": 1,
-        "engine.startup_timeout_s": 1800,  # a contended machine compiles slowly
         **VARIANTS[variant],
     }
     spec_path, out_path, log_path = (work / f"{tag}.{ext}" for ext in ("spec", "out", "log"))

@@ -89,10 +89,6 @@ class EngineConfig:
             ``"rpc"``; ``"shm"``: vLLM's native weight-transfer API with langrl's
             shared-memory backend (``langrl.engine.weight_transfer``); ``"rpc"``: tensors as
             bytes through ``collective_rpc`` and the worker's ``reload_weights``.
-        busy_loop_s: Seconds vLLM's engine-core and worker processes keep busy-waiting on
-            their shared-memory queues after each message before they sleep on a socket
-            (``langrl.engine.vllm_plugin``). ``None`` (default) = vLLM's own (1 s: the
-            scheduler spins for as long as the model computes). >= 0.
 
     Value/score model (both backends):
         device: Where the transformers copy that serves ``values()``/``score()`` (and the
@@ -144,7 +140,6 @@ class EngineConfig:
     enable_chunked_prefill: bool | None = None
     startup_timeout_s: float = 600.0
     weight_push: str = "auto"
-    busy_loop_s: float | None = None
 
     # --- value / score model ---
     device: str | None = None
@@ -189,10 +184,6 @@ class EngineConfig:
         if not self.startup_timeout_s > 0:
             raise ValueError(
                 f"EngineConfig.startup_timeout_s must be > 0, got {self.startup_timeout_s}"
-            )
-        if self.busy_loop_s is not None and not self.busy_loop_s >= 0:
-            raise ValueError(
-                f"EngineConfig.busy_loop_s must be >= 0 or None, got {self.busy_loop_s}"
             )
         if self.forward_batch_tokens < 1:
             raise ValueError(

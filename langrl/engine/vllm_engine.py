@@ -67,7 +67,6 @@ from langrl.engine.common import (
     stop_overhang,
 )
 from langrl.engine.config import EngineConfig, EngineStartError
-from langrl.engine.vllm_plugin import BUSY_LOOP_ENV
 from langrl.engine.worker_extension import encode_weights
 from langrl.policy_model import PolicyValueModel
 
@@ -148,11 +147,6 @@ def _start_async_llm(config: EngineConfig, weight_push: str) -> Any:
     timeout = max(1, math.ceil(config.startup_timeout_s))
     os.environ["VLLM_ENGINE_READY_TIMEOUT_S"] = str(timeout)
     core_client.VLLM_ENGINE_READY_TIMEOUT_S = timeout
-    # Read in vLLM's own processes (spawned after this) by langrl.engine.vllm_plugin.
-    if config.busy_loop_s is None:
-        os.environ.pop(BUSY_LOOP_ENV, None)
-    else:
-        os.environ[BUSY_LOOP_ENV] = repr(float(config.busy_loop_s))
     chunked = config.enable_chunked_prefill
     if chunked is None:
         chunked = torch.cuda.is_available()

@@ -102,13 +102,6 @@ class WeightSyncExtension:
         model = self.model_runner.model  # type: ignore[attr-defined]
         return float(sum(p.detach().double().sum().item() for p in model.parameters()))
 
-    def langrl_busy_loop_s(self) -> float | None:
-        """The busy-loop seconds langrl's vLLM plugin applied in this worker's process
-        (``EngineConfig.busy_loop_s``; ``None``: vLLM's own)."""
-        from langrl.engine.vllm_plugin import applied_busy_loop_s
-
-        return applied_busy_loop_s()
-
 
 # vLLM's layerwise reload (the runner's ``reload_weights`` on the "rpc" path, the weight-
 # transfer engine's start/finish on "shm") warns "<layer class>: Failed to load weights" for

@@ -52,7 +52,6 @@ HANG_GUARD_S = 60.0
         ("startup_timeout_s", 0),
         ("forward_batch_tokens", 0),
         ("hf_batch_wait_ms", -1),
-        ("busy_loop_s", -0.5),
     ],
 )
 def test_config_rejects_bad_values_quoting_them(field: str, value: object) -> None:
@@ -468,52 +467,3 @@ def test_exit_code_waits_for_a_code_that_another_reaper_is_storing(
     assert 0.1 <= clock.now - started <= 0.1 + 0.02  # it waited wait_s, and no longer
     assert never.reads >= 2
     assert _exit_code(None) is None
-
-
-# --- the vLLM plugin: busy-wait of vLLM's shared-memory queues ---
-
-
-def test_the_plugin_sets_the_busy_loop_of_queue_readers_only_when_asked(monkeypatch):
-    pytest.importorskip("vllm")
-    import zmq
-    from vllm.distributed.device_communicators import shm_broadcast
-    from vllm.utils.network_utils import get_open_zmq_ipc_path
-
-    from langrl.engine import vllm_plugin
-
-    spin = shm_broadcast.SpinCondition
-    monkeypatch.setattr(spin, "__init__", spin.__init__)  # restored after the test
-    monkeypatch.setattr(vllm_plugin, "_applied", None)
-    context = zmq.Context()
-
-    def reader_busy_loop() -> float:
-        writer = spin(False, context, get_open_zmq_ipc_path())
-        reader = spin(
-            True, context, writer.local_notify_socket.getsockopt(zmq.LAST_ENDPOINT).decode()
-        )
-        return reader.busy_loop_s
-
-    try:
-        monkeypatch.delenv(vllm_plugin.BUSY_LOOP_ENV, raising=False)
-        vllm_plugin.configure_busy_loop()  # not asked: vLLM's own
-        assert reader_busy_loop() == 1 and vllm_plugin.applied_busy_loop_s() is None
-        monkeypatch.setenv(vllm_plugin.BUSY_LOOP_ENV, "0.0")
-        vllm_plugin.configure_busy_loop()
-        assert reader_busy_loop() == 0.0 and vllm_plugin.applied_busy_loop_s() == 0.0
-        monkeypatch.setenv(vllm_plugin.BUSY_LOOP_ENV, "0.25")
-        vllm_plugin.configure_busy_loop()  # again: wraps vLLM's own init, not its own wrapper
-        assert reader_busy_loop() == 0.25
-        assert spin._langrl_original_init is not spin.__init__
-    finally:
-        context.destroy(linger=0)
-
-
-def test_the_plugin_is_registered_for_vllm():
-    from importlib.metadata import entry_points
-
-    (plugin,) = [
-        e for e in entry_points(group="vllm.general_plugins") if e.name == "langrl_busy_loop"
-    ]
-    from langrl.engine.vllm_plugin import configure_busy_loop
-
-    assert plugin.load() is configure_busy_loop
