@@ -94,10 +94,17 @@ def test_two_ranks_train_what_one_learner_trains(local_ray, policy, one_thread, 
         assert group.config is CONFIG
         assert max_weight_diff(group.export_weights(), start) == 0.0
 
-        for step, batch in enumerate([make_batch(6, seed=1), make_batch(6, seed=2)]):
+        # The second batch carries value-only trajectories too (their own micro-batches,
+        # shared round-robin like the rest): the whole-batch normalisers keep it exact.
+        value_only = make_batch(5, seed=5)
+        for traj in value_only:
+            traj.value_only = True
+        batches = [make_batch(6, seed=1), make_batch(6, seed=2) + value_only]
+        for step, batch in enumerate(batches):
             group_metrics = group.step(batch, current_version=step)
             single_metrics = single.step(batch, current_version=step)
             assert_metrics_match(group_metrics, single_metrics)
+        assert group_metrics["train/value_only_trajectories"] == 5.0
         assert group.global_step == single.global_step == 2
         diff = max_weight_diff(group.export_weights(), single.export_weights())
         print(f"max |weight difference| after 2 steps: {diff:.3g}")
