@@ -154,12 +154,14 @@ def train(agent: str, args: argparse.Namespace) -> Path:
     return run_dir
 
 
+def best_row(rows: list[dict[str, float]]) -> dict[str, float]:
+    """The first evaluation with the highest validation mean@k of a curve's rows."""
+    return max(rows, key=lambda r: r["mean_at_k"])  # max keeps the first of equals
+
+
 def best_validation_step(curve: Path) -> int:
-    """The step of the first evaluation with the highest validation mean@k in ``curve``
-    (an ``eval_history.csv``)."""
-    rows = read_curve(curve)
-    best = max(rows, key=lambda r: r["mean_at_k"])  # max keeps the first of equals
-    return int(best["step"])
+    """The step of ``best_row`` in ``curve`` (an ``eval_history.csv``)."""
+    return int(best_row(read_curve(curve))["step"])
 
 
 def evaluate_best_validation(agent: str, results: Path, args: argparse.Namespace) -> None:
@@ -225,7 +227,7 @@ def report(results: Path) -> None:
                 [c / k for c in ev["per_problem_correct"]],
                 [c / k for c in start["per_problem_correct"]],
             )
-        last = curves.get(name, [{}])[-1]
+        last = curve_row(name, curves)
         rows.append({
             "policy": label(name),
             "mean_at_k": ev["eval/mean_at_k"],
@@ -268,6 +270,16 @@ def report(results: Path) -> None:
     (results / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
     plot(curves, evals, results / "curves.png")
+
+
+def curve_row(name: str, curves: dict[str, list[dict[str, float]]]) -> dict[str, float]:
+    """The curve row a table row's tokens, steps and wall time come from: the run's last
+    evaluation, or for ``X@best-val`` the evaluation of X with the best validation score
+    (empty when there is no curve)."""
+    base, best_val, _ = name.rpartition(VARIANT_SEP + BEST_VAL)
+    if best_val and not _ and curves.get(base):
+        return best_row(curves[base])
+    return curves.get(name, [{}])[-1]
 
 
 def ordered_names(evals: dict) -> list[str]:

@@ -202,3 +202,19 @@ def test_plateau_trains_to_early_stopping_and_evaluates_the_best_validation_chec
     assert [Path(e).name for e in evals] == ["start.json", "cispo.json", "cispo@best-val.json"]
     best = next(c for c in calls if "cispo@best-val.json" in " ".join(c))
     assert best[best.index("--model") + 1] == str(runs / "cispo" / "checkpoints" / "step_00000020")
+
+
+def test_a_best_validation_row_reports_the_cost_of_its_checkpoint(tmp_path, reproduce):
+    _write_eval(tmp_path / "evals" / "start.json", [0, 1, 0, 2])
+    _write_eval(tmp_path / "evals" / "bon.json", [1, 1, 0, 2])
+    _write_eval(tmp_path / "evals" / "bon@best-val.json", [1, 1, 1, 2])
+    (tmp_path / "curves").mkdir()
+    with open(tmp_path / "curves" / "bon.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "gen_tokens_total", "train_wall_s", "k", "mean_at_k"])
+        w.writerows([[0, 0, 0, 4, 0.05], [10, 2e6, 120, 4, 0.09], [20, 4e6, 240, 4, 0.07]])
+    reproduce.report(tmp_path)
+    rows = {r["policy"]: r for r in csv.DictReader(open(tmp_path / "table.csv"))}
+    assert float(rows["best-of-N"]["gen_tokens"]) == 4e6  # the run's end
+    assert float(rows["best-of-N (best-val)"]["gen_tokens"]) == 2e6  # its best validation
+    assert float(rows["best-of-N (best-val)"]["steps"]) == 10
