@@ -43,8 +43,8 @@ expands its parent: the step becomes no child (it is kept in ``Node.pruned``, pr
 the node's priors are renormalised over the steps that passed, as AlphaZero masks illegal
 moves. A node none of whose K sampled steps passed is *dead* (after
 ``expansion_retries`` more expansions that fared no better, each backing up the dead-end
-value), and so is a node all of whose children died: a dead node is never selected again, so the search cannot loop on it. The
-simulation that finds a dead end still counts as one: it backs up the env's
+value), and so is a node all of whose children died: a dead node is never selected again,
+so the search cannot loop on it. The simulation that finds a dead end still counts as one: it backs up the env's
 ``format_failure_reward`` (what an episode that breaks the rules earns; -1 for an env
 without a ``reward_config``), so that the parent's Q shows the dead end; once the root is
 dead the workers stop. Pruning rather than keeping failed steps as terminal children with a
@@ -960,12 +960,12 @@ class TreeSearch:
                 self.stats.expansions += 1
                 self.stats.unique_children += len(steps)
                 self.stats.pruned_children += len(pruned)
-                if not live and node.failed_expansions < cfg.expansion_retries:
-                    node.failed_expansions += 1  # a later visit samples K fresh steps
-                elif not live:
-                    # K samples and not one valid step: a dead end (and perhaps its parent).
+                if not live:
                     node.failed_expansions += 1
-                    mark_dead(node)
+                    # K samples and not one valid step, retries spent: a dead end (and
+                    # perhaps its parent). Otherwise a later visit samples K fresh steps.
+                    if node.failed_expansions > cfg.expansion_retries:
+                        mark_dead(node)
         finally:
             event, node.expanding = node.expanding, None
             event.set()

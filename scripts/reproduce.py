@@ -276,8 +276,9 @@ def curve_row(name: str, curves: dict[str, list[dict[str, float]]]) -> dict[str,
     """The curve row a table row's tokens, steps and wall time come from: the run's last
     evaluation, or for ``X@best-val`` the evaluation of X with the best validation score
     (empty when there is no curve)."""
-    base, best_val, _ = name.rpartition(VARIANT_SEP + BEST_VAL)
-    if best_val and not _ and curves.get(base):
+    suffix = VARIANT_SEP + BEST_VAL
+    base = name.removesuffix(suffix)
+    if base != name and curves.get(base):
         return best_row(curves[base])
     return curves.get(name, [{}])[-1]
 

@@ -650,9 +650,10 @@ class Learner:
                 return sum(int(mb.completion_mask.sum()) for mb in mbs)
             return sum(int(mb.completion_mask.any(-1).sum()) for mb in mbs)
 
-        n_tokens = sum(int(mb.completion_mask.sum()) for mb in micro if not mb.value_only)
+        policy_micro = [mb for mb in micro if not mb.value_only]
+        n_tokens = sum(int(mb.completion_mask.sum()) for mb in policy_micro)
         n_value_tokens = sum(int(mb.completion_mask.sum()) for mb in micro)
-        normalizer = max(count([mb for mb in micro if not mb.value_only]), 1)
+        normalizer = max(count(policy_micro), 1)
         value_normalizer = max(count(micro), 1)
 
         # --- forward / backward per micro-batch (data parallel: this rank's share) ---
@@ -905,9 +906,9 @@ class Learner:
             parts = dict.fromkeys(self._part_names(), zero)
             parts["loss/value"] = value.detach()
             parts["loss/total"] = total.detach()
-            parts["sum/value"] = torch.where(mask, values.detach(), 0.0).sum()
-            row_values = torch.where(mask, values.detach(), 0.0).sum(-1)  # (B,)
-            row_values = row_values / mask.sum(-1).clamp(min=1)  # (B,)
+            masked = torch.where(mask, values.detach(), 0.0)  # (B, T-1)
+            parts["sum/value"] = masked.sum()
+            row_values = masked.sum(-1) / mask.sum(-1).clamp(min=1)  # (B,)
         return parts, row_values
 
     def _check_structure(self, batch: Sequence[Trajectory]) -> None:

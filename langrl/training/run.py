@@ -87,12 +87,6 @@ from langrl.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
 
-
-def _policy_count(trajectories: list[Trajectory]) -> int:
-    """Trajectories the policy trains on (not ``value_only``)."""
-    return sum(not t.value_only for t in trajectories)
-
-
 CHECKPOINT_DIR = "checkpoints"
 #: Where a run writes its agent's pages (``RolloutBatch.pages``: MCTS search trees).
 TREE_DIR = "trees"
@@ -115,6 +109,11 @@ def resolve_run_dir(config: TrainConfig) -> Path:
             raise ConfigError(f"config: resume: no run {prefix}* with a checkpoint under {root}/")
         return runs[-1]
     return root / config.run_name()
+
+
+def _policy_count(trajectories: list[Trajectory]) -> int:
+    """Trajectories the policy trains on (not ``value_only``)."""
+    return sum(not t.value_only for t in trajectories)
 
 
 def _has_checkpoint(root: Path) -> bool:
