@@ -11,7 +11,9 @@
   Real ``scripts/train_agent.py`` processes, each with its own engine (three vLLM starts),
   so the comparison also spans processes, as a user's reruns do. The kill goes to the
   trainer's whole process group (its engine processes too), so that this test leaves
-  nothing behind whatever the trainer's own cleanup does.
+  nothing behind whatever the trainer's own cleanup does. The trainer sends it to itself,
+  as step 3's update begins: a test that polled for the checkpoint and killed from outside
+  missed it in CI (the engine's busy-wait starved the poller for the whole of steps 3-4).
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ CLI_FLAGS = [
     "--eval.k", "2", "--eval.num_problems", "4", "--eval.max_tokens", "64", "--eval_every", "0",
     "--text_every", "1", "--progress", "false",
     # 3 prompts x 4 samples: a rollout feeds steps 1-3, so the step-2 checkpoint holds the
-    # 4 trajectories step 3 trains (and the killed trainer may get to train them too).
+    # 4 trajectories step 3 trains (the killed trainer dies as that update begins).
     "--cispo.num_prompts", "3", "--cispo.group_size", "4", "--cispo.max_tokens", "64",
     "--cispo.filter_zero_variance", "false", "--learner.c_value", "1.0",
     "--learner.lr", "1e-3", "--learner.micro_batch_size", "8",
@@ -118,12 +120,36 @@ CLI_FLAGS = [
 ]  # fmt: skip
 
 
-def _trainer(run_dir: Path, policy: Path, *extra: str) -> subprocess.Popen:
+# ``python -c`` this, then the script and its flags: train_agent.py, whose learner SIGKILLs
+# the trainer's whole process group (engine included) as the update after the checkpoint of
+# step LANGRL_TEST_KILL_AFTER begins. Test code only: langrl has no such switch.
+_KILLED_AFTER_CHECKPOINT = """
+import os, runpy, signal, sys
+from langrl.learner import Learner
+after = int(os.environ["LANGRL_TEST_KILL_AFTER"])
+update = Learner.step
+def update_or_die(self, *args, **kwargs):
+    if self.global_step == after:
+        os.killpg(0, signal.SIGKILL)
+    return update(self, *args, **kwargs)
+Learner.step = update_or_die
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _trainer(
+    run_dir: Path, policy: Path, *extra: str, kill_after: int | None = None
+) -> subprocess.Popen:
     log = open(run_dir.parent / f"{run_dir.name}.log", "ab")  # noqa: SIM115  (the child's)
+    python, env = [sys.executable], dict(os.environ)
+    if kill_after is not None:
+        python += ["-c", _KILLED_AFTER_CHECKPOINT]
+        env["LANGRL_TEST_KILL_AFTER"] = str(kill_after)
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "train_agent.py"), *CLI_FLAGS,
+        [*python, str(ROOT / "scripts" / "train_agent.py"), *CLI_FLAGS,
          "--model", str(policy), "--run_dir", str(run_dir), *extra],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
 
 
@@ -164,24 +190,20 @@ def _unheld_psm() -> set[Path]:
     return files
 
 
-def _kill_after_checkpoint(proc: subprocess.Popen, run_dir: Path, step: int) -> None:
-    """Wait for the checkpoint of ``step`` to be complete (``latest`` names it), then
-    SIGKILL at once: the trainer dies a moment after the save, in its next step."""
-    pointer = run_dir / "checkpoints" / "latest"
-    want = f"step_{step:08d}"
-    deadline = time.monotonic() + 400
-    while time.monotonic() < deadline and proc.poll() is None:
-        if pointer.is_file() and pointer.read_text().strip() == want:
-            break
-        time.sleep(0.02)
-    alive = proc.poll() is None
+def _killed_after_checkpoint(run_dir: Path, policy: Path, step: int) -> None:
+    """Run a trainer that SIGKILLs itself (and its engine) as the update after its ``step``
+    checkpoint begins; check that it died so, with that checkpoint its newest."""
     left_before = _unheld_psm()
-    _kill_group(proc)
+    proc = _trainer(run_dir, policy, kill_after=step)
+    try:
+        rc = proc.wait(timeout=400)
+    finally:
+        _kill_group(proc)  # whatever of its group is left
     for leftover in _unheld_psm() - left_before:  # this kill's, so as to leave nothing
         leftover.unlink(missing_ok=True)
     log = (run_dir.parent / f"{run_dir.name}.log").read_text(errors="replace")
-    assert alive, f"the trainer ended before it could be killed:\n{log[-3000:]}"
-    assert latest_checkpoint(run_dir / "checkpoints").name == want
+    assert rc == -signal.SIGKILL, f"the trainer was not killed (exit {rc}):\n{log[-3000:]}"
+    assert latest_checkpoint(run_dir / "checkpoints").name == f"step_{step:08d}"
 
 
 def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -224,7 +246,7 @@ def test_sigkill_after_a_checkpoint_then_resume_ends_as_the_uninterrupted_run(
 ):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     _finish(_trainer(whole, tiny_policy_path), whole)
-    _kill_after_checkpoint(_trainer(parts, tiny_policy_path), parts, step=2)
+    _killed_after_checkpoint(parts, tiny_policy_path, step=2)
     _, saved = _checkpoint(parts)
     assert len(saved["extra"]["buffer"]["trajectories"]) == 4  # what step 3 will train
     _finish(_trainer(parts, tiny_policy_path, "--resume"), parts)
