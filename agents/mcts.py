@@ -78,7 +78,9 @@ expansion to finish instead of revisiting it at once; see ``TreeSearch._simulate
 ``search/engine_time_s`` (seconds awaiting engine calls; concurrent calls each count),
 ``search/overhead_time_s`` (seconds of search code between awaits: selection, env steps,
 backup), ``search/pruned_frac`` (sampled steps whose env check failed, of the distinct
-steps sampled; only with ``prune_failed_steps``), ``train/reward_mean`` and
+steps sampled; only with ``prune_failed_steps``), ``search/prefix_cache_hit`` (the share
+of the expansions' prefix tokens that the engine's prefix cache served, pooled over the
+batch: a tree re-sends its path with every expansion), ``train/reward_mean`` and
 ``train/correct_frac`` of the chosen trajectories (one per search, whatever ``distill``
 emits), and ``gen/trajectories`` (what the batch hands the learner).
 
@@ -523,6 +525,10 @@ class SearchStats:
     """Distinct steps sampled by all expansions, pruned ones included."""
     pruned_children: int = 0
     """Distinct sampled steps pruned for a failed env check (``search/pruned_frac``)."""
+    prompt_tokens: int = 0
+    """Prompt tokens of the expansion calls (each node's prefix, once per call)."""
+    cached_prompt_tokens: int = 0
+    """Of those, what the engine's prefix cache served (``search/prefix_cache_hit``)."""
     collisions: int = 0
     terminal_waits: int = 0
     engine_time_s: float = 0.0
@@ -669,6 +675,11 @@ class MCTSAgent:
             "gen/tokens": float(sum(r.counters.sampled_tokens for r in results)),
             "gen/samples": float(sum(r.counters.sampled_completions for r in results)),
         }
+        # Pooled: the share of the expansions' prefixes the engine did not recompute.
+        prompt_tokens = sum(r.counters.prompt_tokens for r in results)
+        if prompt_tokens:
+            cached = sum(r.counters.cached_prompt_tokens for r in results)
+            metrics["search/prefix_cache_hit"] = cached / prompt_tokens
         for key in sorted({k for r in results for k in r.stats}):
             values = [r.stats[key] for r in results if key in r.stats]
             total_or_mean = sum if key.endswith("_time_s") else np.mean
@@ -910,6 +921,8 @@ class TreeSearch:
             with self._cpu():
                 self.stats.sampled_completions += len(generation.samples)
                 self.stats.sampled_tokens += sum(len(s.token_ids) for s in generation.samples)
+                self.stats.prompt_tokens += len(prefix)
+                self.stats.cached_prompt_tokens += generation.cached_prompt_tokens
                 groups: dict[Any, list[Any]] = {}
                 for i, sample in enumerate(generation.samples):
                     key = tuple(sample.token_ids) if cfg.merge_identical else i

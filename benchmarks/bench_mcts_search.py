@@ -23,11 +23,17 @@ The ratio rows compare each with the first MCTS setting in this same run.
   none; False (the paper's search) keeps them as children.
 - ``expansion_retries``: 2 expands a node whose K steps all failed their check up to twice
   more before it is dead; 0 (the preset's) declares it dead at once.
+- ``searches_at_once`` (not an ``MCTSConfig`` field: the training run's
+  ``tasks_per_rollout``): the same searches, 48 at a time (one rollout of the preset before
+  this comparison) against all ``--problems`` at once. Tokens and correct ends barely move
+  (the same seeds; only the order of engine calls differs); wall time and tok/s show how
+  much of the engine a batch of trees keeps busy.
 
     python benchmarks/bench_mcts_search.py --compare priors       # 48 problems, 2 repeats
     python benchmarks/bench_mcts_search.py --compare value_head --problems 32 --repeats 3
     python benchmarks/bench_mcts_search.py --compare prune_failed_steps
     python benchmarks/bench_mcts_search.py --compare expansion_retries --problems 96
+    python benchmarks/bench_mcts_search.py --compare searches_at_once --problems 192
 """
 
 from __future__ import annotations
@@ -52,21 +58,38 @@ COMPARISONS = {
     "priors": ("policy", "sampling"),
     "prune_failed_steps": (False, True),
     "expansion_retries": (0, 2),
+    "searches_at_once": (48, None),  # None: all --problems at once
 }
+#: Comparisons that change how many searches run at once, not the search itself.
+AT_ONCE = "searches_at_once"
 #: First train problem searched: clear of the holdout (the last 512) and of the start.
 FIRST_PROBLEM = 1000
 
 
 def run_once(engine, preset, field: str, value, tasks: list[dict], seed: int) -> dict:
+    """Search every task with ``field = value`` (``searches_at_once``: in groups of
+    ``value`` tasks, one group after the other, as successive rollouts would; all at once
+    otherwise)."""
+    at_once = value if field == AT_ONCE else None
+    changes = {} if field == AT_ONCE else {field: value}
     agent = MCTSAgent(
-        replace(preset.agent_config, **{field: value}, seed=seed),
+        replace(preset.agent_config, **changes, seed=seed),
         preset.env_id,
         preset.env_kwargs,
         engine.engine,  # the async engine: the searches run on the engine's loop
     )
+    groups = [tasks[i : i + at_once] for i in range(0, len(tasks), at_once)] if at_once else [tasks]
 
     async def search_all():
-        return await asyncio.gather(*(agent.search(task) for task in tasks))
+        # A task's seed comes from the task itself, so grouping does not change the searches.
+        seeds = [agent._search_seed(task) for task in tasks]
+        results = []
+        for group in groups:
+            offset = len(results)
+            results += await asyncio.gather(
+                *(agent.search(t, seed=seeds[offset + i]) for i, t in enumerate(group))
+            )
+        return results
 
     start = time.perf_counter()
     results = engine.run(search_all())
@@ -81,8 +104,10 @@ def run_once(engine, preset, field: str, value, tasks: list[dict], seed: int) ->
         if not ends and r.trajectory.info["is_correct"]:  # a tree with no end, finished
             ends.add(tuple(r.trajectory.completion_ids))
         solutions.append(ends)
+    prompt_tokens = sum(r.counters.prompt_tokens for r in results)
     return {
         "wall_s": wall,
+        "cache_hit": sum(r.counters.cached_prompt_tokens for r in results) / max(prompt_tokens, 1),
         "tokens": sum(r.counters.sampled_tokens for r in results),
         "solved": sum(bool(s) for s in solutions),
         "solutions": sum(len(s) for s in solutions),
@@ -118,16 +143,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each setting")
     parser.add_argument("--model", help="policy directory (default: the tiny default policy)")
     parser.add_argument("--bon-n", type=int, default=32, help="best-of-N samples per problem")
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        help="the engine's KV-cache block size (default: EngineConfig's; 128 was vLLM's CPU "
+        "default before langrl set 32, the before of the prefix-cache comparison)",
+    )
     args = parser.parse_args()
 
     field, values = args.compare, COMPARISONS[args.compare]
     preset = load_config(PRESET, [], agent="mcts", model=None)
     bon_preset = load_config(PRESET, [], agent="bon", model=None)
     model = args.model or str(ensure_policy("default"))
-    engine = create_engine(replace(EngineConfig(), model=model))
+    engine = create_engine(replace(EngineConfig(), model=model, block_size=args.block_size))
     tasks = [{"index": FIRST_PROBLEM + i} for i in range(args.problems)]
     bon = f"best-of-{args.bon_n}"
-    labels = [f"{field}={v}" for v in values] + [bon]
+    labels = [f"{field}={args.problems if v is None else v}" for v in values] + [bon]
     try:
         run_once(engine, preset, field, values[1], tasks[:4], seed=99)  # warm-up
         run_best_of_n(engine, bon_preset, args.bon_n, tasks[:4], seed=99)
@@ -144,7 +175,11 @@ def main() -> None:
 
     print(
         f"\n{args.problems} problems x {args.repeats} repeats; MCTS: the preset's search "
-        f"settings; {bon}: the preset's best-of-N sampling"
+        f"settings; {bon}: the preset's best-of-N sampling; KV block size "
+        f"{args.block_size or 'default'}; prefix cache hit (MCTS expansions): "
+        + ", ".join(
+            f"{label} {total(label, 'cache_hit') / args.repeats:.2f}" for label in labels[:2]
+        )
     )
     width = max(len(label) for label in labels) + 2
     print(

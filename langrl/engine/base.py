@@ -108,6 +108,10 @@ class Generation:
     prompt_ids: list[int]
     samples: list[Sample]
     policy_version: int
+    cached_prompt_tokens: int = 0
+    """Prompt tokens the engine's prefix cache served instead of computing (vLLM's
+    ``num_cached_tokens``: whole KV blocks only; with ``n > 1``, one sample's prefill, as
+    vLLM reports it). 0 for engines without a prefix cache."""
 
 
 def encode_prompt(tokenizer: Any, info: Mapping[str, Any], use_chat_template: bool) -> list[int]:

@@ -72,6 +72,12 @@ class EngineConfig:
         enable_prefix_caching: Reuse KV cache across requests sharing a prompt prefix
             (default ``True``): tree search and groups re-send the same prefixes. The
             cache is reset after every weight push.
+        block_size: Tokens per KV-cache block, the unit the prefix cache reuses (only full
+            blocks are shared). ``None`` (default): 32 on a CPU-only machine, vLLM's own
+            default (16) with a GPU. vLLM's CPU default, 128, is longer than most of a
+            reasoning tree's prefixes (a Countdown prompt and its first steps: 30 to 100
+            tokens), so no expansion reused its parent's tokens; 32 is the smallest size
+            the CPU attention kernels run at full speed.
         max_num_seqs: Most sequences vLLM runs in one step (default 256); also the largest
             row batch of the HF backend. More trades latency for throughput.
         enforce_eager: Skip vLLM's graph compilation (``torch.compile``/CUDA graphs).
@@ -135,6 +141,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.1
     kv_cache_gib: float | None = None
     enable_prefix_caching: bool = True
+    block_size: int | None = None
     max_num_seqs: int = 256
     enforce_eager: bool = False
     enable_chunked_prefill: bool | None = None
@@ -179,6 +186,8 @@ class EngineConfig:
             raise ValueError(
                 f"EngineConfig.weight_push must be one of {WEIGHT_PUSH}, got {self.weight_push!r}"
             )
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(f"EngineConfig.block_size must be >= 1, got {self.block_size}")
         if self.max_num_seqs < 1:
             raise ValueError(f"EngineConfig.max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if not self.startup_timeout_s > 0:

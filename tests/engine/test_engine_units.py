@@ -48,6 +48,7 @@ HANG_GUARD_S = 60.0
         ("gpu_memory_utilization", 1.5),
         ("gpu_memory_utilization", 0.0),
         ("kv_cache_gib", -1.0),
+        ("block_size", 0),
         ("max_num_seqs", 0),
         ("startup_timeout_s", 0),
         ("forward_batch_tokens", 0),
