@@ -44,6 +44,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from proc_cpu import CpuMeter, format_shares
+
 from langrl.agents.best_of_n import BestOfNAgent
 from langrl.agents.mcts import MCTSAgent, iter_nodes
 from langrl.engine import EngineConfig, create_engine
@@ -91,9 +93,11 @@ def run_once(engine, preset, field: str, value, tasks: list[dict], seed: int) ->
             )
         return results
 
+    meter = CpuMeter().start()
     start = time.perf_counter()
     results = engine.run(search_all())
     wall = time.perf_counter() - start
+    cpu = meter.stop()
     solutions = []
     for r in results:
         ends = {
@@ -108,6 +112,7 @@ def run_once(engine, preset, field: str, value, tasks: list[dict], seed: int) ->
     return {
         "wall_s": wall,
         "cache_hit": sum(r.counters.cached_prompt_tokens for r in results) / max(prompt_tokens, 1),
+        "cpu": cpu,
         "tokens": sum(r.counters.sampled_tokens for r in results),
         "solved": sum(bool(s) for s in solutions),
         "solutions": sum(len(s) for s in solutions),
@@ -122,14 +127,17 @@ def run_best_of_n(engine, bon_preset, n: int, tasks: list[dict], seed: int) -> d
         bon_preset.env_kwargs,
         engine.engine,
     )
+    meter = CpuMeter().start()
     start = time.perf_counter()
     _, groups = engine.run(agent.sample(tasks, n))
     wall = time.perf_counter() - start
+    cpu = meter.stop()
     solutions = [
         {tuple(g.sample.token_ids) for g in group if g.info.get("is_correct")} for group in groups
     ]
     return {
         "wall_s": wall,
+        "cpu": cpu,
         "tokens": sum(len(g.sample.token_ids) for group in groups for g in group),
         "solved": sum(bool(s) for s in solutions),
         "solutions": sum(len(s) for s in solutions),
@@ -193,6 +201,16 @@ def main() -> None:
             f"{label:<{width}}{wall:>8.1f}{tokens:>10.0f}{tokens / wall:>8.0f}"
             f"{total(label, 'solved'):>8.0f}{correct:>9.0f}{per}{60 * correct / wall:>13.1f}"
         )
+    # Where the CPU went in each row: this process (the searches, the env steps and vLLM's
+    # front end: tokens in and out, detokenizing, stop strings) against vLLM's scheduler
+    # (EngineCore) and model (Worker).
+    print("CPU, share of one core over the row's wall time:")
+    for label in labels:
+        cpu: dict[str, float] = {}
+        for row in rows[label]:
+            for name, seconds in row["cpu"].items():
+                cpu[name] = cpu.get(name, 0.0) + seconds
+        print(f"  {label:<{width}}{format_shares(cpu, total(label, 'wall_s'))}")
     base = labels[0]
     rate = {k: total(k, "tokens") / total(k, "wall_s") for k in labels}
     found = {k: total(k, "solutions") / total(k, "wall_s") for k in labels}

