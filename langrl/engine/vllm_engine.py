@@ -63,6 +63,7 @@ from langrl.engine.common import (
     check_model_path,
     load_value_model,
     resolve_dtype,
+    single_token_stop_id,
     start_in_thread,
     stop_overhang,
 )
@@ -337,6 +338,8 @@ class VLLMEngine(ServedEngine):
         self.weight_push = weight_push
         self.last_push: dict[str, Any] | None = None
         self._request_ids = itertools.count()
+        # Stop string -> the id of the single token that spells it, or None (generate()).
+        self._stop_ids: dict[str, int | None] = {}
         # The watchdog (module docstring): wakes every waiter once a process is gone.
         self._processes = engine_processes(llm)
         self._waiters: set[asyncio.Future[None]] = set()  # one per pending call into vLLM
@@ -449,6 +452,16 @@ class VLLMEngine(ServedEngine):
 
         self._check_open()
         ids = self._prompt_ids(prompt)
+        # A stop string that is one token is also a stop token: vLLM's scheduler ends the
+        # request in the step that sampled it instead of decoding on until the front end's
+        # abort arrives (steps of wasted work per request; short tree-search steps suffer
+        # most). The sample is the same: the text still ends with the stop string.
+        stop_ids: dict[int, str] = {}
+        for stop in sampling.stop if self.config.single_token_stops else ():
+            if stop not in self._stop_ids:
+                self._stop_ids[stop] = single_token_stop_id(self.tokenizer, stop)
+            if self._stop_ids[stop] is not None:
+                stop_ids[self._stop_ids[stop]] = stop
         params = SamplingParams(
             n=sampling.n,
             max_tokens=sampling.max_tokens,
@@ -456,6 +469,7 @@ class VLLMEngine(ServedEngine):
             top_p=sampling.top_p,
             seed=sampling.seed,
             stop=list(sampling.stop) or None,
+            stop_token_ids=list(stop_ids) or None,
             # Keep the stop string so that text and token ids describe the same sample.
             include_stop_str_in_output=True,
             logprobs=0,  # the sampled token's logprob only
@@ -480,6 +494,8 @@ class VLLMEngine(ServedEngine):
         samples = []
         for c in sorted(final.outputs, key=lambda c: c.index):
             token_ids = list(c.token_ids)
+            # Report a stop token as the stop string it stands for, as the HF engine does.
+            stop_reason = stop_ids.get(c.stop_reason, c.stop_reason)
             logprobs = [
                 float(d[t].logprob) for d, t in zip(c.logprobs or [], token_ids, strict=True)
             ]
@@ -490,9 +506,9 @@ class VLLMEngine(ServedEngine):
                     logprobs=logprobs,
                     cumulative_logprob=float(sum(logprobs)),
                     finish_reason=str(c.finish_reason),
-                    stop_reason=c.stop_reason,
+                    stop_reason=stop_reason,
                     # vLLM cuts the text at the stop string but returns every sampled id.
-                    overhang=stop_overhang(self.tokenizer, token_ids, c.text, c.stop_reason),
+                    overhang=stop_overhang(self.tokenizer, token_ids, c.text, stop_reason),
                 )
             )
         return Generation(

@@ -154,6 +154,8 @@ def test_stop_strings_end_the_sample_and_are_kept(policy_engine: SyncEngine) -> 
         assert s.text.endswith(s.stop_reason)
         assert not any(stop in s.text[: -len(s.stop_reason)] for stop in STOPS)
     for s in gen.samples:
+        # A stop string vLLM was also given as a stop token is still reported as the string.
+        assert s.stop_reason is None or isinstance(s.stop_reason, str)
         if s.stop_reason is None and s.finish_reason == "stop":  # EOS: kept in ids, not text
             assert s.token_ids[-1] == policy_engine.tokenizer.eos_token_id
         # The ids may run past a stop string that ends inside a token (here "a" inside the
@@ -161,6 +163,26 @@ def test_stop_strings_end_the_sample_and_are_kept(policy_engine: SyncEngine) -> 
         # tags are tests/engine/test_bpe_overhang.py.
         decoded = policy_engine.tokenizer.decode(s.token_ids, skip_special_tokens=True)
         assert s.text + s.overhang == decoded
+
+
+def test_single_token_stops_change_no_sample(vllm_engine: SyncEngine) -> None:
+    """Stop strings that are one token also go to vLLM as stop token ids (the scheduler
+    ends the request at once); the samples must be those of the stop strings alone."""
+    sampling = SamplingConfig(n=16, max_tokens=64, temperature=1.0, stop=STOPS, seed=5)
+    config = vllm_engine.engine.config
+    outputs = {}
+    try:
+        for fast in (True, False):
+            config.single_token_stops = fast
+            gen = vllm_engine.generate(prompt_ids(vllm_engine), sampling)
+            outputs[fast] = [
+                (s.token_ids, s.text, s.finish_reason, s.stop_reason, s.overhang)
+                for s in gen.samples
+            ]
+    finally:
+        config.single_token_stops = True
+    assert outputs[True] == outputs[False]
+    assert any(reason in STOPS for _, _, _, reason, _ in outputs[True])
 
 
 def test_logprobs_match_learner_at_sampling_temperature(

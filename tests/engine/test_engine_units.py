@@ -26,12 +26,14 @@ from langrl.engine.common import (
     WeightGate,
     check_model_path,
     find_stop,
+    single_token_stop_id,
     stop_overhang,
     token_budget_chunks,
 )
 from langrl.engine.hf_engine import processed_logprobs
 from langrl.engine.worker_extension import decode_weights, encode_weights
 from langrl.tiny.bpe_tokenizer import build_bpe_tokenizer
+from langrl.tiny.tokenizer import build_tokenizer
 
 #: Seconds after which a wait that must end is taken for a hang (a guard, not a measurement).
 HANG_GUARD_S = 60.0
@@ -158,6 +160,18 @@ def test_stop_overhang_is_what_the_ids_hold_past_the_stop_string() -> None:
     assert stop_overhang(tok, ids, decoded, tok.eos_token_id) == ""
     # Text that is not a prefix of the decode (untrusted output) gives no invented overhang.
     assert stop_overhang(tok, ids, "<step>9</step>", "</step>") == ""
+
+
+def test_single_token_stop_id_only_for_a_token_that_is_exactly_the_stop() -> None:
+    tok = build_tokenizer()  # the tiny policy's: one token per tag, one per byte
+    step_close = tok("</step>", add_special_tokens=False)["input_ids"]
+    assert len(step_close) == 1
+    assert single_token_stop_id(tok, "</step>") == step_close[0]
+    assert single_token_stop_id(tok, "a") == tok("a", add_special_tokens=False)["input_ids"][0]
+    assert single_token_stop_id(tok, "</st") is None  # several tokens
+    assert single_token_stop_id(tok, tok.eos_token) is None  # special: decodes to ""
+    bpe = build_bpe_tokenizer()  # "</step>" is "</" "step" ">" there
+    assert single_token_stop_id(bpe, "</step>") is None
 
 
 # --- coalescing, gate, chunks ---
