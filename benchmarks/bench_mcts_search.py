@@ -28,12 +28,18 @@ The ratio rows compare each with the first MCTS setting in this same run.
   this comparison) against all ``--problems`` at once. Tokens and correct ends barely move
   (the same seeds; only the order of engine calls differs); wall time and tok/s show how
   much of the engine a batch of trees keeps busy.
+- ``single_token_stops`` (an ``EngineConfig`` field, flipped on the running engine):
+  False gives vLLM the step's stop strings only, found by its front end, which aborts the
+  request some decoding steps later; True (the default) also gives it the one-token stop
+  strings as stop token ids, which its scheduler ends at once. Best-of-N runs under both
+  values (its ``</answer>`` stop is one token too); the samples are the same either way.
 
     python benchmarks/bench_mcts_search.py --compare priors       # 48 problems, 2 repeats
     python benchmarks/bench_mcts_search.py --compare value_head --problems 32 --repeats 3
     python benchmarks/bench_mcts_search.py --compare prune_failed_steps
     python benchmarks/bench_mcts_search.py --compare expansion_retries --problems 96
     python benchmarks/bench_mcts_search.py --compare searches_at_once --problems 192
+    python benchmarks/bench_mcts_search.py --compare single_token_stops --problems 64
 """
 
 from __future__ import annotations
@@ -61,9 +67,13 @@ COMPARISONS = {
     "prune_failed_steps": (False, True),
     "expansion_retries": (0, 2),
     "searches_at_once": (48, None),  # None: all --problems at once
+    "single_token_stops": (False, True),
 }
 #: Comparisons that change how many searches run at once, not the search itself.
 AT_ONCE = "searches_at_once"
+#: Comparisons of an ``EngineConfig`` field read on every request: flipped on the running
+#: engine for both the searches and best-of-N, which gets a row per value too.
+ENGINE_FIELDS = ("single_token_stops",)
 #: First train problem searched: clear of the holdout (the last 512) and of the start.
 FIRST_PROBLEM = 1000
 
@@ -73,7 +83,7 @@ def run_once(engine, preset, field: str, value, tasks: list[dict], seed: int) ->
     ``value`` tasks, one group after the other, as successive rollouts would; all at once
     otherwise)."""
     at_once = value if field == AT_ONCE else None
-    changes = {} if field == AT_ONCE else {field: value}
+    changes = {} if field in (AT_ONCE, *ENGINE_FIELDS) else {field: value}
     agent = MCTSAgent(
         replace(preset.agent_config, **changes, seed=seed),
         preset.env_id,
@@ -162,16 +172,29 @@ def main() -> None:
     model = args.model or str(ensure_policy("default"))
     engine = create_engine(replace(EngineConfig(), model=model, block_size=args.block_size))
     tasks = [{"index": FIRST_PROBLEM + i} for i in range(args.problems)]
-    bon = f"best-of-{args.bon_n}"
-    labels = [f"{field}={args.problems if v is None else v}" for v in values] + [bon]
+    on_engine = field in ENGINE_FIELDS
+    mcts_labels = [f"{field}={args.problems if v is None else v}" for v in values]
+    # One best-of-N row, or one per value of an engine field (which changes it too).
+    bon_labels = [f"best-of-{args.bon_n}" + (f" {field}={v}" if on_engine else "") for v in values]
+    bon_labels = bon_labels if on_engine else bon_labels[:1]
+    bon = bon_labels[-1]
+    labels = mcts_labels + bon_labels
+
+    def set_engine(value) -> None:
+        if on_engine:
+            setattr(engine.engine.config, field, value)
+
     try:
         run_once(engine, preset, field, values[1], tasks[:4], seed=99)  # warm-up
         run_best_of_n(engine, bon_preset, args.bon_n, tasks[:4], seed=99)
         rows: dict = {label: [] for label in labels}
         for r in range(args.repeats):
-            for label, value in zip(labels, values, strict=False):  # alternate: drifting
+            for label, value in zip(mcts_labels, values, strict=True):  # alternate: drifting
+                set_engine(value)
                 rows[label].append(run_once(engine, preset, field, value, tasks, seed=r))
-            rows[bon].append(run_best_of_n(engine, bon_preset, args.bon_n, tasks, seed=r))
+            for label, value in zip(bon_labels, values, strict=False):
+                set_engine(value)
+                rows[label].append(run_best_of_n(engine, bon_preset, args.bon_n, tasks, seed=r))
     finally:
         engine.shutdown()
 
@@ -183,7 +206,7 @@ def main() -> None:
         f"settings; {bon}: the preset's best-of-N sampling; KV block size "
         f"{args.block_size or 'default'}; prefix cache hit (MCTS expansions): "
         + ", ".join(
-            f"{label} {total(label, 'cache_hit') / args.repeats:.2f}" for label in labels[:2]
+            f"{label} {total(label, 'cache_hit') / args.repeats:.2f}" for label in mcts_labels
         )
     )
     width = max(len(label) for label in labels) + 2
@@ -208,10 +231,13 @@ def main() -> None:
             for name, seconds in row["cpu"].items():
                 cpu[name] = cpu.get(name, 0.0) + seconds
         print(f"  {label:<{width}}{format_shares(cpu, total(label, 'wall_s'))}")
-    base = labels[0]
     rate = {k: total(k, "tokens") / total(k, "wall_s") for k in labels}
     found = {k: total(k, "solutions") / total(k, "wall_s") for k in labels}
-    for label in labels[1:]:
+    pairs = [(label, labels[0]) for label in labels[1:]]
+    if on_engine:  # each setting against the other, and MCTS against best-of-N under each
+        pairs = [(mcts_labels[1], mcts_labels[0]), (bon_labels[1], bon_labels[0])]
+        pairs += list(zip(mcts_labels, bon_labels, strict=True))
+    for label, base in pairs:
         # A few problems may leave the baseline without a correct end: no ratio then.
         per_min = f"{found[label] / found[base]:.2f}x" if found[base] else "-"
         print(f"{label} / {base}: tok/s {rate[label] / rate[base]:.2f}x, correct/min {per_min}")
