@@ -175,8 +175,10 @@ def main() -> None:
     on_engine = field in ENGINE_FIELDS
     mcts_labels = [f"{field}={args.problems if v is None else v}" for v in values]
     # One best-of-N row, or one per value of an engine field (which changes it too).
-    bon_labels = [f"best-of-{args.bon_n}" + (f" {field}={v}" if on_engine else "") for v in values]
-    bon_labels = bon_labels if on_engine else bon_labels[:1]
+    if on_engine:
+        bon_labels = [f"best-of-{args.bon_n} {field}={v}" for v in values]
+    else:
+        bon_labels = [f"best-of-{args.bon_n}"]
     bon = bon_labels[-1]
     labels = mcts_labels + bon_labels
 
@@ -192,7 +194,7 @@ def main() -> None:
             for label, value in zip(mcts_labels, values, strict=True):  # alternate: drifting
                 set_engine(value)
                 rows[label].append(run_once(engine, preset, field, value, tasks, seed=r))
-            for label, value in zip(bon_labels, values, strict=False):
+            for label, value in zip(bon_labels, values, strict=False):  # one row: values[0]
                 set_engine(value)
                 rows[label].append(run_best_of_n(engine, bon_preset, args.bon_n, tasks, seed=r))
     finally:

@@ -452,10 +452,7 @@ class VLLMEngine(ServedEngine):
 
         self._check_open()
         ids = self._prompt_ids(prompt)
-        # A stop string that is one token is also a stop token: vLLM's scheduler ends the
-        # request in the step that sampled it instead of decoding on until the front end's
-        # abort arrives (steps of wasted work per request; short tree-search steps suffer
-        # most). The sample is the same: the text still ends with the stop string.
+        # One-token stop strings also as stop token ids (EngineConfig.single_token_stops).
         stop_ids: dict[int, str] = {}
         for stop in sampling.stop if self.config.single_token_stops else ():
             if stop not in self._stop_ids:
