@@ -22,19 +22,29 @@ median of ``--steps`` steps after one warm-up step, alternating the rows round b
 that drifting load hits them all. ``torch`` uses ``--threads`` threads (default: the cores).
 The CPU of the process (one core = 100%) is reported per row, so a row that waits is seen.
 
+On a GPU (``--device cuda``) every row runs there and each step ends with a
+``torch.cuda.synchronize()``; ``--dtype bfloat16`` runs the forward passes under autocast
+with float32 master weights on both sides (the learner's ``dtype: bfloat16``).
+``--model random-85m`` builds ``bench_vs_trl.py``'s random ~85M Qwen2 (hidden 768, 12
+layers) in a temporary directory.
+
     nice -n 19 .venv/bin/python benchmarks/bench_learner.py
     nice -n 19 .venv/bin/python benchmarks/bench_learner.py --model path/to/model --batch 16
+    python benchmarks/bench_learner.py --device cuda --dtype bfloat16 --model random-85m --completion 200
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import random
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import gymnasium as gym
 import torch
@@ -73,12 +83,25 @@ class BareStep:
     ``c_kl`` > 0 also a frozen reference model's forward and the k3 KL term (as TRL's
     ``beta``), the work ``c_kl`` asks of the learner."""
 
-    def __init__(self, model_path: str, lr: float, eps_high: float, c_kl: float = 0.0) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        lr: float,
+        eps_high: float,
+        c_kl: float = 0.0,
+        device: str = "cpu",
+        dtype: str = "float32",
+    ) -> None:
         load = AutoModelForCausalLM.from_pretrained
-        self.model = load(model_path, dtype=torch.float32).eval()
-        self.ref = load(model_path, dtype=torch.float32).eval().requires_grad_(False)
+        self.model = load(model_path, dtype=torch.float32).to(device).eval()
+        self.ref = load(model_path, dtype=torch.float32).to(device).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr)
-        self.eps_high, self.c_kl = eps_high, c_kl
+        self.eps_high, self.c_kl, self.device = eps_high, c_kl, device
+        self.autocast = (
+            (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16))
+            if dtype == "bfloat16"
+            else contextlib.nullcontext
+        )
 
     def __call__(self, batch: list[Trajectory]) -> None:
         width = max(t.num_tokens for t in batch)
@@ -97,13 +120,17 @@ class BareStep:
             old[row, p - 1 : p - 1 + n] = torch.tensor(t.behaviour_logprobs)
             adv[row, p - 1 : p - 1 + n] = torch.tensor(t.advantages)
             temp[row] = t.temperature
-        logits = self.model(input_ids=ids, attention_mask=attention).logits[:, :-1]
+        ids, attention, mask, old, adv, temp = (
+            x.to(self.device) for x in (ids, attention, mask, old, adv, temp)
+        )
+        with self.autocast():
+            logits = self.model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
         logp = torch.log_softmax(logits / temp, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         weight = torch.exp(logp.detach() - old).clamp(max=self.eps_high)
         loss = -(weight * adv * logp)[mask].sum() / mask.sum()
         if self.c_kl > 0:
-            with torch.no_grad():
-                ref = self.ref(input_ids=ids, attention_mask=attention).logits[:, :-1]
+            with torch.no_grad(), self.autocast():
+                ref = self.ref(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
                 ref_logp = torch.log_softmax(ref / temp, -1).gather(-1, ids[:, 1:, None])
             delta = ref_logp.squeeze(-1) - logp
             kl = torch.exp(delta) - delta - 1  # k3, as the learner's
@@ -132,29 +159,41 @@ def variants(base: LearnerConfig, batch: int) -> list[tuple[str, LearnerConfig]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="default: the tiny default policy")
+    parser.add_argument(
+        "--model", default=None, help="a model directory, or random-85m (default: the tiny policy)"
+    )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--completion", type=int, default=50, help="mean completion tokens")
     parser.add_argument("--steps", type=int, default=7, help="timed steps per row")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="torch device of every row, e.g. cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model is None:
-        from langrl.training.run import default_model
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model is None or args.model == "random-85m":
+            from bench_vs_trl import model_path  # benchmarks/, this script's directory
 
-        args.model = default_model()
+            args.model = model_path("tiny" if args.model is None else "100m", Path(tmp))
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Build the batch, time every row, print the table."""
     batch = make_batch(args.model, args.batch, args.completion, seed=0)
     tokens = sum(t.num_tokens for t in batch)
     trained = sum(len(t.completion_ids) for t in batch)
     print(
         f"model {args.model}\nbatch {args.batch} trajectories, {tokens} tokens "
-        f"({trained} trained), torch threads {torch.get_num_threads()}\n"
+        f"({trained} trained), torch threads {torch.get_num_threads()}, "
+        f"device {args.device}, {args.dtype}\n"
     )
 
-    base = LearnerConfig(lr=2e-5)
-    bare_step = BareStep(args.model, 2e-5, 5.0)
-    bare_kl = BareStep(args.model, 2e-5, 5.0, c_kl=0.05)
+    base = LearnerConfig(lr=2e-5, device=args.device, dtype=args.dtype)
+    on = {"device": args.device, "dtype": args.dtype}
+    bare_step = BareStep(args.model, 2e-5, 5.0, **on)
+    bare_kl = BareStep(args.model, 2e-5, 5.0, c_kl=0.05, **on)
     rows: list[tuple[str, Callable[[], object]]] = [
         ("bare forward+backward+AdamW", lambda: bare_step(batch)),
         ("bare + reference model (KL 0.05)", lambda: bare_kl(batch)),
@@ -172,6 +211,8 @@ def main() -> None:
             meter = CpuMeter().start()
             start = time.perf_counter()
             fn()
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()  # the step's kernels are queued, not done
             times[name].append(time.perf_counter() - start)
             cpu[name] += sum(meter.stop().values())
 
