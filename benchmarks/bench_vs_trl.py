@@ -238,7 +238,7 @@ def langrl_child(spec_path: str, out_path: str) -> None:
     config = load_config(PRESET, spec, agent="cispo")
     meter = CpuMeter()
     result: dict[str, Any] = {}
-    trained: dict[int, tuple[int, int]] = {}  # step -> (samples, completion tokens)
+    trained: dict[int, tuple[int, int, int]] = {}  # step -> (samples, tokens, longest)
 
     class TimedRun(TrainingRun):
         """The loop unchanged; the CPU meter runs over the steps after the warm-up."""
@@ -248,8 +248,8 @@ def langrl_child(spec_path: str, out_path: str) -> None:
             learner_step = self.learner.step
 
             def counted(batch: Any, **kwargs: Any) -> dict[str, float]:
-                tokens = sum(len(t.completion_ids) for t in batch)
-                trained[self.step + 1] = (len(batch), tokens)
+                lengths = [len(t.completion_ids) for t in batch]
+                trained[self.step + 1] = (len(batch), sum(lengths), max(lengths, default=0))
                 return learner_step(batch, **kwargs)
 
             self.learner.step = counted
@@ -290,6 +290,7 @@ def langrl_child(spec_path: str, out_path: str) -> None:
             "staleness": staleness.get(step, 0.0),
             "samples": trained[step][0],
             "tokens": trained[step][1],
+            "longest": trained[step][2],
         }
         for step in sorted(update)
     ]
@@ -350,6 +351,19 @@ def run_side(side: str, model: str, args: argparse.Namespace, work: Path, tag: s
     return result
 
 
+def longest_per_generation(results: list[dict]) -> float:
+    """Mean over the timed generations of each run of the longest completion it drew: the
+    decode steps of a batch that runs until its last row ends (TRL's ``generate``,
+    langrl's HF engine). A generation serves ``STEPS_PER_GENERATION`` optimiser steps."""
+    longest: dict[tuple[int, int], int] = {}
+    for run, result in enumerate(results):
+        for s in result["steps"]:
+            if s["step"] > STEPS_PER_GENERATION:
+                key = (run, (s["step"] - 1) // STEPS_PER_GENERATION)
+                longest[key] = max(longest.get(key, 0), s.get("longest", 0))
+    return sum(longest.values()) / max(len(longest), 1)
+
+
 def summarize(results: list[dict]) -> dict[str, Any]:
     """Pooled over repeats: the timed steps' samples, tokens, wall and CPU seconds."""
     timed = [s for r in results for s in r["steps"] if s["step"] > STEPS_PER_GENERATION]
@@ -370,6 +384,7 @@ def summarize(results: list[dict]) -> dict[str, Any]:
         # each generation from its current weights: 0, as langrl's sync mode.
         "staleness": sum(s.get("staleness", 0.0) for s in timed) / n,
         "len": sum(s["tokens"] for s in timed) / max(sum(s["samples"] for s in timed), 1),
+        "longest": longest_per_generation(results),
         "cpu": format_shares(cpu, wall),
         "runs": len(results),
         "total_s": sum(r["total_s"] for r in results) / len(results),
@@ -439,7 +454,7 @@ def main() -> None:
         "(above the core count, other processes shared the cores)"
     )
     header = (
-        f"{'model':<6} {'side':<18} {'samples/s':>9} {'tok/s':>7} {'len':>5} {'gen s':>6} "
+        f"{'model':<6} {'side':<18} {'samples/s':>9} {'tok/s':>7} {'len':>5} {'max':>4} {'gen s':>6} "
         f"{'upd s':>6} {'sync s':>6} {'stale':>5} {'start':>5} {'run s':>5} {'others':>6}  CPU (one core = 100%)"
     )
     print(header)
@@ -447,12 +462,14 @@ def main() -> None:
     for (name, side), r in rows.items():
         print(
             f"{name:<6} {SIDES[side]:<18} {r['samples_s']:>9.2f} {r['tokens_s']:>7.0f} "
-            f"{r['len']:>5.1f} {r['gen_s']:>6.2f} {r['update_s']:>6.2f} {r['sync_s']:>6.2f} "
+            f"{r['len']:>5.1f} {r['longest']:>4.0f} {r['gen_s']:>6.2f} {r['update_s']:>6.2f} {r['sync_s']:>6.2f} "
             f"{r['staleness']:>5.2f} {r['startup_s']:>5.0f} {r['total_s']:>5.0f} {100 * r['others']:>5.0f}%  {r['cpu']}"
         )
     print(
         "gen/upd/sync s: per optimiser step (a generation serves 2; async: gen is the wait "
-        "for a rollout, which overlaps the updates); len: trained tokens per sample; stale: "
+        "for a rollout, which overlaps the updates); len: trained tokens per sample; max: the "
+        "longest sample of a generation, mean over generations (a padded batch decodes that "
+        "many steps: TRL, langrl's HF engine); stale: "
         "mean weight versions between the samples and the weights they train, a version being "
         "one generation's weights, 2 optimiser steps (perf/staleness; TRL: 0 by construction); "
         "start: s to set up (engine, models); run s: the whole subprocess; others: "

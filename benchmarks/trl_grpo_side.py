@@ -158,6 +158,8 @@ def main(spec_path: str, out_path: str) -> None:
             inputs = prepare(batch)
             acc["samples"] = acc.get("samples", 0) + int(inputs["completion_mask"].shape[0])
             acc["tokens"] = acc.get("tokens", 0) + int(inputs["completion_mask"].sum())
+            lengths = inputs["completion_mask"].sum(-1)  # (B,): each sample's, EOS included
+            acc["longest"] = max(acc.get("longest", 0), int(lengths.max()))
             return inputs
 
         trainer._prepare_inputs = prepare_and_count
@@ -183,6 +185,7 @@ def main(spec_path: str, out_path: str) -> None:
                     "old_logp_s": acc.get("old_logp_s", 0.0),
                     "samples": acc.get("samples", 0),
                     "tokens": acc.get("tokens", 0),
+                    "longest": acc.get("longest", 0),
                 })  # fmt: skip
                 if state.global_step == warmup:
                     meter.start()
